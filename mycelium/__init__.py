@@ -1,0 +1,1 @@
+"""Mycelium Net command line: one `mycelium` command with a subcommand per component."""

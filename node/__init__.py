@@ -1,0 +1,1 @@
+"""A participant of the network: data, learner, federation, policy and runtime."""

@@ -1,0 +1,270 @@
+"""Pure group-selection policies: which group to join, when to create one, when to migrate.
+
+Scores are "higher is better" (accuracy). A candidate *beats* a baseline by the
+relative threshold ``t`` when ``score > baseline * (1 + t)``.
+
+- ``local`` (default): judge groups by their current model evaluated on the node's
+  own validation data (decentralised IFCA, Ghosh et al., 2020).
+- ``reported``: the earlier prototype's rule, kept as a baseline: follow whichever
+  group *reports* the best performance. Every node then herds into one group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "LOCAL",
+    "POLICIES",
+    "REPORTED",
+    "Candidate",
+    "Create",
+    "Decision",
+    "Join",
+    "Migrate",
+    "Policy",
+    "PolicyConfig",
+    "Stay",
+    "beats",
+    "choose_initial",
+    "get_policy",
+    "rank_candidates",
+    "reevaluate",
+    "reported_accuracy_choose",
+    "reported_accuracy_reevaluate",
+]
+
+LOCAL = "local"
+REPORTED = "reported"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A group as a node sees it.
+
+    ``reported``: the group's own reported performance. ``local_score``: the group's
+    current model evaluated on this node's validation data (None: not evaluated).
+    """
+
+    group_id: int
+    name: str
+    members: int
+    capacity: int
+    reported: float | None
+    local_score: float | None
+
+    @property
+    def has_room(self) -> bool:
+        """True when one more member fits."""
+        return self.members < self.capacity
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Knobs of the policies: relative switch threshold, cooldown in rounds, snapshots to try."""
+
+    switch_threshold: float = 0.05
+    cooldown_rounds: int = 3
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class Join:
+    """Join an existing group."""
+
+    group_id: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create a new group (and become its first member)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Stay:
+    """Stay in the current group."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """Leave ``from_group`` for ``to_group``."""
+
+    from_group: int
+    to_group: int
+    reason: str
+
+
+Decision = Join | Create | Stay | Migrate
+ChooseFn = Callable[[float, Sequence[Candidate], PolicyConfig], Join | Create]
+ReevaluateFn = Callable[[int, float, Sequence[Candidate], int, PolicyConfig], Stay | Migrate]
+
+
+def beats(score: float, baseline: float, threshold: float) -> bool:
+    """True when ``score`` exceeds ``baseline`` by more than the relative ``threshold``."""
+    return score > baseline * (1.0 + threshold)
+
+
+def _reported_key(c: Candidate) -> tuple[bool, float, int]:
+    # Sorts ascending: reported ones first, best first, then lowest id for determinism.
+    return (c.reported is None, -(c.reported or 0.0), c.group_id)
+
+
+def _local_key(c: Candidate) -> tuple[float, float, int]:
+    # max(): best local score, then best reported, then lowest id.
+    reported = c.reported if c.reported is not None else float("-inf")
+    return (c.local_score if c.local_score is not None else float("-inf"), reported, -c.group_id)
+
+
+def rank_candidates(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """The ``k`` candidates worth evaluating: with room first, then best reported (None last)."""
+    ranked = sorted(candidates, key=lambda c: (not c.has_room, *_reported_key(c)))
+    return ranked[: max(k, 0)]
+
+
+def choose_initial(
+    own_score: float, candidates: Sequence[Candidate], cfg: PolicyConfig
+) -> Join | Create:
+    """Join the candidate with room whose model scores best on this node's data, or create.
+
+    ``own_score`` is the node's own model (trained alone) on its validation data.
+    Creates when no group exists, all are full, or ``own_score`` beats the best
+    evaluated candidate by the threshold. When no candidate with room was evaluated,
+    joins the best reported one.
+    """
+    open_groups = [c for c in candidates if c.has_room]
+    if not candidates:
+        return Create("no group exists yet")
+    if not open_groups:
+        return Create(f"all {len(candidates)} groups are full")
+    evaluated = [c for c in open_groups if c.local_score is not None]
+    if not evaluated:
+        best = sorted(open_groups, key=_reported_key)[0]
+        return Join(best.group_id, f"no group evaluated; {best.name} reports the best")
+    best = max(evaluated, key=_local_key)
+    best_score = best.local_score if best.local_score is not None else 0.0
+    if beats(own_score, best_score, cfg.switch_threshold):
+        return Create(
+            f"own model {own_score:.3f} beats the best group {best.name} ({best_score:.3f}) "
+            f"by more than {cfg.switch_threshold:.0%}"
+        )
+    return Join(best.group_id, f"{best.name} scores {best_score:.3f} on own data")
+
+
+def _cooldown(rounds_since_move: int, cfg: PolicyConfig) -> Stay | None:
+    if rounds_since_move < cfg.cooldown_rounds:
+        return Stay(
+            f"cooldown: {rounds_since_move} of {cfg.cooldown_rounds} rounds since last move"
+        )
+    return None
+
+
+def reevaluate(
+    current_group: int,
+    current_score: float,
+    candidates: Sequence[Candidate],
+    rounds_since_move: int,
+    cfg: PolicyConfig,
+) -> Stay | Migrate:
+    """Migrate when a group with room beats the current one on own data by the threshold.
+
+    ``current_score`` is the current group's model on this node's validation data.
+    Never migrates during the cooldown or to a full group.
+    """
+    if (stay := _cooldown(rounds_since_move, cfg)) is not None:
+        return stay
+    others = [c for c in candidates if c.group_id != current_group and c.local_score is not None]
+    if not others:
+        return Stay("no other group evaluated")
+    open_groups = [c for c in others if c.has_room]
+    if open_groups:
+        best = max(open_groups, key=_local_key)
+        score = best.local_score if best.local_score is not None else 0.0
+        if beats(score, current_score, cfg.switch_threshold):
+            return Migrate(
+                current_group,
+                best.group_id,
+                f"{best.name} scores {score:.3f} on own data vs {current_score:.3f} here "
+                f"(> {cfg.switch_threshold:.0%} better)",
+            )
+    best_any = max(others, key=_local_key)
+    best_any_score = best_any.local_score if best_any.local_score is not None else 0.0
+    if not best_any.has_room and beats(best_any_score, current_score, cfg.switch_threshold):
+        return Stay(f"{best_any.name} would be better ({best_any_score:.3f}) but is full")
+    return Stay(
+        f"no group with room beats {current_score:.3f} by more than {cfg.switch_threshold:.0%} "
+        f"(best {best_any.name}: {best_any_score:.3f})"
+    )
+
+
+def reported_accuracy_choose(
+    own_score: float, candidates: Sequence[Candidate], cfg: PolicyConfig
+) -> Join | Create:
+    """Baseline: join the group with room that reports the best performance; create if none."""
+    open_groups = [c for c in candidates if c.has_room]
+    if not open_groups:
+        return Create("no group with room" if candidates else "no group exists yet")
+    best = sorted(open_groups, key=_reported_key)[0]
+    return Join(best.group_id, f"{best.name} reports the best performance ({best.reported})")
+
+
+def reported_accuracy_reevaluate(
+    current_group: int,
+    current_score: float,
+    candidates: Sequence[Candidate],
+    rounds_since_move: int,
+    cfg: PolicyConfig,
+) -> Stay | Migrate:
+    """Baseline: move to the group with room reporting the best performance.
+
+    The current group's level is its reported value when it is among ``candidates``
+    (else ``current_score``). Same threshold and cooldown as ``reevaluate``, so the two
+    policies differ only in the signal they trust.
+    """
+    if (stay := _cooldown(rounds_since_move, cfg)) is not None:
+        return stay
+    here = next((c for c in candidates if c.group_id == current_group), None)
+    level = here.reported if here is not None and here.reported is not None else current_score
+    others = [
+        c
+        for c in candidates
+        if c.group_id != current_group and c.has_room and c.reported is not None
+    ]
+    if not others:
+        return Stay("no other group with room reports a performance")
+    best = sorted(others, key=_reported_key)[0]
+    reported = best.reported if best.reported is not None else 0.0
+    if beats(reported, level, cfg.switch_threshold):
+        return Migrate(
+            current_group,
+            best.group_id,
+            f"{best.name} reports {reported:.3f} vs {level:.3f} here",
+        )
+    return Stay(f"no group reports more than {cfg.switch_threshold:.0%} above {level:.3f}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named pair of decision functions: first choice and periodic re-evaluation."""
+
+    name: str
+    choose: ChooseFn
+    reevaluate: ReevaluateFn
+
+
+POLICIES: dict[str, Policy] = {
+    LOCAL: Policy(LOCAL, choose_initial, reevaluate),
+    REPORTED: Policy(REPORTED, reported_accuracy_choose, reported_accuracy_reevaluate),
+}
+
+
+def get_policy(name: str) -> Policy:
+    """Return the policy called ``name``; ValueError lists the valid names."""
+    if name not in POLICIES:
+        raise ValueError(f"Unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return POLICIES[name]

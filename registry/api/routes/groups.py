@@ -1,0 +1,137 @@
+"""Routes for groups: create, list, show, join, leave, performance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from registry import crud
+from registry.api.deps import DatabaseDep, PageDep, TokenDep
+from registry.schemas import (
+    GroupCreate,
+    GroupDetail,
+    GroupPublic,
+    GroupsPublic,
+    JoinRequest,
+    LeaveRequest,
+    LeaveResult,
+    MembershipPublic,
+    NodePublic,
+    PerformanceReportIn,
+    PerformanceReportPublic,
+    PerformanceReportsPublic,
+)
+
+router = APIRouter(prefix="/groups", tags=["groups"])
+
+GroupIdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {401: {}, 403: {}}
+
+
+def _check_caller(caller_id: str, claimed: str | None) -> None:
+    if claimed is not None and claimed != caller_id:
+        raise crud.ForbiddenError(f"token belongs to '{caller_id}', not '{claimed}'")
+
+
+@router.post(
+    "",
+    response_model=GroupPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={**AUTH_ERRORS, 409: {}},
+)
+def create_group(db: DatabaseDep, token: TokenDep, body: GroupCreate) -> GroupPublic:
+    """Create a learning group in the caller's domain; `join: true` makes the creator a member."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        group = crud.create_group(session, caller=caller, body=body)
+        return crud.group_public(group, 1 if body.join else 0)
+
+
+@router.get("", response_model=GroupsPublic)
+def list_groups(
+    db: DatabaseDep,
+    page: PageDep,
+    domain: Annotated[str | None, Query(max_length=64)] = None,
+    include_archived: bool = False,
+) -> GroupsPublic:
+    """Groups with member count, capacity, performance and round; filter by domain."""
+    with db.read() as session:
+        rows, total = crud.list_groups(
+            session,
+            domain=domain,
+            include_archived=include_archived,
+            offset=page.offset,
+            limit=page.limit,
+        )
+        return GroupsPublic(data=rows, count=total)
+
+
+@router.post("/join", response_model=MembershipPublic, responses={**AUTH_ERRORS, 404: {}, 409: {}})
+def join_group(db: DatabaseDep, token: TokenDep, body: JoinRequest) -> MembershipPublic:
+    """Join a group, leaving the old one in the same transaction (a migration); 409 when full."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        _check_caller(caller.id, body.node_id)
+        previous, migrated = crud.join_group(session, caller=caller, group_id=body.group_id)
+        return MembershipPublic(
+            node_id=caller.id,
+            group_id=body.group_id,
+            previous_group_id=previous if previous != body.group_id else None,
+            migrated=migrated,
+        )
+
+
+@router.post("/leave", response_model=LeaveResult, responses={**AUTH_ERRORS, 409: {}})
+def leave_group(db: DatabaseDep, token: TokenDep, body: LeaveRequest | None = None) -> LeaveResult:
+    """Leave the current group; its slot frees at once."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        _check_caller(caller.id, body.node_id if body else None)
+        group_id = crud.leave_group(session, caller=caller)
+        return LeaveResult(node_id=caller.id, group_id=group_id)
+
+
+@router.get("/{group_id}", response_model=GroupDetail, responses={404: {}})
+def get_group(db: DatabaseDep, group_id: GroupIdPath) -> GroupDetail:
+    """One group with its members."""
+    with db.read() as session:
+        group, members = crud.get_group(session, group_id=group_id)
+        public = crud.group_public(group, len(members))
+        return GroupDetail(
+            **public.model_dump(), members=[NodePublic.model_validate(m) for m in members]
+        )
+
+
+@router.put(
+    "/{group_id}/performance", response_model=GroupPublic, responses={**AUTH_ERRORS, 404: {}}
+)
+def report_performance(
+    db: DatabaseDep, token: TokenDep, group_id: GroupIdPath, body: PerformanceReportIn
+) -> GroupPublic:
+    """A member reports a figure; the group's performance is the example-weighted mean."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        group = crud.report_performance(session, caller=caller, group_id=group_id, body=body)
+        _, members = crud.get_group(session, group_id=group_id)
+        return crud.group_public(group, len(members))
+
+
+@router.get("/{group_id}/performance", response_model=PerformanceReportsPublic, responses={404: {}})
+def list_performance(
+    db: DatabaseDep,
+    page: PageDep,
+    group_id: GroupIdPath,
+    metric: Annotated[str | None, Query(max_length=64)] = None,
+) -> PerformanceReportsPublic:
+    """The group's report history (oldest first) and its current performance."""
+    with db.read() as session:
+        group, _ = crud.get_group(session, group_id=group_id)
+        rows, total = crud.list_reports(
+            session, group_id=group_id, metric=metric, offset=page.offset, limit=page.limit
+        )
+        return PerformanceReportsPublic(
+            data=[PerformanceReportPublic.model_validate(r) for r in rows],
+            count=total,
+            group_performance=dict(group.performance or {}),
+        )

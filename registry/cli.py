@@ -1,0 +1,85 @@
+"""The `registry` subcommand: run the registry service."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from registry.migrate import upgrade
+from registry.settings import build_settings
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def registry(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL (postgresql+psycopg://…); default: SQLite in data dir."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the database file and model snapshots.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    heartbeat_interval: Annotated[
+        float | None, typer.Option(min=0.01, help="Expected seconds between heartbeats.")
+    ] = None,
+    heartbeat_ttl: Annotated[
+        float | None, typer.Option(min=0.01, help="Seconds of silence before a node expires.")
+    ] = None,
+    archive_grace: Annotated[
+        float | None, typer.Option(min=0, help="Seconds an empty group lives before archiving.")
+    ] = None,
+    sweep_interval: Annotated[
+        float | None, typer.Option(min=0.01, help="Seconds between liveness sweeps.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Run the registry: the network's lookup table, with docs at /docs."""
+    overrides = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "heartbeat_interval": heartbeat_interval,
+        "heartbeat_ttl": heartbeat_ttl,
+        "archive_grace": archive_grace,
+        "sweep_interval": sweep_interval,
+    }
+    try:
+        settings = build_settings(**overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade(settings.effective_database_url)
+    except Exception as exc:  # a bad URL or unreachable database: say so, no traceback
+        typer.echo(
+            f"error: cannot prepare database {settings.effective_database_url!r}: {exc}", err=True
+        )
+        raise typer.Exit(2) from exc
+    # Workers build their settings from the environment: hand everything over there.
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[f"MYCELIUM_REGISTRY_{key.upper()}"] = str(value)
+    os.environ["MYCELIUM_REGISTRY_AUTO_MIGRATE"] = "false"
+    typer.echo(f"registry on http://{host}:{port} (docs: http://{host}:{port}/docs)")
+    uvicorn.run(
+        "registry.main:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=3,
+    )

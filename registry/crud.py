@@ -1,0 +1,633 @@
+"""Registry operations: keyword-only functions on a session, raising RegistryError.
+
+Every rule that many nodes race for (capacity, one group per node) is enforced inside
+the database transaction: group rows are locked in id order before counting members
+(PostgreSQL), and SQLite write transactions begin IMMEDIATE, which serialises writers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from registry.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
+from registry.events import EventType, record_event
+from registry.models import (
+    Event,
+    Group,
+    MemberMetric,
+    Membership,
+    ModelSnapshot,
+    Node,
+    PerformanceReport,
+    utcnow,
+)
+from registry.schemas import (
+    DEFAULT_METRIC,
+    GroupCreate,
+    GroupPublic,
+    NodeRegister,
+    PerformanceReportIn,
+)
+
+__all__ = [
+    "archive_empty_groups",
+    "authenticate",
+    "create_group",
+    "expire_nodes",
+    "get_group",
+    "group_public",
+    "heartbeat",
+    "join_group",
+    "latest_snapshot",
+    "leave_group",
+    "list_events",
+    "list_groups",
+    "list_nodes",
+    "record_snapshot",
+    "register_node",
+    "report_performance",
+]
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- nodes -------------------------------------------------------------------------
+
+
+def authenticate(session: Session, *, token: str | None) -> Node:
+    """The node owning `token`; AuthError when missing or unknown."""
+    if not token:
+        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
+    if node is None:
+        raise AuthError("invalid token")
+    return node
+
+
+def register_node(
+    session: Session, *, body: NodeRegister, token: str | None
+) -> tuple[Node, str | None, bool]:
+    """Register a new node (returns its token) or update one (needs its token)."""
+    node = session.get(Node, body.node_id, with_for_update=True)
+    now = utcnow()
+    if node is None:
+        new_token = secrets.token_urlsafe(32)
+        node = Node(
+            id=body.node_id,
+            token_hash=hash_token(new_token),
+            address=body.address,
+            domain=body.domain,
+            capabilities=dict(body.capabilities),
+            status="active",
+            registered_at=now,
+            updated_at=now,
+            last_heartbeat=now,
+        )
+        session.add(node)
+        record_event(
+            session, EventType.REGISTERED, node_id=node.id, domain=node.domain, address=node.address
+        )
+        session.flush()
+        return node, new_token, True
+    if not token:
+        raise AuthError(f"node '{body.node_id}' is registered; re-registering needs its token")
+    if not secrets.compare_digest(node.token_hash, hash_token(token)):
+        raise ForbiddenError(f"that token does not belong to node '{body.node_id}'")
+    if body.domain != node.domain and node.group_id is not None:
+        raise ConflictError("leave your group before changing domain")
+    was_inactive = node.status != "active"
+    node.address = body.address
+    node.domain = body.domain
+    node.capabilities = dict(body.capabilities)
+    node.status = "active"
+    node.updated_at = now
+    node.last_heartbeat = now
+    record_event(session, EventType.UPDATED, node_id=node.id, address=node.address)
+    if was_inactive:
+        record_event(session, EventType.REACTIVATED, node_id=node.id)
+    return node, None, False
+
+
+def heartbeat(session: Session, *, caller: Node, node_id: str, metrics: dict[str, float]) -> Node:
+    """Record liveness and the node's own latest metrics."""
+    if caller.id != node_id:
+        raise ForbiddenError("a node may only send its own heartbeat")
+    node = session.get(Node, node_id)
+    if node is None:  # pragma: no cover - the caller was just authenticated
+        raise NotFoundError(f"no node '{node_id}'")
+    node.last_heartbeat = utcnow()
+    if metrics:
+        node.metrics = {**node.metrics, **metrics}
+    if node.status != "active":
+        node.status = "active"
+        record_event(session, EventType.REACTIVATED, node_id=node.id)
+    return node
+
+
+def list_nodes(
+    session: Session,
+    *,
+    domain: str | None,
+    status: str | None,
+    group_id: int | None,
+    offset: int,
+    limit: int,
+) -> tuple[Sequence[Node], int]:
+    """A page of nodes with the total count."""
+    q = select(Node)
+    if domain is not None:
+        q = q.where(Node.domain == domain)
+    if status is not None:
+        q = q.where(Node.status == status)
+    if group_id is not None:
+        q = q.where(Node.group_id == group_id)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = session.scalars(q.order_by(Node.id).offset(offset).limit(limit)).all()
+    return rows, total
+
+
+def get_node(session: Session, *, node_id: str) -> Node:
+    """One node; NotFoundError when unknown."""
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFoundError(f"no node '{node_id}'")
+    return node
+
+
+# --- groups ------------------------------------------------------------------------
+
+
+def _member_count(session: Session, group_id: int) -> int:
+    return session.scalar(select(func.count()).where(Node.group_id == group_id)) or 0
+
+
+def _lock_groups(session: Session, ids: Sequence[int]) -> dict[int, Group]:
+    """Lock group rows in id order, so two crossing migrations never deadlock."""
+    rows = session.scalars(
+        select(Group)
+        .where(Group.id.in_(sorted(set(ids))))
+        .order_by(Group.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    return {g.id: g for g in rows}
+
+
+def _lock_node(session: Session, node_id: str) -> Node:
+    node = session.get(Node, node_id, with_for_update=True, populate_existing=True)
+    if node is None:
+        raise AuthError(f"node '{node_id}' is not registered")
+    return node
+
+
+def group_public(group: Group, member_count: int) -> GroupPublic:
+    """The API view of a group."""
+    perf = {k: float(v) for k, v in (group.performance or {}).items()}
+    return GroupPublic(
+        id=group.id,
+        name=group.name,
+        domain=group.domain,
+        description=group.description,
+        max_capacity=group.max_capacity,
+        member_count=member_count,
+        performance=perf,
+        accuracy=perf.get(DEFAULT_METRIC),
+        round=group.round,
+        model_round=group.model_round,
+        created_by=group.created_by,
+        created_at=group.created_at,
+        updated_at=group.updated_at,
+        archived=group.archived_at is not None,
+    )
+
+
+def create_group(session: Session, *, caller: Node, body: GroupCreate) -> Group:
+    """Create a group in the caller's domain; the creator joins when asked."""
+    if body.domain != caller.domain:
+        raise ForbiddenError(
+            f"node '{caller.id}' is in domain '{caller.domain}' and cannot create a group "
+            f"in domain '{body.domain}'"
+        )
+    taken = session.scalar(
+        select(Group.id).where(Group.name == body.name, Group.archived_at.is_(None))
+    )
+    if taken is not None:
+        raise ConflictError(f"a group named '{body.name}' already exists (id {taken})")
+    now = utcnow()
+    group = Group(
+        name=body.name,
+        domain=body.domain,
+        description=body.description,
+        max_capacity=body.max_capacity,
+        created_by=caller.id,
+        created_at=now,
+        updated_at=now,
+        empty_since=now,
+        round=0,
+        performance={},
+    )
+    session.add(group)
+    session.flush()
+    record_event(
+        session,
+        EventType.GROUP_CREATED,
+        node_id=caller.id,
+        group_id=group.id,
+        name=group.name,
+        domain=group.domain,
+        max_capacity=group.max_capacity,
+    )
+    if body.join:
+        join_group(session, caller=caller, group_id=group.id)
+    return group
+
+
+def _recompute_performance(session: Session, group: Group) -> None:
+    """Group performance: example-weighted mean of current members' latest reports."""
+    rows = session.execute(
+        select(MemberMetric.metric, MemberMetric.value, MemberMetric.num_examples)
+        .join(Node, Node.id == MemberMetric.node_id)
+        .where(MemberMetric.group_id == group.id, Node.group_id == group.id)
+    ).all()
+    sums: dict[str, list[float]] = {}
+    for metric, value, n in rows:
+        acc = sums.setdefault(metric, [0.0, 0.0])
+        acc[0] += value * n
+        acc[1] += n
+    group.performance = {m: s / w for m, (s, w) in sums.items() if w > 0}
+
+
+def _remove_member(session: Session, *, node: Node, group: Group, reason: str) -> None:
+    """Take `node` out of `group` (locked by the caller) and close its membership."""
+    now = utcnow()
+    session.execute(
+        update(Membership)
+        .where(
+            Membership.node_id == node.id,
+            Membership.group_id == group.id,
+            Membership.left_at.is_(None),
+        )
+        .values(left_at=now, left_reason=reason)
+    )
+    session.execute(
+        delete(MemberMetric).where(
+            MemberMetric.group_id == group.id, MemberMetric.node_id == node.id
+        )
+    )
+    node.group_id = None
+    session.flush()
+    _recompute_performance(session, group)
+    group.updated_at = now
+    if _member_count(session, group.id) == 0:
+        group.empty_since = now
+
+
+def join_group(session: Session, *, caller: Node, group_id: int) -> tuple[int | None, bool]:
+    """Put the caller in `group_id`, moving it out of its old group in the same transaction.
+
+    Returns (previous group id, migrated). ConflictError when the group is full.
+    """
+    node = _lock_node(session, caller.id)
+    target = session.get(Group, group_id)
+    if target is None:
+        raise NotFoundError(f"no group {group_id}")
+    if target.domain != node.domain:
+        raise ForbiddenError(
+            f"group {group_id} is in domain '{target.domain}', node '{node.id}' in '{node.domain}'"
+        )
+    if node.group_id == group_id:
+        return group_id, False
+    previous = node.group_id
+    locked = _lock_groups(session, [group_id] + ([previous] if previous else []))
+    target = locked[group_id]
+    if target.archived_at is not None:
+        raise ConflictError(f"group {group_id} is archived")
+    members = _member_count(session, group_id)
+    if members >= target.max_capacity:
+        raise ConflictError(
+            f"group {group_id} ('{target.name}') is full: {members}/{target.max_capacity} members"
+        )
+    now = utcnow()
+    if previous is not None:
+        _remove_member(session, node=node, group=locked[previous], reason="migrated")
+    node.group_id = group_id
+    node.status = "active"
+    node.last_heartbeat = now
+    session.add(Membership(node_id=node.id, group_id=group_id, joined_at=now))
+    target.empty_since = None
+    target.updated_at = now
+    session.flush()
+    _recompute_performance(session, target)
+    if previous is not None:
+        record_event(
+            session, EventType.MIGRATED, node_id=node.id, group_id=group_id, from_group=previous
+        )
+    else:
+        record_event(session, EventType.JOINED, node_id=node.id, group_id=group_id)
+    return previous, previous is not None
+
+
+def leave_group(session: Session, *, caller: Node, reason: str = "left") -> int:
+    """Take the caller out of its group; returns that group's id."""
+    node = _lock_node(session, caller.id)
+    if node.group_id is None:
+        raise ConflictError(f"node '{node.id}' is not in a group")
+    group_id = node.group_id
+    group = _lock_groups(session, [group_id])[group_id]
+    _remove_member(session, node=node, group=group, reason=reason)
+    record_event(session, EventType.LEFT, node_id=node.id, group_id=group_id, reason=reason)
+    return group_id
+
+
+def get_group(session: Session, *, group_id: int) -> tuple[Group, list[Node]]:
+    """One group and its members."""
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFoundError(f"no group {group_id}")
+    members = session.scalars(select(Node).where(Node.group_id == group_id).order_by(Node.id))
+    return group, list(members)
+
+
+def list_groups(
+    session: Session,
+    *,
+    domain: str | None,
+    include_archived: bool,
+    offset: int,
+    limit: int,
+) -> tuple[list[GroupPublic], int]:
+    """A page of groups with member counts, newest first."""
+    counts = (
+        select(Node.group_id.label("gid"), func.count().label("n"))
+        .where(Node.group_id.is_not(None))
+        .group_by(Node.group_id)
+        .subquery()
+    )
+    q = select(Group, func.coalesce(counts.c.n, 0)).outerjoin(counts, counts.c.gid == Group.id)
+    filt = select(Group.id)
+    if domain is not None:
+        q = q.where(Group.domain == domain)
+        filt = filt.where(Group.domain == domain)
+    if not include_archived:
+        q = q.where(Group.archived_at.is_(None))
+        filt = filt.where(Group.archived_at.is_(None))
+    total = session.scalar(select(func.count()).select_from(filt.subquery())) or 0
+    rows = session.execute(q.order_by(Group.id).offset(offset).limit(limit)).all()
+    return [group_public(g, int(n)) for g, n in rows], total
+
+
+def report_performance(
+    session: Session, *, caller: Node, group_id: int, body: PerformanceReportIn
+) -> Group:
+    """Store a member's report and recompute the group's performance."""
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFoundError(f"no group {group_id}")
+    node = _lock_node(session, caller.id)
+    if node.group_id != group_id:
+        raise ForbiddenError(f"only members of group {group_id} may report its performance")
+    group = _lock_groups(session, [group_id])[group_id]
+    now = utcnow()
+    session.add(
+        PerformanceReport(
+            group_id=group_id,
+            node_id=node.id,
+            metric=body.metric,
+            value=body.value,
+            round=body.round,
+            num_examples=body.num_examples,
+            created_at=now,
+        )
+    )
+    latest = session.get(MemberMetric, (group_id, node.id, body.metric))
+    if latest is None:
+        session.add(
+            MemberMetric(
+                group_id=group_id,
+                node_id=node.id,
+                metric=body.metric,
+                value=body.value,
+                round=body.round,
+                num_examples=body.num_examples,
+                reported_at=now,
+            )
+        )
+    elif body.round >= latest.round:  # a late report for an older round never overrides
+        latest.value = body.value
+        latest.round = body.round
+        latest.num_examples = body.num_examples
+        latest.reported_at = now
+    session.flush()
+    _recompute_performance(session, group)
+    group.round = max(group.round, body.round)
+    group.updated_at = now
+    record_event(
+        session,
+        EventType.PERFORMANCE,
+        node_id=node.id,
+        group_id=group_id,
+        metric=body.metric,
+        value=body.value,
+        round=body.round,
+        num_examples=body.num_examples,
+        group_value=group.performance.get(body.metric),
+    )
+    return group
+
+
+def list_reports(
+    session: Session, *, group_id: int, metric: str | None, offset: int, limit: int
+) -> tuple[Sequence[PerformanceReport], int]:
+    """A page of a group's performance history, oldest first."""
+    q = select(PerformanceReport).where(PerformanceReport.group_id == group_id)
+    if metric is not None:
+        q = q.where(PerformanceReport.metric == metric)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = session.scalars(q.order_by(PerformanceReport.id).offset(offset).limit(limit)).all()
+    return rows, total
+
+
+# --- models ------------------------------------------------------------------------
+
+
+def check_member(session: Session, *, caller: Node, group_id: int) -> Group:
+    """The group, if the caller is a member of it."""
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFoundError(f"no group {group_id}")
+    if caller.group_id != group_id:
+        raise ForbiddenError(f"only members of group {group_id} may upload its model")
+    return group
+
+
+def latest_snapshot(session: Session, *, group_id: int, round_: int | None = None) -> ModelSnapshot:
+    """The newest stored snapshot of a group (or the one of a given round)."""
+    if session.get(Group, group_id) is None:
+        raise NotFoundError(f"no group {group_id}")
+    q = select(ModelSnapshot).where(
+        ModelSnapshot.group_id == group_id, ModelSnapshot.pruned.is_(False)
+    )
+    if round_ is not None:
+        q = q.where(ModelSnapshot.round == round_)
+    snap = session.scalar(q.order_by(ModelSnapshot.round.desc()).limit(1))
+    if snap is None:
+        which = f"round {round_}" if round_ is not None else "any round"
+        raise NotFoundError(f"group {group_id} has no model snapshot for {which}")
+    return snap
+
+
+def record_snapshot(
+    session: Session,
+    *,
+    caller: Node,
+    group_id: int,
+    round_: int,
+    sha256: str,
+    size: int,
+    path: str,
+    keep: int,
+) -> tuple[ModelSnapshot, bool, list[str]]:
+    """Record an uploaded snapshot; returns (snapshot, created, paths to delete).
+
+    Re-uploading the same bytes for the same round is a no-op; other bytes for an
+    existing round, or a round older than the newest, is a conflict.
+    """
+    node = _lock_node(session, caller.id)
+    if node.group_id != group_id:
+        raise ForbiddenError(f"only members of group {group_id} may upload its model")
+    group = _lock_groups(session, [group_id])[group_id]
+    same = session.scalar(
+        select(ModelSnapshot).where(
+            ModelSnapshot.group_id == group_id, ModelSnapshot.round == round_
+        )
+    )
+    if same is not None and same.sha256 == sha256:
+        return same, False, []
+    newest = session.scalar(
+        select(ModelSnapshot)
+        .where(ModelSnapshot.group_id == group_id)
+        .order_by(ModelSnapshot.round.desc())
+        .limit(1)
+    )
+    if newest is not None and round_ <= newest.round:
+        raise ConflictError(
+            f"group {group_id} already has a model for round {newest.round}; "
+            f"upload a newer round (got {round_})"
+        )
+    now = utcnow()
+    snap = ModelSnapshot(
+        group_id=group_id,
+        round=round_,
+        sha256=sha256,
+        size=size,
+        path=path,
+        uploaded_by=node.id,
+        created_at=now,
+    )
+    session.add(snap)
+    group.model_round = round_
+    group.round = max(group.round, round_)
+    group.updated_at = now
+    session.flush()
+    old = session.scalars(
+        select(ModelSnapshot)
+        .where(ModelSnapshot.group_id == group_id, ModelSnapshot.pruned.is_(False))
+        .order_by(ModelSnapshot.round.desc())
+        .offset(keep)
+    ).all()
+    stale = []
+    for s in old:
+        s.pruned = True
+        stale.append(s.path)
+    record_event(
+        session,
+        EventType.MODEL_UPLOADED,
+        node_id=node.id,
+        group_id=group_id,
+        round=round_,
+        sha256=sha256,
+        size=size,
+    )
+    return snap, True, stale
+
+
+# --- events and liveness -------------------------------------------------------------
+
+
+def list_events(
+    session: Session,
+    *,
+    after_id: int,
+    limit: int,
+    type_: str | None = None,
+    node_id: str | None = None,
+    group_id: int | None = None,
+) -> Sequence[Event]:
+    """Events with id > after_id, oldest first."""
+    q = select(Event).where(Event.id > after_id)
+    if type_ is not None:
+        q = q.where(Event.type == type_)
+    if node_id is not None:
+        q = q.where(Event.node_id == node_id)
+    if group_id is not None:
+        q = q.where(Event.group_id == group_id)
+    return session.scalars(q.order_by(Event.id).limit(limit)).all()
+
+
+def stale_node_ids(session: Session, *, now: dt.datetime, ttl: float) -> list[str]:
+    """Active nodes whose last heartbeat is older than the TTL."""
+    cutoff = now - dt.timedelta(seconds=ttl)
+    return list(
+        session.scalars(
+            select(Node.id).where(Node.status == "active", Node.last_heartbeat < cutoff)
+        )
+    )
+
+
+def expire_nodes(session: Session, *, node_id: str, now: dt.datetime, ttl: float) -> bool:
+    """Mark one node inactive and free its slot, if it is still stale."""
+    node = session.get(Node, node_id, with_for_update=True, populate_existing=True)
+    cutoff = now - dt.timedelta(seconds=ttl)
+    if node is None or node.status != "active" or node.last_heartbeat >= cutoff:
+        return False
+    node.status = "inactive"
+    group_id = node.group_id
+    if group_id is not None:
+        group = _lock_groups(session, [group_id])[group_id]
+        _remove_member(session, node=node, group=group, reason="expired")
+    last_seen = node.last_heartbeat.isoformat()
+    record_event(
+        session, EventType.EXPIRED, node_id=node.id, group_id=group_id, last_heartbeat=last_seen
+    )
+    return True
+
+
+def archive_empty_groups(session: Session, *, now: dt.datetime, grace: float) -> list[int]:
+    """Archive live groups that have been empty for longer than the grace period."""
+    cutoff = now - dt.timedelta(seconds=grace)
+    ids = list(
+        session.scalars(
+            select(Group.id).where(
+                Group.archived_at.is_(None),
+                Group.empty_since.is_not(None),
+                Group.empty_since < cutoff,
+            )
+        )
+    )
+    archived = []
+    for gid, group in _lock_groups(session, ids).items():
+        if group.archived_at is None and _member_count(session, gid) == 0:
+            group.archived_at = now
+            group.updated_at = now
+            record_event(session, EventType.GROUP_ARCHIVED, group_id=gid, name=group.name)
+            archived.append(gid)
+    return archived

@@ -1,0 +1,58 @@
+"""Liveness sweeper: expires silent nodes and archives groups left empty past a grace period."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from registry import crud
+from registry.db import Database
+from registry.models import utcnow
+from registry.settings import RegistrySettings
+
+__all__ = ["Sweeper", "sweep_once"]
+
+log = logging.getLogger(__name__)
+
+
+def sweep_once(db: Database, settings: RegistrySettings) -> tuple[int, int]:
+    """One pass: returns (nodes expired, groups archived)."""
+    now = utcnow()
+    ttl = settings.effective_ttl
+    with db.read() as session:
+        stale = crud.stale_node_ids(session, now=now, ttl=ttl)
+    expired = 0
+    for node_id in stale:  # one short transaction each, so joins are never held up long
+        with db.write() as session:
+            expired += crud.expire_nodes(session, node_id=node_id, now=now, ttl=ttl)
+    with db.write() as session:
+        archived = crud.archive_empty_groups(session, now=now, grace=settings.archive_grace)
+    if expired or archived:
+        log.info("liveness: expired %s nodes, archived %s groups", expired, len(archived))
+    return expired, len(archived)
+
+
+class Sweeper:
+    """Runs sweep_once every `sweep_interval` seconds in a daemon thread."""
+
+    def __init__(self, db: Database, settings: RegistrySettings) -> None:
+        self._db = db
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liveness-sweeper", daemon=True)
+
+    def start(self) -> None:
+        """Start sweeping."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop and wait for the current pass to end."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.sweep_interval):
+            try:
+                sweep_once(self._db, self._settings)
+            except Exception:  # keep sweeping through transient database errors
+                log.exception("liveness sweep failed")

@@ -1,0 +1,152 @@
+"""Builds the registry app: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.api.routes import events, groups, health, models, nodes
+from registry.db import Database
+from registry.errors import RegistryError
+from registry.events import EventBus
+from registry.liveness import Sweeper
+from registry.migrate import upgrade
+from registry.settings import RegistrySettings, build_settings
+from registry.storage import ModelStore
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """The lookup table of a Mycelium network: groups, nodes, performance, models.
+
+Calls that change a node's or a group's state need the node's bearer token, returned
+once by `POST /nodes/register`.
+"""
+
+
+class BodyLimitMiddleware:
+    """413 for JSON bodies over the limit (model uploads have their own, larger limit)."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].endswith("/model"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                resp = JSONResponse(
+                    {"detail": f"request body exceeds {self.limit} bytes"}, status_code=413
+                )
+                await resp(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, f"request body exceeds {self.limit} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` if it serialises as strict JSON, else its repr (NaN, bytes, objects)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {k: _json_safe(v) for k, v in err.items() if k in ("type", "loc", "msg", "input")}
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(RegistryError)
+    async def _registry_error(_: Request, exc: RegistryError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        log.info("integrity conflict: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "conflicting concurrent change; retry the request"}, status_code=409
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _operational(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "database busy or unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+
+def create_app(settings: RegistrySettings | None = None) -> FastAPI:
+    """The registry ASGI app; migrates the database on start unless told not to."""
+    settings = settings or build_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.auto_migrate:
+            upgrade(settings.effective_database_url)
+        db = Database(settings.effective_database_url)
+        bus = EventBus()
+        db.on_events_committed = bus.notify
+        app.state.db = db
+        app.state.bus = bus
+        app.state.store = ModelStore(settings.models_dir)
+        app.state.shutting_down = False
+        sweeper = Sweeper(db, settings)
+        sweeper.start()
+        log.info("registry ready: database %s", db.engine.url.render_as_string(hide_password=True))
+        try:
+            yield
+        finally:
+            app.state.shutting_down = True
+            bus.notify()
+            sweeper.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="Mycelium Net registry",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    _error_handlers(app)
+    for module in (groups, models, nodes, events, health):
+        app.include_router(module.router)
+    return app
+
+
+def create_app_from_env(**_: Any) -> FastAPI:
+    """App factory for uvicorn workers: settings come from MYCELIUM_REGISTRY_* variables."""
+    return create_app(build_settings())

@@ -1,0 +1,54 @@
+"""Registry settings: one pydantic-settings class, env prefix MYCELIUM_REGISTRY_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["RegistrySettings", "build_settings"]
+
+
+class RegistrySettings(BaseSettings):
+    """Everything the registry needs to run; defaults run locally."""
+
+    model_config = SettingsConfigDict(env_prefix="MYCELIUM_REGISTRY_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data/registry"), description="Database and model files.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: an SQLite file in data_dir."
+    )
+    heartbeat_interval: float = Field(default=30.0, gt=0, description="Expected node heartbeat.")
+    heartbeat_ttl: float | None = Field(
+        default=None, gt=0, description="Seconds without heartbeat before a node expires."
+    )
+    archive_grace: float = Field(default=300.0, ge=0, description="Empty group archive delay.")
+    sweep_interval: float = Field(default=5.0, gt=0, description="Liveness sweep period.")
+    max_model_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0, description="JSON body limit.")
+    model_history: int = Field(default=5, ge=1, description="Model files kept per group.")
+    auto_migrate: bool = Field(default=True, description="Upgrade the schema on start.")
+
+    @property
+    def effective_ttl(self) -> float:
+        """TTL in seconds: the configured one, or three heartbeat intervals."""
+        return self.heartbeat_ttl if self.heartbeat_ttl is not None else 3 * self.heartbeat_interval
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to an SQLite file inside data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder holding model snapshot files."""
+        return self.data_dir / "models"
+
+
+def build_settings(**overrides: object) -> RegistrySettings:
+    """Settings from the environment, with explicit overrides (None values ignored)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return RegistrySettings(**clean)  # type: ignore[arg-type]

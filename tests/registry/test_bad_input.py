@@ -1,0 +1,84 @@
+"""Bad input gets a 4xx with a reason, never a 500, and never corrupts later reads."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.registry.helpers import create_group, register
+from tests.support.registry_proc import RegistryProcess
+
+
+@pytest.fixture
+def client(sqlite_registry: RegistryProcess) -> httpx.Client:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        yield c
+
+
+def test_malformed_reports_are_refused_and_listings_keep_working(client: httpx.Client) -> None:
+    node, h = register(client)
+    gid = create_group(client, h)
+    bad_bodies: list[object] = [
+        {},
+        {"value": "high", "round": 1},
+        {"value": 0.5, "round": -1},
+        {"value": 0.5, "round": 1, "num_examples": 0},
+        {"value": 0.5, "round": 1, "metric": "Bad Metric!"},
+        {"value": 1e300, "round": 1},
+        {"value": 0.5, "round": 2**40},
+        [1, 2, 3],
+    ]
+    for body in bad_bodies:
+        r = client.put(f"/groups/{gid}/performance", headers=h, json=body)
+        assert r.status_code == 422, (body, r.status_code, r.text)
+        assert r.json()["detail"]
+    for raw in (b'{"value": NaN, "round": 1}', b'{"value": Infinity, "round": 1}', b"{not json"):
+        r = client.put(
+            f"/groups/{gid}/performance",
+            headers={**h, "Content-Type": "application/json"},
+            content=raw,
+        )
+        assert r.status_code == 422, (raw, r.text)
+    hb = client.post(
+        f"/nodes/{node}/heartbeat",
+        headers={**h, "Content-Type": "application/json"},
+        content=b'{"metrics": {"accuracy": NaN}}',
+    )
+    assert hb.status_code == 422
+    assert client.get("/groups").status_code == 200
+    assert client.get(f"/groups/{gid}").json()["performance"] == {}
+    assert client.get("/nodes").status_code == 200
+
+
+def test_bad_ids_and_params_are_4xx(client: httpx.Client) -> None:
+    assert client.get(f"/groups/{2**70}").status_code == 422
+    assert client.get("/groups/0").status_code == 422
+    assert client.get("/groups/abc").status_code == 422
+    assert client.get("/groups/999999").status_code == 404
+    assert client.get("/nodes/bad id with spaces").status_code in (404, 422)
+    assert client.get("/groups", params={"limit": 0}).status_code == 422
+    assert client.get("/events", params={"after_id": -1}).status_code == 422
+    r = client.post(
+        "/nodes/register", json={"node_id": "x", "address": "a", "domain": "Digits Upper"}
+    )
+    assert r.status_code == 422
+    r = client.post("/nodes/register", json={"node_id": "x", "address": "a", "domain": "d", "k": 1})
+    assert r.status_code == 422 and "k" in r.text
+
+
+def test_oversized_bodies_are_413(client: httpx.Client) -> None:
+    _, h = register(client)
+    gid = create_group(client, h)
+    big = {"node_id": "big", "address": "x" * (2 * 1024 * 1024), "domain": "digits"}
+    assert client.post("/nodes/register", json=big).status_code == 413
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(40):
+            yield b" " * 65536
+
+    chunked = client.post(
+        "/nodes/register", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    empty = client.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=b"")
+    assert empty.status_code == 422

@@ -1,0 +1,1 @@
+"""Visualization of the network from registry snapshots."""

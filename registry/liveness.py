@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 
@@ -15,12 +16,21 @@ __all__ = ["Sweeper", "sweep_once"]
 log = logging.getLogger(__name__)
 
 
-def sweep_once(db: Database, settings: RegistrySettings) -> tuple[int, int]:
-    """One pass: returns (nodes expired, groups archived)."""
+def sweep_once(
+    db: Database, settings: RegistrySettings, *, started_at: dt.datetime | None = None
+) -> tuple[int, int]:
+    """One pass: returns (nodes expired, groups archived).
+
+    Nodes are not expired until the registry has been up for one TTL: after a restart
+    (or an outage) every node gets a full TTL to check back in, instead of all being
+    expired at the first sweep for the silence the outage caused.
+    """
     now = utcnow()
     ttl = settings.effective_ttl
-    with db.read() as session:
-        stale = crud.stale_node_ids(session, now=now, ttl=ttl)
+    stale: list[str] = []
+    if started_at is None or (now - started_at).total_seconds() >= ttl:
+        with db.read() as session:
+            stale = crud.stale_node_ids(session, now=now, ttl=ttl)
     expired = 0
     for node_id in stale:  # one short transaction each, so joins are never held up long
         with db.write() as session:
@@ -39,6 +49,7 @@ class Sweeper:
         self._db = db
         self._settings = settings
         self._stop = threading.Event()
+        self._started_at = utcnow()
         self._thread = threading.Thread(target=self._run, name="liveness-sweeper", daemon=True)
 
     def start(self) -> None:
@@ -53,6 +64,6 @@ class Sweeper:
     def _run(self) -> None:
         while not self._stop.wait(self._settings.sweep_interval):
             try:
-                sweep_once(self._db, self._settings)
+                sweep_once(self._db, self._settings, started_at=self._started_at)
             except Exception:  # keep sweeping through transient database errors
                 log.exception("liveness sweep failed")

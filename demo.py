@@ -1,0 +1,8 @@
+"""`python demo.py [flags]`: the same as `mycelium demo`."""
+
+import typer
+
+from node.demo_cli import demo
+
+if __name__ == "__main__":
+    typer.run(demo)

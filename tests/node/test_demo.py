@@ -1,0 +1,66 @@
+"""The demo as a user runs it: flags, the final table, summary.json, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "demo.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_demo_writes_summary_and_prints_table(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run("--nodes", "4", "--rounds", "4", "--output", str(out), "--seed", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 4
+    assert set(summary["nodes"]) == {f"node-{i:03d}" for i in range(4)}
+    node = summary["nodes"]["node-000"]
+    assert len(node["group_over_time"]) == 4 and len(node["accuracy_over_time"]) == 4
+    assert node["cluster"] in (0, 1)
+    assert summary["groups"] and all(
+        "performance_over_time" in g for g in summary["groups"].values()
+    )
+    assert 0 <= summary["final"]["mean_accuracy"] <= 1
+    assert "Mycelium Net after 4 rounds" in result.stdout and "node-003" in result.stdout
+
+
+def test_bad_flags_are_named_without_a_traceback(tmp_path: Path) -> None:
+    result = _run("--dataset", "mnist", "--output", str(tmp_path))
+    assert result.returncode != 0
+    assert "--dataset" in result.stderr and "digits, fashion" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_still_writes_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "demo.py"), "--rounds", "100000", "--output", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    time.sleep(12)  # past start-up and a few rounds
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] >= 1
+    assert "summary written" in stdout

@@ -5,13 +5,17 @@ from __future__ import annotations
 import typer
 
 from node.demo_cli import demo
+from node.peer_cli import peer
 from registry.cli import registry
+from viz.cli import viz
 
 app = typer.Typer(
     help="Mycelium Net: a network of federated-learning groups.", no_args_is_help=True
 )
 app.command()(registry)
 app.command()(demo)
+app.command()(viz)
+app.command()(peer)
 
 
 @app.callback()

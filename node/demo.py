@@ -51,6 +51,7 @@ class DemoConfig:
     progress: bool = True
     on_registry_ready: Callable[[str], None] | None = field(default=None, repr=False)
     on_round: Callable[[RoundStats], None] | None = field(default=None, repr=False)
+    on_finish: Callable[[], None] | None = field(default=None, repr=False)
 
 
 class _TqdmHandler(logging.Handler):
@@ -155,6 +156,8 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
         finally:
             agent_log.removeHandler(handler)
             agent_log.propagate = True
+            if cfg.on_finish:  # before the nodes leave: the network as it ended
+                cfg.on_finish()
             summary = _summary(cfg, net, started)
             net.shutdown()
     if cfg.local_only and not stop.is_set():

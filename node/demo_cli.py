@@ -84,6 +84,10 @@ def demo(
     local_only: Annotated[
         bool, typer.Option(help="Also train each node alone, for comparison.")
     ] = True,
+    viz: Annotated[
+        bool, typer.Option("--viz", help="Record the network; write a GIF and PNG to --output.")
+    ] = False,
+    fps: Annotated[float, typer.Option(min=0.1, max=50, help="GIF frames per second.")] = 4.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the demo: a registry and nodes that form groups by how well models fit their data."""
@@ -113,7 +117,16 @@ def demo(
         local_only=local_only,
     )
     try:
-        summary = run_demo(cfg)
+        if viz:
+            from viz.demo import run_demo_with_viz
+            from viz.session import VizOptions
+
+            summary, viz_summary = run_demo_with_viz(cfg, VizOptions(output=output, fps=fps))
+            for key in ("gif", "png"):
+                if viz_summary.get(key):
+                    typer.echo(f"{key.upper()} written to {viz_summary[key]}")
+        else:
+            summary = run_demo(cfg)
     except (NodeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

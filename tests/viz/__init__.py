@@ -1,0 +1,1 @@
+"""Tests of the visualization: snapshots, layout, drawing, export, the viz command."""

@@ -1,0 +1,210 @@
+"""Recording a live registry and exporting it: GIF frames, final state, migrations, replay."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from tests.support.registry_proc import RegistryProcess
+from tests.viz.helpers import SMALL, Network
+from viz.export import ExportResult, export
+from viz.frames import Frame, build_frames
+from viz.recorder import Recorder
+from viz.render import Renderer
+from viz.snapshot import Snapshot, load_snapshots
+
+
+@dataclass
+class Recorded:
+    """A scripted run: its snapshots, frames, export and what the registry said at the end."""
+
+    snapshots: list[Snapshot]
+    frames: list[Frame]
+    result: ExportResult
+    groups_at_end: list[dict[str, Any]]
+    members_at_end: dict[int, list[str]]
+    migrant: str
+    source: int
+    target: int
+    snapshots_file: Path
+
+
+@pytest.fixture(scope="module")
+def recorded(
+    sqlite_registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Recorded]:
+    """Two groups train for four rounds; a node migrates after round 2; a late node joins."""
+    out = tmp_path_factory.mktemp("viz")
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as client:
+        net = Network(client, prefix=f"v{uuid.uuid4().hex[:6]}")
+        # Snapshots are taken by hand after each step, so the test knows what each one holds.
+        rec = Recorder(sqlite_registry.url, interval=60, path=out / "snapshots.jsonl")
+        rec.start()  # opens the file; the thread's first poll is snapshot 0
+        a = [net.register(f"a{i}") for i in range(3)]
+        b = [net.register(f"b{i}") for i in range(3)]
+        ga = net.create_group(a[0], f"{net.prefix}-alpha")
+        gb = net.create_group(b[0], f"{net.prefix}-beta")
+        for n in a[1:]:
+            net.join(n, ga)
+        for n in b[1:]:
+            net.join(n, gb)
+        rec.snapshot()
+        for r in range(1, 5):
+            if r == 3:
+                moved = net.join(a[2], gb)
+                assert moved["migrated"] is True
+                late = net.register("late")
+                net.join(late, ga)
+            for n in [*a[:2], *([a[2]] if r < 3 else [])]:
+                net.report(n, ga, r, 0.3 + 0.1 * r)
+            for n in [*b, *([a[2]] if r >= 3 else [])]:
+                net.report(n, gb, r, 0.5 + 0.08 * r)
+            rec.snapshot()
+        snapshots = rec.stop(final=True)
+        groups_at_end = client.get("/groups").json()["data"]
+        members_at_end = {
+            g["id"]: sorted(m["id"] for m in client.get(f"/groups/{g['id']}").json()["members"])
+            for g in groups_at_end
+        }
+    frames = build_frames(snapshots)
+    result = export(frames, out, fps=5, size=SMALL)
+    yield Recorded(
+        snapshots,
+        frames,
+        result,
+        groups_at_end,
+        members_at_end,
+        a[2],
+        ga,
+        gb,
+        out / "snapshots.jsonl",
+    )
+
+
+def test_export_writes_a_gif_of_several_different_frames_and_a_png(recorded: Recorded) -> None:
+    # Execute
+    gif = iio.imread(recorded.result.gif, index=None)
+    png = iio.imread(recorded.result.png)
+
+    # Assert
+    assert gif.shape[0] == len(recorded.frames) > 1
+    assert gif.shape[1:3] == (SMALL[1], SMALL[0])
+    assert any(not np.array_equal(gif[0], g) for g in gif[1:])
+    assert sum(not np.array_equal(x, y) for x, y in itertools.pairwise(gif)) >= 3
+    assert png.shape[:2] == (SMALL[1], SMALL[0])
+    assert recorded.result.ms_per_frame > 0
+
+
+def test_last_frame_shows_the_groups_and_members_the_registry_reports(recorded: Recorded) -> None:
+    # Execute
+    last = recorded.frames[-1]
+    shown = {g.id: (g.name, sorted(g.members), g.accuracy, g.round) for g in last.snapshot.groups}
+
+    # Assert: the same groups, members, accuracy and round as GET /groups{,/id}
+    expected = {
+        g["id"]: (g["name"], recorded.members_at_end[g["id"]], g["accuracy"], g["round"])
+        for g in recorded.groups_at_end
+    }
+    assert shown == expected
+    assert {g.id: len(g.members) for g in last.snapshot.groups} == {
+        g["id"]: g["member_count"] for g in recorded.groups_at_end
+    }
+    # ...and every member is drawn inside its group's circle
+    for g in last.snapshot.groups:
+        cx, cy = last.layout.centre(g.id)
+        for m in g.members:
+            x, y = last.layout.positions[m]
+            assert (x - cx) ** 2 + (y - cy) ** 2 < 0.4**2
+
+
+def test_migration_during_the_run_appears_in_the_frames(recorded: Recorded) -> None:
+    # Execute
+    marked = [
+        (f.index, m.migration)
+        for f in recorded.frames
+        for m in f.migrations
+        if m.age == 0 and m.migration.node_id == recorded.migrant
+    ]
+
+    # Assert: one frame draws the arrow source → target; the node then sits in the target
+    assert len(marked) == 1
+    index, mig = marked[0]
+    assert (mig.from_group, mig.to_group) == (recorded.source, recorded.target)
+    frame = recorded.frames[index]
+    before = recorded.frames[index - 1]
+    assert before.layout.node_slots[recorded.migrant][0] == recorded.source
+    assert frame.layout.node_slots[recorded.migrant][0] == recorded.target
+    assert frame.stats.migrations == 1
+    assert recorded.frames[-1].stats.migrations == 1
+
+
+def test_nodes_keep_their_place_unless_they_migrate(recorded: Recorded) -> None:
+    # Execute
+    moved = set()
+    for prev, cur in zip(recorded.frames, recorded.frames[1:], strict=False):
+        for nid, pos in cur.layout.positions.items():
+            if nid in prev.layout.positions and prev.layout.positions[nid] != pos:
+                moved.add(nid)
+
+    # Assert: nodes move from lobby into a group once, and the migrant moves once more
+    for prev, cur in zip(recorded.frames, recorded.frames[1:], strict=False):
+        for nid, pos in cur.layout.positions.items():
+            if (
+                nid in prev.layout.positions
+                and prev.layout.node_slots[nid][0] == (cur.layout.node_slots[nid][0])
+            ):
+                assert prev.layout.positions[nid] == pos
+    assert recorded.migrant in moved
+
+
+def test_replay_from_the_saved_file_reproduces_identical_frames(recorded: Recorded) -> None:
+    # Prepare: the frames as drawn during the run
+    original = [Renderer(SMALL).render(f) for f in recorded.frames]
+
+    # Execute: load the file the recorder wrote as it went, and draw again
+    replayed = load_snapshots(recorded.snapshots_file)
+    again = [Renderer(SMALL).render(f) for f in build_frames(replayed)]
+
+    # Assert
+    assert replayed == recorded.snapshots
+    assert len(again) == len(original)
+    for x, y in zip(original, again, strict=True):
+        assert np.array_equal(x, y)
+
+
+def test_background_recorder_polls_until_stopped(
+    sqlite_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    # Prepare
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as client:
+        net = Network(client, prefix=f"bg{uuid.uuid4().hex[:6]}")
+        path = tmp_path / "snaps.jsonl"
+
+        # Execute
+        with Recorder(sqlite_registry.url, interval=0.1, path=path) as rec:
+            node = net.register("solo")
+            gid = net.create_group(node, f"{net.prefix}-solo")
+            net.report(node, gid, 1, 0.9)
+            time.sleep(0.5)
+
+    # Assert: several snapshots, the last one sees the group, and the file matches
+    snaps = rec.snapshots
+    assert len(snaps) >= 3
+    assert [s.index for s in snaps] == list(range(len(snaps)))
+    last_groups = {g.id: g for g in snaps[-1].groups}
+    assert last_groups[gid].members == (node,)
+    assert last_groups[gid].accuracy == pytest.approx(0.9)
+    assert {n.id: n.accuracy for n in snaps[-1].nodes}[node] == pytest.approx(0.9)
+    assert load_snapshots(path) == snaps
+    events = [e for s in snaps for e in s.events]
+    assert len({e.id for e in events}) == len(events)  # every event exactly once

@@ -1,0 +1,245 @@
+"""A visualization session: record a running network, show it live if a display exists,
+and write the GIF, the final PNG and the snapshots file when it ends.
+
+`run_session` runs in the calling process (the `viz` command). `VizProcess` runs the same
+session in a child process, so drawing never competes with training for the GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from viz.export import DEFAULT_FPS, DEFAULT_GIF, DEFAULT_MAX_BYTES, DEFAULT_PNG, export
+from viz.frames import FrameBuilder, build_frames
+from viz.recorder import Recorder
+from viz.render import DEFAULT_SIZE, Renderer
+from viz.snapshot import Snapshot, save_snapshots
+
+__all__ = [
+    "SNAPSHOTS_FILE",
+    "SUMMARY_FILE",
+    "VizOptions",
+    "VizProcess",
+    "export_snapshots",
+    "has_display",
+    "run_session",
+]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOTS_FILE = "snapshots.jsonl"
+SUMMARY_FILE = "viz_summary.json"
+
+
+class _Waitable(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+@dataclass
+class VizOptions:
+    """Where and how a session writes its outputs."""
+
+    output: Path = Path("output")
+    fps: float = DEFAULT_FPS
+    interval: float = 1.0
+    size: tuple[int, int] = DEFAULT_SIZE
+    max_bytes: int = DEFAULT_MAX_BYTES
+    live: bool | None = None  # None: a live window when a display exists
+    gif_name: str = DEFAULT_GIF
+    png_name: str = DEFAULT_PNG
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def has_display() -> bool:
+    """True when a window can be opened (an X11 or Wayland display is set)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class _LiveWindow:
+    """Shows already-rendered frames in a window; draws nothing itself, so output is identical."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.ion()
+        w, h = size
+        self._plt = plt
+        self._fig = plt.figure(figsize=(w / 100, h / 100), dpi=100)
+        self._fig.canvas.manager.set_window_title("Mycelium Net")  # type: ignore[union-attr]
+        ax = self._fig.add_axes((0, 0, 1, 1))
+        ax.set_axis_off()
+        self._image = ax.imshow(np.zeros((h, w, 3), dtype=np.uint8))
+
+    def show(self, rgb: np.ndarray) -> None:
+        self._image.set_data(rgb)
+        self._plt.pause(0.001)
+
+    def pump(self) -> None:
+        """Keep the window responsive between frames."""
+        self._plt.pause(0.001)
+
+    def alive(self) -> bool:
+        return bool(self._plt.fignum_exists(self._fig.number))
+
+    def close(self) -> None:
+        self._plt.close(self._fig)
+
+
+def export_snapshots(snapshots: Sequence[Snapshot], options: VizOptions) -> dict[str, Any]:
+    """Frames from snapshots → GIF + PNG in options.output; returns (and writes) a summary."""
+    frames = build_frames(snapshots)
+    result = export(
+        frames,
+        options.output,
+        fps=options.fps,
+        size=options.size,
+        max_bytes=options.max_bytes,
+        gif_name=options.gif_name,
+        png_name=options.png_name,
+    )
+    last = snapshots[-1]
+    summary: dict[str, Any] = {
+        **result.to_json(),
+        "snapshots": len(snapshots),
+        "final": {
+            "round": last.round,
+            "groups": {g.name: list(g.members) for g in last.groups},
+            "nodes_active": len(last.active_nodes),
+            "mean_accuracy": last.mean_accuracy,
+        },
+        **options.extra,
+    }
+    (options.output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_session(
+    registry_url: str,
+    options: VizOptions,
+    *,
+    stop: _Waitable | None = None,
+    duration: float | None = None,
+    on_ready: Callable[[Recorder], None] | None = None,
+) -> dict[str, Any]:
+    """Record until `stop` is set, `duration` passes or Ctrl+C; then export everything.
+
+    The snapshots file is written as the run goes, so it survives a crash; the GIF and PNG
+    are drawn at the end, or live in a window (and again at the end) when there is a display.
+    """
+    options.output.mkdir(parents=True, exist_ok=True)
+    stop_event: _Waitable = stop if stop is not None else threading.Event()
+    recorder = Recorder(registry_url, options.interval, path=options.output / SNAPSHOTS_FILE)
+    live = has_display() if options.live is None else options.live
+    window: _LiveWindow | None = None
+    if live:
+        try:
+            window = _LiveWindow(options.size)
+        except Exception as exc:  # no usable GUI backend: carry on headless
+            log.warning("no live window (%s); recording headless", exc)
+    deadline = None if duration is None else time.monotonic() + duration
+    recorder.start()
+    if on_ready is not None:
+        on_ready(recorder)
+    live_ms: list[float] = []
+    try:
+        if window is None:
+            while not stop_event.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                stop_event.wait(0.2 if left is None else min(0.2, left))
+        else:
+            builder, renderer, seen = FrameBuilder(), Renderer(options.size), 0
+            while not stop_event.is_set() and window.alive():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                snaps = recorder.snapshots
+                frame = None
+                for snap in snaps[seen:]:
+                    frame = builder.add(snap)
+                seen = len(snaps)
+                if frame is not None:
+                    window.show(renderer.render(frame))
+                else:
+                    window.pump()
+                stop_event.wait(min(0.2, options.interval))
+            live_ms = [1000 * t for t in renderer.timings]
+    except KeyboardInterrupt:
+        log.info("interrupted: writing what was recorded")
+    finally:
+        snapshots = recorder.stop()
+        if window is not None:
+            window.close()
+    if not snapshots:
+        raise RuntimeError(f"no snapshot could be taken from {registry_url}")
+    save_snapshots(options.output / SNAPSHOTS_FILE, snapshots, registry_url=registry_url)
+    summary = export_snapshots(snapshots, options)
+    summary["recorder_errors"] = recorder.errors
+    if live_ms:
+        summary["live_ms_per_frame"] = round(sum(live_ms) / len(live_ms), 2)
+    summary["snapshots_file"] = str(options.output / SNAPSHOTS_FILE)
+    (options.output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _child(registry_url: str, options: dict[str, Any], stop: Any, results: Any) -> None:
+    # Ctrl+C goes to the whole process group: the parent decides when the session ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    opts = VizOptions(**{**options, "output": Path(options["output"])})
+    try:
+        results.put(("ok", run_session(registry_url, opts, stop=stop)))
+    except Exception as exc:  # report to the parent rather than dying silently
+        log.exception("viz session failed")
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class VizProcess:
+    """A session in a child process: start() when the registry is up, stop() at the end."""
+
+    def __init__(self, registry_url: str, options: VizOptions) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
+        self._stop = ctx.Event()
+        self._results: Any = ctx.Queue()
+        self._proc = ctx.Process(
+            target=_child,
+            args=(registry_url, asdict(options), self._stop, self._results),
+            name="mycelium-viz",
+            daemon=False,
+        )
+        self._outcome: tuple[str, Any] | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once start() ran."""
+        return self._proc.pid is not None
+
+    def start(self) -> VizProcess:
+        """Start recording."""
+        self._proc.start()
+        return self
+
+    def stop(self, timeout: float = 600.0) -> dict[str, Any]:
+        """End the session and wait for its GIF and PNG; returns its summary (again if repeated)."""
+        outcome = self._outcome
+        if outcome is None:
+            self._stop.set()
+            outcome = self._outcome = self._results.get(timeout=timeout)
+            self._proc.join(timeout=30)
+        status, payload = outcome
+        if status != "ok":
+            raise RuntimeError(f"visualization failed: {payload}")
+        result: dict[str, Any] = payload
+        return result

@@ -1,0 +1,272 @@
+"""Snapshots: the registry's state at one moment, as plain data that frames are drawn from."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "FORMAT",
+    "EventRecord",
+    "GroupState",
+    "Migration",
+    "NodeState",
+    "Snapshot",
+    "SnapshotFetcher",
+    "file_header",
+    "load_snapshots",
+    "save_snapshots",
+]
+
+FORMAT = "mycelium-viz-snapshots"
+VERSION = 1
+ACCURACY = "accuracy"
+MIGRATED = "migrated"
+PAGE = 1000  # the registry's largest page
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A live group: its members, accuracy and round."""
+
+    id: int
+    name: str
+    members: tuple[str, ...]
+    accuracy: float | None
+    round: int
+    capacity: int = 0
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any], members: Iterable[str]) -> GroupState:
+        """From a GroupPublic JSON object and the ids of its members."""
+        acc = data.get("accuracy")
+        return cls(
+            id=int(data["id"]),
+            name=str(data["name"]),
+            members=tuple(sorted(members)),
+            accuracy=float(acc) if acc is not None else None,
+            round=int(data.get("round") or 0),
+            capacity=int(data.get("max_capacity") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A registered node: where it is, whether it is alive, its own accuracy."""
+
+    id: str
+    group_id: int | None
+    status: str
+    accuracy: float | None
+
+    @property
+    def active(self) -> bool:
+        """True while the registry counts the node as alive."""
+        return self.status == "active"
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> NodeState:
+        """From a NodePublic JSON object; accuracy is what the node sent in its heartbeats."""
+        acc = (data.get("metrics") or {}).get(ACCURACY)
+        gid = data.get("group_id")
+        return cls(
+            id=str(data["id"]),
+            group_id=int(gid) if gid is not None else None,
+            status=str(data.get("status") or "active"),
+            accuracy=float(acc) if isinstance(acc, int | float) else None,
+        )
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One registry event (EventPublic), with its timestamp kept as text."""
+
+    id: int
+    type: str
+    node_id: str | None
+    group_id: int | None
+    data: dict[str, Any]
+    created_at: str
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> EventRecord:
+        """From an EventPublic JSON object."""
+        gid = data.get("group_id")
+        return cls(
+            id=int(data["id"]),
+            type=str(data["type"]),
+            node_id=data.get("node_id"),
+            group_id=int(gid) if gid is not None else None,
+            data=dict(data.get("data") or {}),
+            created_at=str(data.get("created_at") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A node moving from one group to another (from a `migrated` event)."""
+
+    node_id: str
+    from_group: int
+    to_group: int
+    event_id: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The network at `time` seconds after recording began, plus the events since the last one."""
+
+    index: int
+    time: float
+    groups: tuple[GroupState, ...]
+    nodes: tuple[NodeState, ...]
+    events: tuple[EventRecord, ...] = ()
+    wall_time: float = 0.0
+
+    @property
+    def migrations(self) -> tuple[Migration, ...]:
+        """Migrations among this snapshot's new events, oldest first."""
+        out = []
+        for ev in self.events:
+            if ev.type == MIGRATED and ev.node_id and ev.group_id is not None:
+                src = ev.data.get("from_group")
+                if isinstance(src, int):
+                    out.append(Migration(ev.node_id, src, ev.group_id, ev.id))
+        return tuple(out)
+
+    @property
+    def round(self) -> int:
+        """The furthest round any live group has reached."""
+        return max((g.round for g in self.groups), default=0)
+
+    @property
+    def active_nodes(self) -> tuple[NodeState, ...]:
+        """Nodes the registry counts as alive."""
+        return tuple(n for n in self.nodes if n.active)
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        """Mean of the accuracies that active nodes report about themselves."""
+        accs = [n.accuracy for n in self.nodes if n.active and n.accuracy is not None]
+        return sum(accs) / len(accs) if accs else None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the inverse of from_json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        """From the dict that to_json made."""
+        return cls(
+            index=int(data["index"]),
+            time=float(data["time"]),
+            wall_time=float(data.get("wall_time", 0.0)),
+            groups=tuple(
+                GroupState(**{**g, "members": tuple(g["members"])}) for g in data["groups"]
+            ),
+            nodes=tuple(NodeState(**n) for n in data["nodes"]),
+            events=tuple(EventRecord(**e) for e in data.get("events", ())),
+        )
+
+
+def file_header(registry_url: str | None) -> dict[str, Any]:
+    """The first line of a snapshots file."""
+    return {"format": FORMAT, "version": VERSION, "registry_url": registry_url}
+
+
+def save_snapshots(
+    path: Path, snapshots: Sequence[Snapshot], *, registry_url: str | None = None
+) -> None:
+    """Write snapshots as JSON lines: a header line, then one snapshot per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(file_header(registry_url)) + "\n")
+        for snap in snapshots:
+            fh.write(json.dumps(snap.to_json(), separators=(",", ":")) + "\n")
+
+
+def _iter_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_snapshots(path: Path) -> list[Snapshot]:
+    """Read a file written by save_snapshots (or by a Recorder as it went)."""
+    lines = _iter_lines(path)
+    header = next(lines, None)
+    if not header or header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file")
+    if int(header.get("version", 0)) > VERSION:
+        raise ValueError(f"{path} has format version {header['version']}; this reads {VERSION}")
+    out: list[Snapshot] = []
+    for data in lines:
+        try:
+            out.append(Snapshot.from_json(data))
+        except (KeyError, TypeError, ValueError):
+            break  # a line cut short by an interrupted run ends the file
+    return out
+
+
+@dataclass
+class SnapshotFetcher:
+    """Builds snapshots from the registry's HTTP API, remembering which events it has seen."""
+
+    client: httpx.Client
+    after_id: int = 0
+    started: float = field(default_factory=time.monotonic)
+    count: int = 0
+
+    def _pages(self, path: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            r = self.client.get(path, params={"offset": len(items), "limit": PAGE})
+            r.raise_for_status()
+            body = r.json()
+            items.extend(body["data"])
+            if len(body["data"]) < PAGE or len(items) >= int(body["count"]):
+                return items
+
+    def _events(self) -> list[EventRecord]:
+        events: list[EventRecord] = []
+        while True:
+            r = self.client.get("/events", params={"after_id": self.after_id, "limit": PAGE})
+            r.raise_for_status()
+            body = r.json()
+            events.extend(EventRecord.from_api(e) for e in body["data"])
+            self.after_id = int(body["last_id"])
+            if len(body["data"]) < PAGE:
+                return events
+
+    def fetch(self) -> Snapshot:
+        """One snapshot: events first, so the state read after them is at least as new."""
+        events = self._events()
+        groups = self._pages("/groups")
+        nodes = [NodeState.from_api(n) for n in self._pages("/nodes")]
+        # Members come from the node list: one request instead of GET /groups/{id} per group.
+        members: dict[int, list[str]] = {}
+        for n in nodes:
+            if n.group_id is not None:
+                members.setdefault(n.group_id, []).append(n.id)
+        snap = Snapshot(
+            index=self.count,
+            time=round(time.monotonic() - self.started, 3),
+            wall_time=round(time.time(), 3),
+            groups=tuple(
+                sorted(
+                    (GroupState.from_api(g, members.get(int(g["id"]), ())) for g in groups),
+                    key=lambda g: g.id,
+                )
+            ),
+            nodes=tuple(sorted(nodes, key=lambda n: n.id)),
+            events=tuple(events),
+        )
+        self.count += 1
+        return snap

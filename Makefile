@@ -29,8 +29,8 @@ registry: $(STAMP)
 	$(BIN)/mycelium registry $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mycelium registry node viz tests bench
-	$(BIN)/ruff format --check mycelium registry node viz tests bench
+	$(BIN)/ruff check mycelium registry node viz sim tests bench
+	$(BIN)/ruff format --check mycelium registry node viz sim tests bench
 	$(BIN)/mypy
 
 test: system-deps lint

@@ -26,3 +26,7 @@ def _root() -> None:
 def main() -> None:
     """Entry point of the `mycelium` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

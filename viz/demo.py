@@ -16,6 +16,7 @@ from viz.session import VizOptions, VizProcess
 
 if TYPE_CHECKING:
     from node.demo import DemoConfig
+    from node.runtime import RoundStats
 
 __all__ = ["run_demo_with_viz"]
 
@@ -49,12 +50,19 @@ def run_demo_with_viz(
         if outer_finish is not None:
             outer_finish()
 
-    cfg.on_finish = on_finish
+    outer_round = cfg.on_round
+
+    def on_round(stats: RoundStats) -> None:
+        session.snapshot_now()  # one frame per round, however fast rounds are
+        if outer_round is not None:
+            outer_round(stats)
+
+    cfg.on_finish, cfg.on_round = on_finish, on_round
     try:
         session.start()
         summary = run_demo(cfg, stop)
     finally:
-        cfg.on_finish = outer_finish
+        cfg.on_finish, cfg.on_round = outer_finish, outer_round
         viz_summary = session.stop() if session.started else {}
         if registry is not None:
             registry.stop()

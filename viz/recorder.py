@@ -45,6 +45,7 @@ class Recorder:
         self.errors = 0
         self._snapshots: list[Snapshot] = []
         self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
         self._stop = threading.Event()
         self._client = httpx.Client(
             base_url=self.registry_url, timeout=timeout, transport=transport
@@ -61,7 +62,8 @@ class Recorder:
 
     def snapshot(self) -> Snapshot:
         """Take one snapshot now (also what the background thread does each interval)."""
-        snap = self._fetcher.fetch()
+        with self._fetch_lock:  # the event cursor must advance one fetch at a time
+            snap = self._fetcher.fetch()
         with self._lock:
             self._snapshots.append(snap)
             if self._file is not None:

@@ -48,6 +48,10 @@ class _Waitable(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class _Settable(_Waitable, Protocol):
+    def clear(self) -> None: ...
+
+
 @dataclass
 class VizOptions:
     """Where and how a session writes its outputs."""
@@ -133,6 +137,7 @@ def run_session(
     stop: _Waitable | None = None,
     duration: float | None = None,
     on_ready: Callable[[Recorder], None] | None = None,
+    poke: _Settable | None = None,
 ) -> dict[str, Any]:
     """Record until `stop` is set, `duration` passes or Ctrl+C; then export everything.
 
@@ -160,12 +165,18 @@ def run_session(
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                stop_event.wait(0.2 if left is None else min(0.2, left))
+                if poke is not None and poke.is_set():  # the caller wants this moment recorded
+                    poke.clear()
+                    recorder.snapshot()
+                stop_event.wait(0.02 if left is None else min(0.02, left))
         else:
             builder, renderer, seen = FrameBuilder(), Renderer(options.size), 0
             while not stop_event.is_set() and window.alive():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if poke is not None and poke.is_set():
+                    poke.clear()
+                    recorder.snapshot()
                 snaps = recorder.snapshots
                 frame = None
                 for snap in snaps[seen:]:
@@ -195,12 +206,17 @@ def run_session(
     return summary
 
 
-def _child(registry_url: str, options: dict[str, Any], stop: Any, results: Any) -> None:
+def _child(
+    registry_url: str, options: dict[str, Any], stop: Any, results: Any, ready: Any, poke: Any
+) -> None:
     # Ctrl+C goes to the whole process group: the parent decides when the session ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     opts = VizOptions(**{**options, "output": Path(options["output"])})
     try:
-        results.put(("ok", run_session(registry_url, opts, stop=stop)))
+        summary = run_session(
+            registry_url, opts, stop=stop, on_ready=lambda _rec: ready.set(), poke=poke
+        )
+        results.put(("ok", summary))
     except Exception as exc:  # report to the parent rather than dying silently
         log.exception("viz session failed")
         results.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -213,9 +229,18 @@ class VizProcess:
         ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
         self._stop = ctx.Event()
         self._results: Any = ctx.Queue()
+        self._ready = ctx.Event()
+        self._poke = ctx.Event()
         self._proc = ctx.Process(
             target=_child,
-            args=(registry_url, asdict(options), self._stop, self._results),
+            args=(
+                registry_url,
+                asdict(options),
+                self._stop,
+                self._results,
+                self._ready,
+                self._poke,
+            ),
             name="mycelium-viz",
             daemon=False,
         )
@@ -226,10 +251,18 @@ class VizProcess:
         """True once start() ran."""
         return self._proc.pid is not None
 
-    def start(self) -> VizProcess:
-        """Start recording."""
+    def start(self, timeout: float = 120.0) -> VizProcess:
+        """Start recording; returns once the child records, so no early moment is missed."""
         self._proc.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if not self._proc.is_alive() or time.monotonic() > deadline:
+                break  # stop() will report the child's error, if any
         return self
+
+    def snapshot_now(self) -> None:
+        """Ask the child for a snapshot at once (e.g. after each round)."""
+        self._poke.set()
 
     def stop(self, timeout: float = 600.0) -> dict[str, Any]:
         """End the session and wait for its GIF and PNG; returns its summary (again if repeated)."""

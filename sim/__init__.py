@@ -1,0 +1,1 @@
+"""Interactive step-by-step simulator of a Mycelium network."""

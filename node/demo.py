@@ -49,6 +49,7 @@ class DemoConfig:
     registry_url: str | None = None
     local_only: bool = True
     progress: bool = True
+    node_prefix: str = "node"
     on_registry_ready: Callable[[str], None] | None = field(default=None, repr=False)
     on_round: Callable[[RoundStats], None] | None = field(default=None, repr=False)
     on_finish: Callable[[], None] | None = field(default=None, repr=False)
@@ -126,7 +127,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
     with _registry(cfg) as url, _stop_on_signals(stop):
         if cfg.on_registry_ready:
             cfg.on_registry_ready(url)
-        net = InProcessNetwork(url, data, net_cfg)
+        net = InProcessNetwork(url, data, net_cfg, node_prefix=cfg.node_prefix)
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("  %(message)s"))
         agent_log = logging.getLogger("node.agent")

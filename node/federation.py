@@ -63,7 +63,9 @@ class RoundResult:
     learners were passed, from the last round. ``val`` is the aggregated model on each
     learner's own validation split (empty when evaluation was switched off with
     ``fraction_evaluate=0.0``). ``history`` holds the example-weighted ``loss`` and
-    ``accuracy`` of each round's aggregated model, oldest first.
+    ``accuracy`` of each round's aggregated model, oldest first. ``updates`` holds
+    each learner's own weights as it returned them in the last round (what the
+    strategy aggregated), for measuring contributions.
     """
 
     weights: list[np.ndarray]
@@ -73,6 +75,7 @@ class RoundResult:
     rounds: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    updates: list[list[np.ndarray]] = field(default_factory=list)
 
     @property
     def val_accuracy(self) -> float:
@@ -116,6 +119,7 @@ class _Collector:
 
     train: dict[int, dict[str, float]] = field(default_factory=dict)
     val: dict[int, EvalResult] = field(default_factory=dict)
+    updates: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
 
 def _learner_app(learner: Learner, collector: _Collector, node_id: int) -> ClientApp:
@@ -129,9 +133,11 @@ def _learner_app(learner: Learner, collector: _Collector, node_id: int) -> Clien
         learner.set_weights(arrays.to_numpy_ndarrays())
         metrics = learner.train(epochs=int(cast(int, config[LOCAL_EPOCHS_KEY])))
         collector.train[node_id] = metrics
+        update = learner.get_weights()
+        collector.updates[node_id] = update
         reply = RecordDict(
             {
-                ARRAYS_KEY: ArrayRecord(learner.get_weights()),
+                ARRAYS_KEY: ArrayRecord(update),
                 METRICS_KEY: MetricRecord(
                     {
                         TRAIN_LOSS_KEY: metrics[LOSS],
@@ -228,4 +234,5 @@ def run_group_round(
         rounds=num_rounds,
         seconds=seconds,
         history=history,
+        updates=[collector.updates[n] for n in node_ids if n in collector.updates],
     )

@@ -20,8 +20,10 @@ from typing import Any
 import httpx
 
 from registry.schemas import (
+    Balance,
     EventsPublic,
     GroupDetail,
+    GroupHost,
     GroupPublic,
     GroupsPublic,
     MembershipPublic,
@@ -29,6 +31,7 @@ from registry.schemas import (
     NodePublic,
     NodeRegistered,
     NodesPublic,
+    RoundRewards,
 )
 
 __all__ = [
@@ -283,6 +286,11 @@ class RegistryClient:
         resp = self._request("PUT", f"/groups/{group_id}/performance", json=body)
         return GroupPublic.model_validate(resp.json())
 
+    def claim_host(self, group_id: int, address: str) -> GroupHost:
+        """Try to host the group's aggregation; `claimed` says whether it was granted."""
+        resp = self._request("POST", f"/groups/{group_id}/host", json={"address": address})
+        return GroupHost.model_validate(resp.json())
+
     # --- models --------------------------------------------------------------------
 
     def upload_model(self, group_id: int, round: int, data: bytes) -> ModelInfo:
@@ -303,6 +311,38 @@ class RegistryClient:
             round=int(resp.headers["x-model-round"]),
             sha256=resp.headers["x-model-sha256"],
         )
+
+    # --- ledger --------------------------------------------------------------------
+
+    def submit_contributions(
+        self,
+        group_id: int,
+        round: int,
+        contributions: Mapping[str, float],
+        *,
+        num_examples: Mapping[str, int] | None = None,
+        method: str = "leave_one_out",
+    ) -> RoundRewards:
+        """Submit every member's contribution to a round (the group's host); the registry
+        pays the rewards once per node and round, and a retry returns the same entries."""
+        body = {
+            "method": method,
+            "contributions": [
+                {
+                    "node_id": node_id,
+                    "contribution": value,
+                    **({"num_examples": num_examples[node_id]} if num_examples else {}),
+                }
+                for node_id, value in contributions.items()
+            ],
+        }
+        resp = self._request("POST", f"/groups/{group_id}/rounds/{round}/contributions", json=body)
+        return RoundRewards.model_validate(resp.json())
+
+    def balance(self, node_id: str | None = None) -> Balance:
+        """A node's token balance (default: this node's)."""
+        resp = self._request("GET", f"/nodes/{node_id or self._me()}/balance")
+        return Balance.model_validate(resp.json())
 
     # --- events --------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from node.agent import NodeAgent, SnapshotCache
-from node.federation import run_group_round
+from node.contribution import leave_one_out, pooled_val_loss
+from node.federation import RoundResult, run_group_round
 from node.learner import Learner
 from node.models import build_model
 from node.partition import NodeData
@@ -51,6 +52,8 @@ class NetworkConfig:
     evaluate_every: int = 2
     heartbeat_every: int = 1
     seed: int = 0
+    # Leave-one-out contribution of every member per group round, sent to the ledger.
+    measure_contribution: bool = True
 
 
 @dataclass
@@ -63,6 +66,8 @@ class RoundStats:
     node_accuracy: dict[str, float]
     migrations: int
     seconds: float
+    contributions: dict[str, float] = field(default_factory=dict)
+    contribution_seconds: float = 0.0
 
     @property
     def mean_accuracy(self) -> float:
@@ -90,6 +95,8 @@ class InProcessNetwork:
     history: list[RoundStats] = field(default_factory=list, init=False)
     _groups: dict[int, _GroupState] = field(default_factory=dict, init=False)
     _round: int = field(default=0, init=False)
+    _contributions: dict[str, float] = field(default_factory=dict, init=False)
+    _contribution_seconds: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -144,6 +151,8 @@ class InProcessNetwork:
         rnd = self._round
         cfg = self.config
         migrations = 0
+        self._contributions = {}
+        self._contribution_seconds = 0.0
         for agent in self.agents:
             if not agent.registered:
                 agent.ensure_registered()
@@ -176,6 +185,8 @@ class InProcessNetwork:
             node_accuracy=node_acc,
             migrations=migrations,
             seconds=time.perf_counter() - t0,
+            contributions=dict(self._contributions),
+            contribution_seconds=self._contribution_seconds,
         )
         self.history.append(stats)
         return stats
@@ -221,6 +232,8 @@ class InProcessNetwork:
             host.client.upload_model(gid, state.round, weights_to_bytes(result.weights))
         except RegistryClientError as exc:
             log.warning("group %s: snapshot upload failed: %s", gid, exc)
+        if self.config.measure_contribution and len(result.updates) == len(members):
+            self._measure_contribution(gid, state.round, members, result, initial)
         total = sum(v.num_examples for v in result.val) or 1
         for m, val in zip(members, result.val, strict=False):
             try:
@@ -230,6 +243,37 @@ class InProcessNetwork:
             except RegistryClientError as exc:
                 log.warning("%s: performance report failed: %s", m.node_id, exc)
         return float(sum(v.accuracy * v.num_examples for v in result.val) / total)
+
+    def _measure_contribution(
+        self,
+        gid: int,
+        round_: int,
+        members: list[NodeAgent],
+        result: RoundResult,
+        initial: list[np.ndarray],
+    ) -> None:
+        """Leave-one-out contributions on the members' pooled validation data (capped at
+        512 examples); the host submits them for the whole round, the registry pays."""
+        report = leave_one_out(
+            result.updates,
+            result.num_examples,
+            pooled_val_loss([m.learner for m in members], seed=round_),
+            baseline=initial,
+        )
+        self._contribution_seconds += report.seconds
+        contributions = {m.node_id: c for m, c in zip(members, report.contributions, strict=True)}
+        self._contributions.update(contributions)
+        try:
+            members[0].client.submit_contributions(
+                gid,
+                round_,
+                contributions,
+                num_examples=dict(
+                    zip((m.node_id for m in members), result.num_examples, strict=True)
+                ),
+            )
+        except RegistryClientError as exc:
+            log.warning("group %s: contribution report failed: %s", gid, exc)
 
     def test_accuracy(self) -> dict[str, float]:
         """Each node's current model on its own test split."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,22 @@ def registry(
     sweep_interval: Annotated[
         float | None, typer.Option(min=0.01, help="Seconds between liveness sweeps.")
     ] = None,
+    max_model_bytes: Annotated[
+        int | None, typer.Option(min=1, help="Largest model snapshot accepted, in bytes.")
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token for admin calls (simulations); default: generated."),
+    ] = None,
+    reward_scale: Annotated[
+        float | None, typer.Option(min=0, help="Tokens per unit of positive contribution.")
+    ] = None,
+    max_simulations: Annotated[
+        int | None, typer.Option(min=0, help="Simulations that may run at once.")
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="This registry's URL as simulations should reach it.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -51,6 +68,11 @@ def registry(
         "heartbeat_ttl": heartbeat_ttl,
         "archive_grace": archive_grace,
         "sweep_interval": sweep_interval,
+        "max_model_bytes": max_model_bytes,
+        "admin_token": admin_token,
+        "reward_scale": reward_scale,
+        "max_simulations": max_simulations,
+        "public_url": public_url,
     }
     try:
         settings = build_settings(**overrides)
@@ -72,6 +94,9 @@ def registry(
         if value is not None:
             os.environ[f"MYCELIUM_REGISTRY_{key.upper()}"] = str(value)
     os.environ["MYCELIUM_REGISTRY_AUTO_MIGRATE"] = "false"
+    if settings.admin_token is None:  # one token for every worker, shown once
+        os.environ["MYCELIUM_REGISTRY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        typer.echo(f"admin token: {os.environ['MYCELIUM_REGISTRY_ADMIN_TOKEN']}")
     typer.echo(f"registry on http://{host}:{port} (docs: http://{host}:{port}/docs)")
     uvicorn.run(
         "registry.main:create_app_from_env",

@@ -11,11 +11,18 @@ import datetime as dt
 import hashlib
 import secrets
 from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from registry.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
+from registry.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RegistryError,
+)
 from registry.events import EventType, record_event
 from registry.models import (
     Event,
@@ -30,7 +37,9 @@ from registry.models import (
 from registry.schemas import (
     DEFAULT_METRIC,
     GroupCreate,
+    GroupHost,
     GroupPublic,
+    NodePublic,
     NodeRegister,
     PerformanceReportIn,
 )
@@ -63,13 +72,17 @@ def hash_token(token: str) -> str:
 # --- nodes -------------------------------------------------------------------------
 
 
+MISSING_TOKEN = "missing bearer token (Authorization: Bearer <token>)"
+INVALID_TOKEN = "invalid token"
+
+
 def authenticate(session: Session, *, token: str | None) -> Node:
     """The node owning `token`; AuthError when missing or unknown."""
     if not token:
-        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+        raise AuthError(MISSING_TOKEN)
     node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
     if node is None:
-        raise AuthError("invalid token")
+        raise AuthError(INVALID_TOKEN)
     return node
 
 
@@ -117,20 +130,72 @@ def register_node(
     return node, None, False
 
 
-def heartbeat(session: Session, *, caller: Node, node_id: str, metrics: dict[str, float]) -> Node:
-    """Record liveness and the node's own latest metrics."""
-    if caller.id != node_id:
-        raise ForbiddenError("a node may only send its own heartbeat")
-    node = session.get(Node, node_id)
-    if node is None:  # pragma: no cover - the caller was just authenticated
-        raise NotFoundError(f"no node '{node_id}'")
-    node.last_heartbeat = utcnow()
-    if metrics:
-        node.metrics = {**node.metrics, **metrics}
-    if node.status != "active":
-        node.status = "active"
-        record_event(session, EventType.REACTIVATED, node_id=node.id)
-    return node
+class HeartbeatIn(NamedTuple):
+    """One heartbeat: the bearer token sent, the node id in the path, the metrics."""
+
+    token: str | None
+    node_id: str
+    metrics: dict[str, float]
+
+
+def heartbeat(
+    session: Session, *, beats: Sequence[HeartbeatIn]
+) -> list[NodePublic | RegistryError]:
+    """Record a batch of heartbeats: liveness plus each node's own latest metrics.
+
+    One outcome per beat, in order: the node as stored, or the error for that beat
+    (AuthError for a missing or unknown token, ForbiddenError for another node's id).
+    A beat from an inactive node reactivates it. Core statements, one SELECT and one
+    executemany UPDATE per batch: this runs for every heartbeat of the network.
+    """
+    nodes = cast(Table, Node.__table__)
+    digests = [hash_token(b.token) if b.token else None for b in beats]
+    rows = session.execute(
+        select(nodes)
+        .where(nodes.c.token_hash.in_({d for d in digests if d}))
+        .order_by(nodes.c.id)  # rows are locked in id order (PostgreSQL): no deadlocks
+        .with_for_update()
+    ).mappings()
+    by_digest = {row["token_hash"]: dict(row) for row in rows}
+    now = utcnow()
+    changed: dict[str, dict[str, Any]] = {}
+    outcomes: list[NodePublic | RegistryError] = []
+    for beat, digest in zip(beats, digests, strict=True):
+        node = by_digest.get(digest) if digest else None
+        if node is None:
+            outcomes.append(AuthError(INVALID_TOKEN if beat.token else MISSING_TOKEN))
+            continue
+        if node["id"] != beat.node_id:
+            outcomes.append(ForbiddenError("a node may only send its own heartbeat"))
+            continue
+        node["last_heartbeat"] = now
+        if beat.metrics:
+            node["metrics"] = {**node["metrics"], **beat.metrics}
+        if node["status"] != "active":
+            node["status"] = "active"
+            record_event(session, EventType.REACTIVATED, node_id=node["id"])
+        changed[node["id"]] = node
+        outcomes.append(NodePublic.model_validate(node))
+    if changed:
+        session.execute(
+            update(nodes)
+            .where(nodes.c.id == bindparam("node_id"))
+            .values(
+                last_heartbeat=bindparam("beat"),
+                metrics=bindparam("merged"),
+                status=bindparam("new_status"),
+            ),
+            [
+                {
+                    "node_id": n["id"],
+                    "beat": n["last_heartbeat"],
+                    "merged": n["metrics"],
+                    "new_status": n["status"],
+                }
+                for n in changed.values()
+            ],
+        )
+    return outcomes
 
 
 def list_nodes(
@@ -207,6 +272,9 @@ def group_public(group: Group, member_count: int) -> GroupPublic:
         created_at=group.created_at,
         updated_at=group.updated_at,
         archived=group.archived_at is not None,
+        host_node_id=group.host_node_id,
+        host_address=group.host_address,
+        host_epoch=group.host_epoch or 0,
     )
 
 
@@ -284,6 +352,12 @@ def _remove_member(session: Session, *, node: Node, group: Group, reason: str) -
         )
     )
     node.group_id = None
+    if group.host_node_id == node.id:  # its host left: the hosting is free to claim
+        group.host_node_id = None
+        group.host_address = None
+        record_event(
+            session, EventType.HOST_RELEASED, node_id=node.id, group_id=group.id, reason=reason
+        )
     session.flush()
     _recompute_performance(session, group)
     group.updated_at = now
@@ -454,6 +528,46 @@ def list_reports(
     total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
     rows = session.scalars(q.order_by(PerformanceReport.id).offset(offset).limit(limit)).all()
     return rows, total
+
+
+def claim_host(session: Session, *, caller: Node, group_id: int, address: str) -> GroupHost:
+    """Atomically claim a group's hosting: granted when free, already the caller's, or held
+    by a node that is no longer an active member. Otherwise `claimed` is False and the
+    current host is returned, so the caller connects to it instead."""
+    node = _lock_node(session, caller.id)
+    if session.get(Group, group_id) is None:
+        raise NotFoundError(f"no group {group_id}")
+    if node.group_id != group_id:
+        raise ForbiddenError(f"only members of group {group_id} may host it")
+    group = _lock_groups(session, [group_id])[group_id]
+    holder = session.get(Node, group.host_node_id) if group.host_node_id else None
+    free = holder is None or holder.group_id != group_id or holder.status != "active"
+    if free or group.host_node_id == node.id:
+        changed = group.host_node_id != node.id or group.host_address != address
+        if changed:
+            group.host_epoch = (group.host_epoch or 0) + 1
+            group.host_node_id = node.id
+            group.host_address = address
+            group.host_claimed_at = utcnow()
+            record_event(
+                session,
+                EventType.HOST_CLAIMED,
+                node_id=node.id,
+                group_id=group_id,
+                address=address,
+                epoch=group.host_epoch,
+                previous=holder.id if holder is not None and holder.id != node.id else None,
+            )
+        claimed = True
+    else:
+        claimed = False
+    return GroupHost(
+        group_id=group_id,
+        host_node_id=group.host_node_id,
+        host_address=group.host_address,
+        host_epoch=group.host_epoch or 0,
+        claimed=claimed,
+    )
 
 
 # --- models ------------------------------------------------------------------------

@@ -28,6 +28,11 @@ class EventType:
     MODEL_UPLOADED = "model_uploaded"
     EXPIRED = "expired"
     GROUP_ARCHIVED = "group_archived"
+    HOST_CLAIMED = "host_claimed"
+    HOST_RELEASED = "host_released"
+    REWARD = "reward"
+    SIMULATION_STARTED = "simulation_started"
+    SIMULATION_FINISHED = "simulation_finished"
 
 
 def record_event(

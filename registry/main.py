@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,16 +12,19 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api.routes import events, groups, health, models, nodes
+from registry.api.routes import dashboard, events, groups, health, ledger, models, nodes
+from registry.api.routes import simulations as simulation_routes
 from registry.db import Database
 from registry.errors import RegistryError
 from registry.events import EventBus
 from registry.liveness import Sweeper
 from registry.migrate import upgrade
 from registry.settings import RegistrySettings, build_settings
+from registry.simulations import SimulationManager
 from registry.storage import ModelStore
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -122,6 +126,16 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         app.state.bus = bus
         app.state.store = ModelStore(settings.models_dir)
         app.state.shutting_down = False
+        app.state.admin_token = settings.admin_token
+        if app.state.admin_token is None:
+            app.state.admin_token = secrets.token_urlsafe(24)
+            log.warning(
+                "admin token (generated; set MYCELIUM_REGISTRY_ADMIN_TOKEN to choose one): %s",
+                app.state.admin_token,
+            )
+        manager = SimulationManager(db, settings)
+        manager.recover()
+        app.state.simulations = manager
         sweeper = Sweeper(db, settings)
         sweeper.start()
         log.info("registry ready: database %s", db.engine.url.render_as_string(hide_password=True))
@@ -130,6 +144,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         finally:
             app.state.shutting_down = True
             bus.notify()
+            manager.shutdown()
             sweeper.stop()
             db.dispose()
 
@@ -142,8 +157,11 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     _error_handlers(app)
-    for module in (groups, models, nodes, events, health):
+    for module in (groups, models, nodes, events, health, ledger, simulation_routes, dashboard):
         app.include_router(module.router)
+    # Hot paths served ahead of FastAPI's routing (documented by their FastAPI twins).
+    app.router.routes[0:0] = nodes.FAST_ROUTES
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     return app
 
 

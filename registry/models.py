@@ -26,11 +26,14 @@ __all__ = [
     "Base",
     "Event",
     "Group",
+    "LedgerEntry",
     "MemberMetric",
     "Membership",
     "ModelSnapshot",
     "Node",
     "PerformanceReport",
+    "Simulation",
+    "SimulationLog",
     "utcnow",
 ]
 
@@ -99,6 +102,11 @@ class Group(Base):
     round: Mapped[int] = mapped_column(Integer, default=0)
     performance: Mapped[dict[str, Any]] = mapped_column(default=dict)
     model_round: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The member hosting the group's aggregation when nodes run as separate processes.
+    host_node_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    host_address: Mapped[str | None] = mapped_column(String(256), default=None)
+    host_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    host_claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class Node(Base):
@@ -189,4 +197,54 @@ class Event(Base):
     node_id: Mapped[str | None] = mapped_column(String(128), index=True, default=None)
     group_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LedgerEntry(Base):
+    """Append-only reward ledger: one entry per node, group and round, so a retried
+    report never pays twice. Balances are sums of entries."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("node_id", "group_id", "round", name="uq_ledger_node_group_round"),
+        Index("ix_ledger_group_round", "group_id", "round"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    contribution: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(32))
+    submitted_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Simulation(Base):
+    """A simulation the registry ran against itself: parameters, status, results."""
+
+    __tablename__ = "simulations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class SimulationLog(Base):
+    """One line a simulation printed, in order (the source of its live stream)."""
+
+    __tablename__ = "simulation_logs"
+    __table_args__ = (Index("ix_simulation_logs_sim_id", "simulation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    simulation_id: Mapped[int] = mapped_column(ForeignKey("simulations.id"))
+    line: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

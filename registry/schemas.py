@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
     "DEFAULT_METRIC",
+    "NODE_ID_PATTERN",
+    "Balance",
+    "BalancesPublic",
+    "ContributionIn",
+    "ContributionsIn",
     "EventPublic",
     "EventsPublic",
     "GroupCreate",
     "GroupDetail",
+    "GroupHost",
     "GroupPublic",
     "GroupsPublic",
     "Heartbeat",
+    "HostClaim",
     "JoinRequest",
     "LeaveRequest",
     "LeaveResult",
+    "LedgerEntryPublic",
+    "LedgerPublic",
     "MembershipPublic",
     "ModelInfo",
     "NodePublic",
@@ -28,14 +37,17 @@ __all__ = [
     "PerformanceReportIn",
     "PerformanceReportPublic",
     "PerformanceReportsPublic",
+    "RoundRewards",
+    "SimulationCreate",
+    "SimulationPublic",
+    "SimulationsPublic",
 ]
 
 DEFAULT_METRIC = "accuracy"
 MAX_ID = 2**31 - 1
 
-NodeId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$", max_length=128)
-]
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN, max_length=128)]
 Domain = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", max_length=64)]
 GroupName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$", max_length=64)
@@ -107,6 +119,22 @@ class PerformanceReportIn(_In):
         return v
 
 
+class HostClaim(_In):
+    """Claim the hosting of a group's aggregation, at an address members can reach."""
+
+    address: str = Field(min_length=1, max_length=256)
+
+
+class GroupHost(BaseModel):
+    """Who hosts a group's aggregation; `epoch` rises with every change of host."""
+
+    group_id: int
+    host_node_id: str | None
+    host_address: str | None
+    host_epoch: int
+    claimed: bool
+
+
 class Heartbeat(_In):
     """Liveness plus the node's own latest metrics."""
 
@@ -161,6 +189,9 @@ class GroupPublic(BaseModel):
     created_at: dt.datetime
     updated_at: dt.datetime
     archived: bool
+    host_node_id: str | None = None
+    host_address: str | None = None
+    host_epoch: int = 0
 
 
 class GroupDetail(GroupPublic):
@@ -246,3 +277,125 @@ class EventsPublic(BaseModel):
 
     data: list[EventPublic]
     last_id: int
+
+
+# --- ledger ------------------------------------------------------------------------
+
+ContributionMethod = Annotated[
+    str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$", max_length=32)
+]
+
+
+class ContributionIn(_In):
+    """One member's measured contribution to a round (loss without it minus loss with it)."""
+
+    node_id: NodeId
+    contribution: Finite = Field(ge=-1e6, le=1e6)
+    num_examples: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class ContributionsIn(_In):
+    """Every member's contribution to one group round, sent once by the group's host."""
+
+    method: ContributionMethod = "leave_one_out"
+    contributions: list[ContributionIn] = Field(min_length=1, max_length=1000)
+
+    @field_validator("contributions")
+    @classmethod
+    def _one_per_node(cls, v: list[ContributionIn]) -> list[ContributionIn]:
+        ids = [c.node_id for c in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each node may appear once per round")
+        return v
+
+
+class LedgerEntryPublic(BaseModel):
+    """One ledger entry: a node's reward for one group round."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    node_id: str
+    group_id: int
+    round: int
+    contribution: float
+    amount: float
+    reason: str
+    method: str
+    submitted_by: str
+    created_at: dt.datetime
+
+
+class RoundRewards(BaseModel):
+    """The entries of one group round; `created` is False when all were already paid."""
+
+    group_id: int
+    round: int
+    created: bool
+    entries: list[LedgerEntryPublic]
+
+
+class LedgerPublic(BaseModel):
+    """A page of ledger entries (newest first), the total count and amount of the filter."""
+
+    data: list[LedgerEntryPublic]
+    count: int
+    total_amount: float
+
+
+class Balance(BaseModel):
+    """A node's balance: the sum of its ledger entries."""
+
+    node_id: str
+    balance: float
+    entries: int
+    last_entry_at: dt.datetime | None = None
+
+
+class BalancesPublic(BaseModel):
+    """Balances of every node with entries, highest first."""
+
+    data: list[Balance]
+    count: int
+
+
+# --- simulations ---------------------------------------------------------------------
+
+
+class SimulationCreate(_In):
+    """Parameters of a simulation the registry runs against itself (in-process runtime)."""
+
+    nodes: int = Field(default=4, ge=1, le=64)
+    rounds: int = Field(default=5, ge=1, le=200)
+    dataset: Literal["digits", "fashion"] = "digits"
+    partition: Literal["iid", "dirichlet", "clustered"] = "clustered"
+    clusters: int = Field(default=2, ge=1, le=16)
+    cluster_mode: Literal["rotation", "label_permutation"] = "rotation"
+    policy: Literal["local", "reported"] = "local"
+    strategy: Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    samples_per_node: int | None = Field(default=None, ge=10, le=100_000)
+    local_only: bool = Field(default=False, description="Also train each node alone to compare.")
+
+
+class SimulationPublic(BaseModel):
+    """A simulation record."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    params: dict[str, Any]
+    status: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    metrics: dict[str, Any] | None
+    summary: dict[str, Any] | None = None
+    error: str | None
+
+
+class SimulationsPublic(BaseModel):
+    """A page of simulation records (newest first, without summaries)."""
+
+    data: list[SimulationPublic]
+    count: int

@@ -29,6 +29,19 @@ class RegistrySettings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, gt=0, description="JSON body limit.")
     model_history: int = Field(default=5, ge=1, description="Model files kept per group.")
     auto_migrate: bool = Field(default=True, description="Upgrade the schema on start.")
+    reward_scale: float = Field(
+        default=100.0, ge=0, description="Tokens paid per unit of positive contribution."
+    )
+    admin_token: str | None = Field(
+        default=None,
+        min_length=8,
+        description="Bearer token for admin calls (starting simulations); generated if unset.",
+    )
+    max_simulations: int = Field(default=1, ge=0, description="Simulations running at once.")
+    public_url: str | None = Field(
+        default=None,
+        description="The registry's own URL for simulations; default: the request's base URL.",
+    )
 
     @property
     def effective_ttl(self) -> float:
@@ -41,6 +54,11 @@ class RegistrySettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def simulations_dir(self) -> Path:
+        """Folder holding each simulation's output."""
+        return self.data_dir / "simulations"
 
     @property
     def models_dir(self) -> Path:

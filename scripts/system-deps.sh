@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and demos need, only when missing.
-# PostgreSQL 15 (registry tests on a real server), Fashion-MNIST (demo/bench data), wrk (bench).
+# PostgreSQL 15 (registry tests on a real server), Fashion-MNIST (demo/bench data), wrk (bench),
+# chromium (the dashboard's browser test, driven by Playwright with this system browser).
 set -euo pipefail
 need=()
-for pkg in postgresql-15 dataset-fashion-mnist wrk; do
+for pkg in postgresql-15 dataset-fashion-mnist wrk chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

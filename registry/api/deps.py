@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -13,6 +15,7 @@ from registry.settings import RegistrySettings
 from registry.storage import ModelStore
 
 __all__ = [
+    "AdminDep",
     "BusDep",
     "DatabaseDep",
     "Page",
@@ -25,47 +28,66 @@ __all__ = [
 _bearer = HTTPBearer(auto_error=False, description="The node's token from /nodes/register.")
 
 
-def get_settings(request: Request) -> RegistrySettings:
+async def get_settings(request: Request) -> RegistrySettings:
     """The app's settings."""
     settings: RegistrySettings = request.app.state.settings
     return settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     """The app's database."""
     db: Database = request.app.state.db
     return db
 
 
-def get_bus(request: Request) -> EventBus:
+async def get_bus(request: Request) -> EventBus:
     """The app's event bus."""
     bus: EventBus = request.app.state.bus
     return bus
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     """The app's model store."""
     store: ModelStore = request.app.state.store
     return store
 
 
-def bearer_token(
+async def bearer_token(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
     """The bearer token, if any (checked by the handler against the database)."""
     return creds.credentials if creds else None
 
 
+async def require_admin(
+    request: Request, token: Annotated[str | None, Depends(bearer_token)]
+) -> None:
+    """Admin calls: 401 without a token, 403 with any other token (a node's, say)."""
+    from registry.errors import AuthError, ForbiddenError
+
+    expected: str | None = getattr(request.app.state, "admin_token", None)
+    if not token:
+        raise AuthError("this call needs the admin token (Authorization: Bearer <token>)")
+    if expected is None or not secrets.compare_digest(token.encode(), expected.encode()):
+        raise ForbiddenError("only the admin token may do this")
+
+
+@dataclass(frozen=True)
 class Page:
     """offset/limit query parameters."""
 
-    def __init__(
-        self,
-        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> None:
-        self.offset = offset
-        self.limit = limit
+    offset: int
+    limit: int
+
+
+# Every dependency here is async on purpose: FastAPI runs a sync dependency in the
+# threadpool, one thread hop per dependency per request.
+async def page_params(
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Page:
+    """The page asked for."""
+    return Page(offset, limit)
 
 
 SettingsDep = Annotated[RegistrySettings, Depends(get_settings)]
@@ -73,4 +95,5 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 BusDep = Annotated[EventBus, Depends(get_bus)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 TokenDep = Annotated[str | None, Depends(bearer_token)]
-PageDep = Annotated[Page, Depends()]
+PageDep = Annotated[Page, Depends(page_params)]
+AdminDep = Depends(require_admin)

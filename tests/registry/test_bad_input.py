@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -82,3 +84,28 @@ def test_oversized_bodies_are_413(client: httpx.Client) -> None:
     assert chunked.status_code == 413
     empty = client.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=b"")
     assert empty.status_code == 422
+
+
+def test_model_over_the_size_limit_is_413_and_not_stored(tmp_path: Path) -> None:
+    with (
+        RegistryProcess(tmp_path / "r", extra=["--max-model-bytes", "1000"]) as reg,
+        httpx.Client(base_url=reg.url, timeout=10) as c,
+    ):
+        _, h = register(c)
+        gid = create_group(c, h)
+        declared = c.put(
+            f"/groups/{gid}/model", params={"round": 1}, headers=h, content=b"x" * 1001
+        )
+
+        def stream():  # type: ignore[no-untyped-def]
+            for _ in range(5):
+                yield b"y" * 400
+
+        chunked = c.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=stream())
+        fits = c.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=b"z" * 1000)
+        assert declared.status_code == 413 and "1000 bytes" in declared.json()["detail"]
+        assert chunked.status_code == 413
+        assert fits.status_code == 200
+        assert c.get(f"/groups/{gid}/model").content == b"z" * 1000
+    leftovers = list((tmp_path / "r" / "models" / "incoming").iterdir())
+    assert leftovers == []

@@ -11,8 +11,10 @@ from registry.api.deps import DatabaseDep, PageDep, TokenDep
 from registry.schemas import (
     GroupCreate,
     GroupDetail,
+    GroupHost,
     GroupPublic,
     GroupsPublic,
+    HostClaim,
     JoinRequest,
     LeaveRequest,
     LeaveResult,
@@ -135,3 +137,13 @@ def list_performance(
             count=total,
             group_performance=dict(group.performance or {}),
         )
+
+
+@router.post("/{group_id}/host", response_model=GroupHost, responses={**AUTH_ERRORS, 404: {}})
+def claim_host(
+    db: DatabaseDep, token: TokenDep, group_id: GroupIdPath, body: HostClaim
+) -> GroupHost:
+    """Claim hosting the group's aggregation (members only); `claimed` says if it was granted."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        return crud.claim_host(session, caller=caller, group_id=group_id, address=body.address)

@@ -1,0 +1,101 @@
+"""Routes for the reward ledger: a round's contributions in, entries and balances out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from registry import crud, ledger
+from registry.api.deps import DatabaseDep, PageDep, SettingsDep, TokenDep
+from registry.schemas import (
+    Balance,
+    BalancesPublic,
+    ContributionsIn,
+    LedgerEntryPublic,
+    LedgerPublic,
+    RoundRewards,
+)
+
+router = APIRouter(tags=["ledger"])
+
+GroupIdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+RoundPath = Annotated[int, Path(ge=0, le=2**31 - 1)]
+NodeIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
+
+
+@router.post(
+    "/groups/{group_id}/rounds/{round}/contributions",
+    response_model=RoundRewards,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": RoundRewards}, 401: {}, 403: {}, 404: {}, 409: {}},
+)
+def submit_contributions(
+    db: DatabaseDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    group_id: GroupIdPath,
+    round: RoundPath,
+    body: ContributionsIn,
+    response: Response,
+) -> RoundRewards:
+    """The group's host reports every member's contribution to a round; the registry pays
+    `reward_scale * max(0, contribution)` once per node (201), a retry returns them (200)."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        entries, created = ledger.pay_round(
+            session,
+            caller=caller,
+            group_id=group_id,
+            round_=round,
+            body=body,
+            scale=settings.reward_scale,
+        )
+        out = RoundRewards(
+            group_id=group_id,
+            round=round,
+            created=created,
+            entries=[LedgerEntryPublic.model_validate(e) for e in entries],
+        )
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return out
+
+
+@router.get("/ledger", response_model=LedgerPublic)
+def list_ledger(
+    db: DatabaseDep,
+    page: PageDep,
+    node_id: Annotated[str | None, Query(max_length=128)] = None,
+    group_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    round: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+) -> LedgerPublic:
+    """Ledger entries, newest first; filter by node, group or round."""
+    with db.read() as session:
+        rows, count, total = ledger.list_entries(
+            session,
+            node_id=node_id,
+            group_id=group_id,
+            round_=round,
+            offset=page.offset,
+            limit=page.limit,
+        )
+        return LedgerPublic(
+            data=[LedgerEntryPublic.model_validate(e) for e in rows],
+            count=count,
+            total_amount=total,
+        )
+
+
+@router.get("/ledger/balances", response_model=BalancesPublic)
+def list_balances(db: DatabaseDep, page: PageDep) -> BalancesPublic:
+    """Every node's balance (sum of its entries), highest first."""
+    with db.read() as session:
+        rows, count = ledger.list_balances(session, offset=page.offset, limit=page.limit)
+        return BalancesPublic(data=rows, count=count)
+
+
+@router.get("/nodes/{node_id}/balance", response_model=Balance, responses={404: {}})
+def node_balance(db: DatabaseDep, node_id: NodeIdPath) -> Balance:
+    """A node's token balance: the sum of its ledger entries."""
+    with db.read() as session:
+        return ledger.balance(session, node_id=node_id)

@@ -1,0 +1,85 @@
+"""The dashboard in a real browser: headless Chromium (Debian) driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.registry_proc import RegistryProcess
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ADMIN = "dashboard-admin-token"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs the Debian chromium package (make system-deps)"
+)
+
+
+@pytest.fixture
+def dashboard_registry(tmp_path: Path) -> Iterator[RegistryProcess]:
+    """A fresh SQLite registry with a known admin token."""
+    with RegistryProcess(tmp_path / "registry", extra=["--admin-token", ADMIN]) as proc:
+        yield proc
+
+
+def test_the_dashboard_starts_a_simulation_and_shows_it_live(
+    dashboard_registry: RegistryProcess,
+) -> None:
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            # Prepare: the page loads and connects to the live stream
+            page.goto(dashboard_registry.url + "/")
+            page.wait_for_selector("#conn.live", timeout=15_000)
+
+            # Execute: start a tiny simulation from the form
+            page.fill("#sim-token", ADMIN)
+            page.fill("#sim-nodes", "4")
+            page.fill("#sim-rounds", "3")
+            page.select_option("#sim-dataset", "digits")
+            page.click("#sim-start")
+
+            # Assert: log lines stream in, groups and ledger entries appear without reloading
+            page.wait_for_selector("#sim-log .log-line", timeout=60_000)
+            page.wait_for_selector("#groups .group-card", timeout=60_000)
+            page.wait_for_selector("#ledger-body tr", timeout=90_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            page.wait_for_selector("#sim-log .log-line.end", timeout=120_000)
+            page.wait_for_selector("#sim-list .badge.finished", timeout=15_000)
+            page.wait_for_selector("#topology circle.node", timeout=5_000)
+            page.wait_for_selector("#perf path.series", timeout=5_000)
+            log_text = page.inner_text("#sim-log")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-finished.png"), full_page=True)
+            ledger_rows = page.locator("#ledger-body tr").count()
+            balance_rows = page.locator("#balances .bal").count()
+            event_rows = page.locator("#event-log .ev").count()
+        finally:
+            browser.close()
+
+    with httpx.Client(base_url=dashboard_registry.url) as c:
+        entries = c.get("/ledger", params={"limit": 1000}).json()["count"]
+    assert "round 3/3" in log_text and "finished" in log_text
+    assert ledger_rows == min(entries, 60) and ledger_rows > 0
+    assert balance_rows > 0 and event_rows > 0
+    assert not errors, errors

@@ -1,0 +1,251 @@
+"""The reward ledger: paid once per node and round, by the group's host, summed to balances."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from node.data import Dataset, load_digits
+from node.partition import NodeData, partition
+from node.runtime import InProcessNetwork, NetworkConfig
+from tests.registry.helpers import create_group, register
+from tests.support.registry_proc import RegistryProcess
+
+SCALE = 100.0  # the registry's default reward_scale
+
+
+def _group_of_three(
+    c: httpx.Client, round_: int = 1
+) -> tuple[int, list[str], list[dict[str, str]]]:
+    """Three registered nodes in one group that has reached `round_`."""
+    a, ha = register(c)
+    b, hb = register(c)
+    d, hd = register(c)
+    gid = create_group(c, ha)
+    for h in (hb, hd):
+        assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
+    r = c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.5, "round": round_})
+    assert r.status_code == 200, r.text
+    return gid, [a, b, d], [ha, hb, hd]
+
+
+def _contributions(ids: list[str], values: list[float]) -> dict[str, object]:
+    return {
+        "contributions": [
+            {"node_id": n, "contribution": v} for n, v in zip(ids, values, strict=True)
+        ]
+    }
+
+
+def test_a_round_is_paid_once_and_a_retry_returns_the_same_entries(
+    registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=registry.url, timeout=10) as c:
+        # Prepare
+        gid, ids, hs = _group_of_three(c)
+        body = _contributions(ids, [0.05, 0.02, -0.3])
+        path = f"/groups/{gid}/rounds/1/contributions"
+
+        # Execute: the host reports, then retries twice
+        first = c.post(path, headers=hs[0], json=body)
+        retries = [c.post(path, headers=hs[0], json=body) for _ in range(2)]
+        ledger = c.get("/ledger", params={"group_id": gid}).json()
+        balances = {n: c.get(f"/nodes/{n}/balance").json() for n in ids}
+
+    # Assert: 201 then 200 with the very same entries; amounts scale positive contributions
+    assert first.status_code == 201, first.text
+    assert [r.status_code for r in retries] == [200, 200]
+    assert all(r.json()["entries"] == first.json()["entries"] for r in retries)
+    assert ledger["count"] == 3
+    by_node = {e["node_id"]: e for e in first.json()["entries"]}
+    assert by_node[ids[0]]["amount"] == pytest.approx(0.05 * SCALE)
+    assert by_node[ids[1]]["amount"] == pytest.approx(0.02 * SCALE)
+    assert by_node[ids[2]]["amount"] == 0.0 and by_node[ids[2]]["reason"] == "no_improvement"
+    assert balances[ids[0]]["balance"] == pytest.approx(5.0)
+    assert balances[ids[2]] | {"last_entry_at": None} == {
+        "node_id": ids[2],
+        "balance": 0.0,
+        "entries": 1,
+        "last_entry_at": None,
+    }
+    assert ledger["total_amount"] == pytest.approx(7.0)
+
+
+def test_only_a_member_may_pay_and_only_members_of_reached_rounds(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: a group at round 2, and an outsider
+        gid, ids, hs = _group_of_three(c, round_=2)
+        outsider, ho = register(c)
+        path = f"/groups/{gid}/rounds/2/contributions"
+        ok = _contributions(ids, [0.1, 0.1, 0.1])
+
+        # Execute
+        no_token = c.post(path, json=ok)
+        not_member = c.post(path, headers=ho, json=ok)
+        stranger_paid = c.post(
+            path, headers=hs[0], json=_contributions([*ids, outsider], [0.1] * 4)
+        )
+        future = c.post(f"/groups/{gid}/rounds/3/contributions", headers=hs[0], json=ok)
+        twice = c.post(path, headers=hs[0], json=_contributions([ids[0], ids[0]], [0.1, 0.2]))
+        nan = c.post(
+            path,
+            headers={**hs[0], "content-type": "application/json"},
+            content=b'{"contributions": [{"node_id": "%s", "contribution": NaN}]}'
+            % ids[0].encode(),
+        )
+        no_group = c.post("/groups/999999/rounds/1/contributions", headers=hs[0], json=ok)
+        ledger = c.get("/ledger", params={"group_id": gid}).json()
+
+    # Assert: every refusal, and nothing written
+    assert no_token.status_code == 401
+    assert not_member.status_code == 403
+    assert stranger_paid.status_code == 422 and outsider in stranger_paid.json()["detail"]
+    assert future.status_code == 409
+    assert twice.status_code == 422
+    assert nan.status_code == 422
+    assert no_group.status_code == 404
+    assert ledger["count"] == 0
+
+
+def test_when_the_group_has_a_host_only_the_host_may_pay(sqlite_registry: RegistryProcess) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        gid, ids, hs = _group_of_three(c)
+        claim = c.post(f"/groups/{gid}/host", headers=hs[1], json={"address": "127.0.0.1:9"})
+        assert claim.status_code == 200 and claim.json()["claimed"]
+        path = f"/groups/{gid}/rounds/1/contributions"
+        by_other = c.post(path, headers=hs[0], json=_contributions(ids, [0.1] * 3))
+        by_host = c.post(path, headers=hs[1], json=_contributions(ids, [0.1] * 3))
+    assert by_other.status_code == 403 and ids[1] in by_other.json()["detail"]
+    assert by_host.status_code == 201
+
+
+def test_balances_equal_the_sum_of_entries_after_a_restart(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    # Prepare: three rounds paid
+    reg = RegistryProcess(tmp_path / "r", database_url=database_url).start()
+    try:
+        with httpx.Client(base_url=reg.url, timeout=10) as c:
+            gid, ids, hs = _group_of_three(c, round_=3)
+            rng = np.random.default_rng(0)
+            for rnd in (1, 2, 3):
+                values = rng.normal(0.02, 0.03, 3).tolist()
+                body = _contributions(ids, values)
+                r = c.post(f"/groups/{gid}/rounds/{rnd}/contributions", headers=hs[0], json=body)
+                assert r.status_code == 201
+            before = {n: c.get(f"/nodes/{n}/balance").json()["balance"] for n in ids}
+    finally:
+        reg.stop()
+
+    # Execute: restart on the same database, retry a round, read everything back
+    reg2 = RegistryProcess(tmp_path / "r", database_url=database_url, port=reg.port).start()
+    try:
+        with httpx.Client(base_url=reg2.url, timeout=10) as c:
+            retry = c.post(
+                f"/groups/{gid}/rounds/2/contributions",
+                headers=hs[0],
+                json=_contributions(ids, [9.0, 9.0, 9.0]),
+            )
+            entries = c.get("/ledger", params={"group_id": gid, "limit": 1000}).json()["data"]
+            after = {n: c.get(f"/nodes/{n}/balance").json()["balance"] for n in ids}
+            listed = {b["node_id"]: b["balance"] for b in c.get("/ledger/balances").json()["data"]}
+    finally:
+        reg2.stop()
+
+    # Assert
+    assert retry.status_code == 200 and not retry.json()["created"]
+    assert len(entries) == 9
+    sums = {n: sum(e["amount"] for e in entries if e["node_id"] == n) for n in ids}
+    for n in ids:
+        assert after[n] == pytest.approx(sums[n]) == pytest.approx(before[n])
+        assert listed[n] == pytest.approx(sums[n])
+
+
+def test_a_reward_reaches_a_connected_event_stream(sqlite_registry: RegistryProcess) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: a client on the stream of reward events
+        gid, ids, hs = _group_of_three(c)
+        last = c.get("/events", params={"limit": 1000, "type": "reward"}).json()["last_id"]
+        received: list[dict[str, object]] = []
+        connected = threading.Event()
+
+        def listen() -> None:
+            with (
+                httpx.Client(base_url=sqlite_registry.url, timeout=15) as sc,
+                sc.stream(
+                    "GET", "/events/stream", params={"after_id": last, "type": "reward"}
+                ) as resp,
+            ):
+                connected.set()
+                for line in resp.iter_lines():
+                    if line.startswith("data:"):
+                        received.append(json.loads(line[5:]))
+                        if len(received) == 3:
+                            return
+
+        t = threading.Thread(target=listen, daemon=True)
+        t.start()
+        assert connected.wait(10)
+
+        # Execute
+        c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.01, 0.02, 0.03]),
+        )
+        t.join(10)
+
+    # Assert: one reward event per entry, with its amount
+    assert sorted(e["node_id"] for e in received) == sorted(ids)
+    amounts = {e["node_id"]: e["data"]["amount"] for e in received}
+    assert amounts[ids[2]] == pytest.approx(3.0)
+    assert all(e["type"] == "reward" and e["group_id"] == gid for e in received)
+
+
+def _poisoned(nd: NodeData, seed: int = 11) -> NodeData:
+    rng = np.random.default_rng(seed)
+
+    def scramble(d: Dataset) -> Dataset:
+        return dataclasses.replace(d, y=rng.integers(0, d.num_classes, len(d.y)).astype(np.int64))
+
+    return dataclasses.replace(
+        nd, train=scramble(nd.train), val=scramble(nd.val), test=scramble(nd.test)
+    )
+
+
+def test_a_member_with_poisoned_labels_earns_less_than_honest_members(tmp_path: Path) -> None:
+    # Prepare: four nodes in one group over real HTTP; node 3's labels are random
+    data = partition(load_digits(), 4, "iid", seed=5)
+    data[3] = _poisoned(data[3])
+    cfg = NetworkConfig(seed=5, local_epochs=1, warmup_epochs=1, evaluate_every=10_000)
+    with RegistryProcess(tmp_path / "r") as reg:
+        net = InProcessNetwork(reg.url, data, cfg, node_prefix="poison")
+        net.start()
+        host = net.agents[0]
+        gid = host.client.create_group("poison-test", "digits", max_capacity=5).id
+        host.group_id = gid
+        for agent in net.agents[1:]:
+            agent.client.join(gid)
+            agent.group_id = gid
+
+        # Execute
+        for _ in range(4):
+            net.run_round()
+        with httpx.Client(base_url=reg.url, timeout=10) as c:
+            balances = {a.node_id: c.get(f"/nodes/{a.node_id}/balance").json() for a in net.agents}
+        net.shutdown()
+
+    # Assert: every member was paid for every round; the poisoned one earned least
+    assert all(b["entries"] == 4 for b in balances.values())
+    honest = [balances[a.node_id]["balance"] for a in net.agents[:3]]
+    poisoned = balances[net.agents[3].node_id]["balance"]
+    assert poisoned < min(honest), balances
+    assert min(honest) > 0

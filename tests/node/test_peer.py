@@ -135,11 +135,12 @@ def test_a_killed_peer_does_not_stall_the_others_past_the_timeout(tmp_path: Path
         rounds = result["rounds"]
         assert len(rounds) == 30
         assert victim_address in rounds[-1]["missing"]
-        # Round 1 also waits for the other processes to start; after that no round
-        # waits much longer than the listen timeout, and most not at all.
-        slow = [r["seconds"] for r in rounds[1:] if r["seconds"] > 1.0]
-        assert all(s < listen_timeout + 1.5 for s in slow), slow
-        assert len(slow) <= 1, slow
+        # Round 1 also waits for the other processes to start. After that no round waits
+        # past the listen timeout, and at most the rounds around the kill wait for it at
+        # all (half the timeout separates "waited for the dead peer" from CPU contention).
+        waited = [r["seconds"] for r in rounds[1:] if r["seconds"] > listen_timeout / 2]
+        assert all(r["seconds"] < listen_timeout + 3 for r in rounds[1:]), waited
+        assert len(waited) <= 2, waited
         assert result["test_accuracy"] >= 0.85
     assert finished_after < listen_timeout + 20
 

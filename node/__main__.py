@@ -1,0 +1,8 @@
+"""``python -m node``: the same as ``mycelium node``."""
+
+import typer
+
+from node.node_cli import node
+
+if __name__ == "__main__":
+    typer.run(node)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from node.demo_cli import demo
+from node.node_cli import node
 from node.peer_cli import peer
 from registry.cli import registry
+from sim.cli import sim
 from viz.cli import viz
 
 app = typer.Typer(
@@ -16,6 +18,8 @@ app.command()(registry)
 app.command()(demo)
 app.command()(viz)
 app.command()(peer)
+app.command()(node)
+app.command()(sim)
 
 
 @app.callback()

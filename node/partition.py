@@ -73,7 +73,15 @@ def partition(
     set; beyond that each node draws its own sample and nodes overlap (logged).
     """
     _check_arguments(
-        dataset, num_nodes, scheme, alpha, clusters, cluster_mode, val_fraction, test_fraction
+        dataset,
+        num_nodes,
+        scheme,
+        alpha,
+        clusters,
+        cluster_mode,
+        val_fraction,
+        test_fraction,
+        samples_per_node,
     )
     split_seq, transform_seq = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(split_seq)
@@ -105,6 +113,7 @@ def _check_arguments(
     cluster_mode: str,
     val_fraction: float,
     test_fraction: float,
+    samples_per_node: int | None = None,
 ) -> None:
     if scheme not in SCHEMES:
         raise ValueError(f"Unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -114,7 +123,11 @@ def _check_arguments(
         )
     if num_nodes < 1:
         raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
-    if len(dataset) < num_nodes * MIN_SAMPLES_PER_NODE:
+    # With samples_per_node, IID shares may overlap (more nodes than the data set
+    # holds); Dirichlet shares are always disjoint, so they need enough examples.
+    may_overlap = samples_per_node is not None and scheme != DIRICHLET
+    needed = MIN_SAMPLES_PER_NODE if may_overlap else num_nodes * MIN_SAMPLES_PER_NODE
+    if len(dataset) < needed:
         raise ValueError(
             f"{dataset.name} has {len(dataset)} examples: too few for {num_nodes} nodes "
             f"of at least {MIN_SAMPLES_PER_NODE}"

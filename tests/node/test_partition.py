@@ -125,3 +125,15 @@ def test_bad_arguments_are_explained(kwargs: dict[str, object], message: str) ->
     # Execute / Assert
     with pytest.raises(ValueError, match=message):
         partition(indexed_dataset(400), seed=0, **args)  # type: ignore[arg-type]
+
+
+def test_more_nodes_than_the_data_set_holds_overlap_with_samples_per_node() -> None:
+    # Prepare
+    dataset = indexed_dataset(400)
+
+    # Execute
+    nodes = partition(dataset, 100, "iid", seed=0, samples_per_node=20)
+
+    # Assert
+    assert len(nodes) == 100
+    assert all(len(n.train) + len(n.val) + len(n.test) == 20 for n in nodes)

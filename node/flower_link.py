@@ -87,7 +87,8 @@ class _QuietLegacy(logging.Filter):
     of a client leaving by SessionEnded, and gRPC's of streams closed by ``stop()``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "start_client() is deprecated" in str(record.msg):
+        message = record.getMessage()
+        if "start_client() is deprecated" in message or "metrics_aggregation_fn" in message:
             return False
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, SessionEnded) and type(exc).__name__ != "GrpcBridgeClosed"

@@ -293,7 +293,11 @@ class _Host:
                 break
             ev = self.server.evaluate(weights, round_, config)
             acc = f"{ev.accuracy:.3f}" if ev.accuracy is not None else "-"
-            log.info(
+            # Rounds can run many times a second: every one at DEBUG, every tenth (and
+            # any with failures) at INFO, so decisions stay readable in the log.
+            level = logging.INFO if round_ % 10 == 0 or fit.failures else logging.DEBUG
+            log.log(
+                level,
                 "%s: group %s round %s: %s trained (%s failed), accuracy %s, %.2f s",
                 proc.node_id, gid, round_, fit.clients, fit.failures, acc,
                 fit.seconds + ev.seconds,

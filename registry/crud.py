@@ -471,30 +471,18 @@ def report_performance(
         raise ForbiddenError(f"only members of group {group_id} may report its performance")
     group = _lock_groups(session, [group_id])[group_id]
     now = utcnow()
-    session.add(
-        PerformanceReport(
-            group_id=group_id,
-            node_id=node.id,
-            metric=body.metric,
-            value=body.value,
-            round=body.round,
-            num_examples=body.num_examples,
-            created_at=now,
-        )
-    )
+    figure = {
+        "group_id": group_id,
+        "node_id": node.id,
+        "metric": body.metric,
+        "value": body.value,
+        "round": body.round,
+        "num_examples": body.num_examples,
+    }
+    session.add(PerformanceReport(**figure, created_at=now))
     latest = session.get(MemberMetric, (group_id, node.id, body.metric))
     if latest is None:
-        session.add(
-            MemberMetric(
-                group_id=group_id,
-                node_id=node.id,
-                metric=body.metric,
-                value=body.value,
-                round=body.round,
-                num_examples=body.num_examples,
-                reported_at=now,
-            )
-        )
+        session.add(MemberMetric(**figure, reported_at=now))
     elif body.round >= latest.round:  # a late report for an older round never overrides
         latest.value = body.value
         latest.round = body.round

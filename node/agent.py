@@ -7,7 +7,6 @@ A registry outage never stops a node: it keeps its model and retries next time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,8 +248,3 @@ class NodeAgent:
                 for m in self.moves
             ]
         }
-
-
-def content_hash(data: bytes) -> str:
-    """sha256 of bytes, as the registry computes it."""
-    return hashlib.sha256(data).hexdigest()

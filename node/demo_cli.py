@@ -14,13 +14,12 @@ from node.data import DATASET_NAMES
 from node.demo import DemoConfig, run_demo
 from node.errors import NodeError
 from node.federation import STRATEGIES
+from node.partition import CLUSTER_MODES, SCHEMES
 from node.policy import POLICIES
 
-PARTITIONS = ("iid", "dirichlet", "clustered")
-CLUSTER_MODES = ("rotation", "label_permutation")
 
-
-def _one_of(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:
+def one_of(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:
+    """`value` if it is allowed; otherwise a usage error naming the flag and the choices."""
     if value not in allowed:
         raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=flag)
     return value
@@ -94,11 +93,11 @@ def demo(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    _one_of(dataset, list(DATASET_NAMES), "--dataset")
-    _one_of(partition, PARTITIONS, "--partition")
-    _one_of(cluster_mode, CLUSTER_MODES, "--cluster-mode")
-    _one_of(policy, list(POLICIES), "--policy")
-    _one_of(strategy, list(STRATEGIES), "--strategy")
+    one_of(dataset, list(DATASET_NAMES), "--dataset")
+    one_of(partition, SCHEMES, "--partition")
+    one_of(cluster_mode, CLUSTER_MODES, "--cluster-mode")
+    one_of(policy, list(POLICIES), "--policy")
+    one_of(strategy, list(STRATEGIES), "--strategy")
     cfg = DemoConfig(
         nodes=nodes,
         rounds=rounds,

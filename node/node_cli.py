@@ -15,6 +15,7 @@ import typer
 
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.data import DATASET_NAMES
+from node.demo_cli import one_of
 from node.federation import set_flower_log_level
 from node.flower_link import LEGACY_STRATEGIES
 from node.partition import CLUSTER_MODES, SCHEMES
@@ -37,12 +38,6 @@ def parse_partition_id(value: str) -> int | None:
             f"{value!r} is neither a number nor 'auto'", param_hint="--partition-id"
         )
     return int(value)
-
-
-def _one_of(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=flag)
-    return value
 
 
 def _default_node_id() -> str:
@@ -146,11 +141,11 @@ def node(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _one_of(cfg.dataset, list(DATASET_NAMES), "--dataset")
-    _one_of(partition, list(SCHEMES), "--partition")
-    _one_of(cluster_mode, list(CLUSTER_MODES), "--cluster-mode")
-    _one_of(cfg.policy, list(POLICIES), "--policy")
-    _one_of(cfg.strategy, list(LEGACY_STRATEGIES), "--strategy")
+    one_of(cfg.dataset, list(DATASET_NAMES), "--dataset")
+    one_of(partition, list(SCHEMES), "--partition")
+    one_of(cluster_mode, list(CLUSTER_MODES), "--cluster-mode")
+    one_of(cfg.policy, list(POLICIES), "--policy")
+    one_of(cfg.strategy, list(LEGACY_STRATEGIES), "--strategy")
     part_id = parse_partition_id(partition_id)
     if part_id is not None and part_id >= num_partitions:
         raise typer.BadParameter(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.routes import dashboard, events, groups, health, ledger, models, nodes
 from registry.api.routes import simulations as simulation_routes
+from registry.api.validation import invalid_response
 from registry.db import Database
 from registry.errors import RegistryError
 from registry.events import EventBus
@@ -70,23 +70,10 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-def _json_safe(value: Any) -> Any:
-    """`value` if it serialises as strict JSON, else its repr (NaN, bytes, objects)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
-
-
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {k: _json_safe(v) for k, v in err.items() if k in ("type", "loc", "msg", "input")}
-            for err in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return invalid_response(exc.errors())
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_: Request, exc: RegistryError) -> JSONResponse:

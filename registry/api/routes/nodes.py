@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.routing import Route
 
 from registry import crud
 from registry.api.deps import DatabaseDep, PageDep, TokenDep
+from registry.api.validation import invalid_response
 from registry.db import Database, GroupCommit
 from registry.schemas import (
     NODE_ID_PATTERN,
@@ -86,48 +85,25 @@ def _bearer_token(request: Request) -> str | None:
     return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _invalid(loc: list[str | int], err_type: str, msg: str, value: object) -> JSONResponse:
-    """A 422 shaped like the app's RequestValidationError responses."""
-    detail = [{"type": err_type, "loc": loc, "msg": msg, "input": value}]
-    return JSONResponse({"detail": detail}, status_code=422)
-
-
 async def heartbeat_fast(request: Request) -> Response:
     """POST /nodes/{node_id}/heartbeat without FastAPI's per-request overhead."""
     node_id: str = request.path_params["node_id"]
     if not _NODE_ID.fullmatch(node_id):
-        return _invalid(
-            ["path", "node_id"],
-            "string_pattern_mismatch",
-            f"String should match pattern '{NODE_ID_PATTERN}'",
-            node_id,
-        )
+        mismatch = {
+            "type": "string_pattern_mismatch",
+            "loc": ("path", "node_id"),
+            "msg": f"String should match pattern '{NODE_ID_PATTERN}'",
+            "input": node_id,
+        }
+        return invalid_response([mismatch])
     raw = await request.body()
     metrics: dict[str, float] = {}
     if raw.strip():
         try:
             metrics = Heartbeat.model_validate_json(raw).metrics
         except ValidationError as exc:
-            errors = [
-                {
-                    "type": e["type"],
-                    "loc": ["body", *e["loc"]],
-                    "msg": e["msg"],
-                    "input": e["input"] if _plain(e["input"]) else repr(e["input"]),
-                }
-                for e in exc.errors(include_url=False)
-            ]
-            return JSONResponse({"detail": errors}, status_code=422)
+            return invalid_response(exc.errors(include_url=False), loc_prefix=("body",))
     return await _beat(request, _bearer_token(request), node_id, metrics)
-
-
-def _plain(value: object) -> bool:
-    """True for values that serialise as strict JSON."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 FAST_ROUTES = [Route("/nodes/{node_id}/heartbeat", heartbeat_fast, methods=["POST"])]

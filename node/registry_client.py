@@ -300,6 +300,14 @@ class RegistryClient:
         )
         return ModelInfo.model_validate(resp.json())
 
+    def model_info(self, group_id: int) -> ModelInfo | None:
+        """Round, hash and size of the group's latest snapshot, without its bytes."""
+        try:
+            resp = self._request("GET", f"/groups/{group_id}/model/info")
+        except NotFoundError:
+            return None
+        return ModelInfo.model_validate(resp.json())
+
     def download_model(self, group_id: int, round: int | None = None) -> ModelBlob | None:
         """The group's latest snapshot (or a given round's); None when it has none."""
         try:

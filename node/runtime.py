@@ -201,8 +201,13 @@ class InProcessNetwork:
     def _group_weights(self, gid: int, host: NodeAgent) -> list[np.ndarray]:
         """The group's current model: the host's copy, else the registry's snapshot."""
         state = self._groups.get(gid)
+        blob = None
         try:
-            blob = host.client.download_model(gid)
+            # Usually the host's copy is the latest (it uploaded it): ask for the round
+            # first and fetch the bytes only when someone else stored a newer one.
+            info = host.client.model_info(gid)
+            if info is not None and (state is None or info.round > state.round):
+                blob = host.client.download_model(gid, round=info.round)
         except RegistryClientError:
             blob = None
         if blob is not None and (state is None or blob.round > state.round):

@@ -43,17 +43,12 @@ def main(
     """Run registry + nodes + live visualization; write output/mycelium_net_demo.gif."""
     import logging
 
-    from viz.cli import parse_size
-    from viz.session import VizOptions, run_session
+    from viz.cli import options_from_flags
+    from viz.session import run_session
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    options = VizOptions(
-        output=output,
-        fps=fps,
-        interval=interval,
-        size=parse_size(size),
-        max_bytes=int(max_mb * 2**20),
-        live=live,
+    options = options_from_flags(
+        output=output, fps=fps, interval=interval, size=size, max_mb=max_mb, live=live
     )
     if viz_only:
         if not registry_url:

@@ -29,6 +29,20 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def options_from_flags(
+    *, output: Path, fps: float, interval: float, size: str, max_mb: float, live: bool | None
+) -> VizOptions:
+    """The session options that the viz flags (--size WxH, --max-mb, …) describe."""
+    return VizOptions(
+        output=output,
+        fps=fps,
+        interval=interval,
+        size=parse_size(size),
+        max_bytes=int(max_mb * 2**20),
+        live=live,
+    )
+
+
 @app.command()
 def viz(
     registry_url: Annotated[
@@ -64,13 +78,8 @@ def viz(
     if (registry_url is None) == (replay is None):
         raise typer.BadParameter("give exactly one of --registry-url and --replay")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = VizOptions(
-        output=output,
-        fps=fps,
-        interval=interval,
-        size=parse_size(size),
-        max_bytes=int(max_mb * 2**20),
-        live=live,
+    options = options_from_flags(
+        output=output, fps=fps, interval=interval, size=size, max_mb=max_mb, live=live
     )
     if replay is not None:
         snapshots = load_snapshots(replay)

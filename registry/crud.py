@@ -58,6 +58,7 @@ __all__ = [
     "list_events",
     "list_groups",
     "list_nodes",
+    "lock_groups",
     "record_snapshot",
     "register_node",
     "report_performance",
@@ -235,7 +236,7 @@ def _member_count(session: Session, group_id: int) -> int:
     return session.scalar(select(func.count()).where(Node.group_id == group_id)) or 0
 
 
-def _lock_groups(session: Session, ids: Sequence[int]) -> dict[int, Group]:
+def lock_groups(session: Session, ids: Sequence[int]) -> dict[int, Group]:
     """Lock group rows in id order, so two crossing migrations never deadlock."""
     rows = session.scalars(
         select(Group)
@@ -381,7 +382,7 @@ def join_group(session: Session, *, caller: Node, group_id: int) -> tuple[int | 
     if node.group_id == group_id:
         return group_id, False
     previous = node.group_id
-    locked = _lock_groups(session, [group_id] + ([previous] if previous else []))
+    locked = lock_groups(session, [group_id] + ([previous] if previous else []))
     target = locked[group_id]
     if target.archived_at is not None:
         raise ConflictError(f"group {group_id} is archived")
@@ -416,7 +417,7 @@ def leave_group(session: Session, *, caller: Node, reason: str = "left") -> int:
     if node.group_id is None:
         raise ConflictError(f"node '{node.id}' is not in a group")
     group_id = node.group_id
-    group = _lock_groups(session, [group_id])[group_id]
+    group = lock_groups(session, [group_id])[group_id]
     _remove_member(session, node=node, group=group, reason=reason)
     record_event(session, EventType.LEFT, node_id=node.id, group_id=group_id, reason=reason)
     return group_id
@@ -469,7 +470,7 @@ def report_performance(
     node = _lock_node(session, caller.id)
     if node.group_id != group_id:
         raise ForbiddenError(f"only members of group {group_id} may report its performance")
-    group = _lock_groups(session, [group_id])[group_id]
+    group = lock_groups(session, [group_id])[group_id]
     now = utcnow()
     figure = {
         "group_id": group_id,
@@ -527,7 +528,7 @@ def claim_host(session: Session, *, caller: Node, group_id: int, address: str) -
         raise NotFoundError(f"no group {group_id}")
     if node.group_id != group_id:
         raise ForbiddenError(f"only members of group {group_id} may host it")
-    group = _lock_groups(session, [group_id])[group_id]
+    group = lock_groups(session, [group_id])[group_id]
     holder = session.get(Node, group.host_node_id) if group.host_node_id else None
     free = holder is None or holder.group_id != group_id or holder.status != "active"
     if free or group.host_node_id == node.id:
@@ -606,7 +607,7 @@ def record_snapshot(
     node = _lock_node(session, caller.id)
     if node.group_id != group_id:
         raise ForbiddenError(f"only members of group {group_id} may upload its model")
-    group = _lock_groups(session, [group_id])[group_id]
+    group = lock_groups(session, [group_id])[group_id]
     same = session.scalar(
         select(ModelSnapshot).where(
             ModelSnapshot.group_id == group_id, ModelSnapshot.round == round_
@@ -704,7 +705,7 @@ def expire_nodes(session: Session, *, node_id: str, now: dt.datetime, ttl: float
     node.status = "inactive"
     group_id = node.group_id
     if group_id is not None:
-        group = _lock_groups(session, [group_id])[group_id]
+        group = lock_groups(session, [group_id])[group_id]
         _remove_member(session, node=node, group=group, reason="expired")
     last_seen = node.last_heartbeat.isoformat()
     record_event(
@@ -726,7 +727,7 @@ def archive_empty_groups(session: Session, *, now: dt.datetime, grace: float) ->
         )
     )
     archived = []
-    for gid, group in _lock_groups(session, ids).items():
+    for gid, group in lock_groups(session, ids).items():
         if group.archived_at is None and _member_count(session, gid) == 0:
             group.archived_at = now
             group.updated_at = now

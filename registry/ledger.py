@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from registry.crud import lock_groups
 from registry.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
 from registry.events import EventType, record_event
-from registry.models import Group, LedgerEntry, Membership, Node, utcnow
+from registry.models import LedgerEntry, Membership, Node, utcnow
 from registry.schemas import Balance, ContributionsIn
 
 __all__ = [
@@ -50,12 +51,7 @@ def pay_round(
 ) -> tuple[list[LedgerEntry], bool]:
     """Write the round's entries that do not exist yet; returns (entries, any created)."""
     # Locking the group row serialises two reports of the same group (PostgreSQL).
-    group = session.scalar(
-        select(Group)
-        .where(Group.id == group_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    group = lock_groups(session, [group_id]).get(group_id)
     if group is None:
         raise NotFoundError(f"no group {group_id}")
     if caller.group_id != group_id:

@@ -2,7 +2,7 @@
 
 import typer
 
-from node.demo_cli import demo
+from mycelium.demo_cli import demo
 
 if __name__ == "__main__":
     typer.run(demo)

@@ -56,9 +56,9 @@ def main(
         typer.echo(f"watching {registry_url} for {duration:g} s; Ctrl+C to stop and export")
         viz_summary = run_session(registry_url, options, duration=duration)
     else:
-        from node.demo import DemoConfig
-        from node.demo_cli import print_summary
-        from viz.demo import run_demo_with_viz
+        from mycelium.demo import DemoConfig
+        from mycelium.demo_cli import print_summary
+        from mycelium.viz_demo import run_demo_with_viz
 
         cfg = DemoConfig(
             nodes=nodes,

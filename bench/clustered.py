@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from node.data import load_dataset
-from node.federation import run_group_round, set_flower_log_level
-from node.learner import Learner
-from node.models import build_model
-from node.partition import NodeData, partition
-from node.runtime import InProcessNetwork, NetworkConfig, local_only_accuracy
+from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.learning.data import load_dataset
+from node.learning.learner import Learner
+from node.learning.models import build_model
+from node.learning.partition import NodeData, partition
+from node.runtime.network import InProcessNetwork, NetworkConfig, local_only_accuracy
 from registry.server import BackgroundRegistry
 from registry.settings import RegistrySettings
 

@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.codecs import Codec, DenseCodec, ErrorFeedback, QuantizeCodec, TopKCodec
-from node.data import load_dataset
-from node.federation import run_group_round, set_flower_log_level
-from node.gossip import Descriptor, answer_shuffle, bootstrap_view, merge_view, start_shuffle
-from node.learner import Learner
-from node.merge import age_weighted_merge
-from node.models import build_model
-from node.partition import NodeData, partition
-from node.peer import combine_updates, encode_local_update
-from node.transport import Envelope, encode_frame
+from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.learning.data import load_dataset
+from node.learning.learner import Learner
+from node.learning.merge import age_weighted_merge
+from node.learning.models import build_model
+from node.learning.partition import NodeData, partition
+from node.p2p.codecs import Codec, DenseCodec, ErrorFeedback, QuantizeCodec, TopKCodec
+from node.p2p.gossip import Descriptor, answer_shuffle, bootstrap_view, merge_view, start_shuffle
+from node.p2p.peer import combine_updates, encode_local_update
+from node.p2p.transport import Envelope, encode_frame
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compression.json"
 TARGET_RATIO = 20.0

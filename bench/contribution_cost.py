@@ -20,18 +20,18 @@ from typing import Any
 
 import torch
 
-from node.contribution import (
+from node.federation.contribution import (
     POOLED_VAL_CAP,
     leave_one_out,
     pooled_val_loss,
     union_val_loss,
 )
-from node.data import load_dataset
-from node.federation import run_group_round, set_flower_log_level
-from node.learner import Learner
-from node.models import build_model
-from node.partition import partition
-from node.runtime import NetworkConfig
+from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.learning.data import load_dataset
+from node.learning.learner import Learner
+from node.learning.models import build_model
+from node.learning.partition import partition
+from node.runtime.network import NetworkConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "contribution_cost.json"
 SAMPLES = {"digits": None, "fashion": 1000}

@@ -39,11 +39,11 @@ from typing import Any
 
 import httpx
 
-from node.data import load_dataset
-from node.federation import run_group_round, set_flower_log_level
-from node.learner import Learner
-from node.models import build_model
-from node.partition import partition
+from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.learning.data import load_dataset
+from node.learning.learner import Learner
+from node.learning.models import build_model
+from node.learning.partition import partition
 
 log = logging.getLogger("bench.deploy_rounds")
 
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "node.federation"):
+    for noisy in ("httpx", "node.federation.inprocess"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_flower_log_level(logging.WARNING)
     load_before = os.getloadavg()[0]

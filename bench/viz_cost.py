@@ -64,8 +64,8 @@ def render_cost(frames_per_size: int) -> list[dict[str, Any]]:
 
 
 def _demo(nodes: int, rounds: int, seed: int, viz: VizOptions | None) -> dict[str, Any]:
-    from node.demo import DemoConfig, run_demo
-    from viz.demo import run_demo_with_viz
+    from mycelium.demo import DemoConfig, run_demo
+    from mycelium.viz_demo import run_demo_with_viz
 
     with tempfile.TemporaryDirectory() as tmp:
         times: list[float] = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from node.demo_cli import demo
-from node.node_cli import node
-from node.peer_cli import peer
+from mycelium.demo_cli import demo
+from node.cli.node import node
+from node.cli.peer import peer
 from registry.cli import registry
 from sim.cli import sim
 from viz.cli import viz

@@ -2,7 +2,7 @@
 
 import typer
 
-from node.node_cli import node
+from node.cli.node import node
 
 if __name__ == "__main__":
     typer.run(node)

@@ -1,6 +1,6 @@
 """Simulations the registry runs against itself: records, a worker per run, live logs.
 
-Each simulation is a subprocess (`python -m registry.simulation_worker`) running the
+Each simulation is a subprocess (`python -m mycelium.simulation_worker`) running the
 in-process runtime against this registry's own URL: torch and its threads stay out of
 the server process, a crash cannot take the registry down, and the log is simply the
 child's stdout. A thread per run pumps those lines into `simulation_logs` (so a stream
@@ -178,7 +178,7 @@ class SimulationManager:
         return [
             sys.executable,
             "-m",
-            "registry.simulation_worker",
+            "mycelium.simulation_worker",
             "--registry-url",
             registry_url,
             "--output",

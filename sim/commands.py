@@ -530,7 +530,7 @@ def _group(s: Session, args: list[str]) -> None:
         epochs = _int(rest[1], "epochs", 0, 1000) if len(rest) == 2 else None
         if not sim.groups[name]:
             raise UsageError(f"group {name} has no members")
-        from node.federation import set_flower_log_level  # Flower loads on first use
+        from node.federation.inprocess import set_flower_log_level  # Flower loads on first use
 
         set_flower_log_level(logging.WARNING)
         result = sim.group_train(name, epochs)
@@ -808,7 +808,7 @@ _TABLE = [
         "aggregate [scope]",
         "average own model with the received ones",
         _aggregate,
-        "node.merge.average over the node's model and the latest model from each sender, "
+        "node.learning.merge.average over the node's model and the latest model from each sender, "
         "weighted by training examples; the inbox is emptied.",
     ),
     Command(
@@ -851,7 +851,7 @@ _TABLE = [
         "groups (mirrored in the registry)",
         _group,
         "A node is in at most one group: `group add` moves it from its old one. "
-        "`group train` runs a Flower round among the members (node.federation); "
+        "`group train` runs a Flower round among the members (node.federation.inprocess); "
         "`group share` sends every member's model to every other member.",
         words=("list", "roster", "create", "add", "remove", "membership", "share", "train"),
     ),

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 import httpx
 import numpy as np
 
+from node.learning.weights import weights_to_bytes
 from node.registry_client import ConflictError, RegistryClient, RegistryClientError
-from node.serialize import weights_to_bytes
 from sim.scope import node_name
 
 __all__ = ["RegistryMirror"]

@@ -1,8 +1,8 @@
 """The simulation: node Learners on partitioned data, groups, and the simulated network.
 
-Learning is the nodes' own code: ``Learner.train``/``evaluate``, ``node.merge.average``
-to aggregate what a node received, ``node.federation.run_group_round`` for a Flower
-round inside a group, and ``node.codecs`` for the real serialized size of every
+Learning is the nodes' own code: ``Learner.train``/``evaluate``, ``node.learning.merge.average``
+to aggregate what a node received, ``node.federation.inprocess.run_group_round`` for a Flower
+round inside a group, and ``node.p2p.codecs`` for the real serialized size of every
 model sent. Nothing here prints; every operation returns plain data for the command
 layer to show. An optional ``Mirror`` (the registry) hears about nodes and groups.
 
@@ -20,18 +20,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from node.codecs import Codec, DenseCodec, QuantizeCodec
-from node.data import DATASET_NAMES, Dataset, load_dataset
-from node.learner import Learner
-from node.merge import average
-from node.models import build_model
-from node.partition import (
+from node.learning.data import DATASET_NAMES, Dataset, load_dataset
+from node.learning.learner import Learner
+from node.learning.merge import average
+from node.learning.models import build_model
+from node.learning.partition import (
     CLUSTER_MODES,
     MIN_SAMPLES_PER_NODE,
     SCHEMES,
     NodeData,
     partition,
 )
+from node.p2p.codecs import Codec, DenseCodec, QuantizeCodec
 from sim.network import ConditionsOverride, Message, Network, Topology
 from sim.scope import GROUP_NAME_PATTERN, node_name
 
@@ -584,7 +584,7 @@ class Simulation:
         members = list(self._group(name))
         if not members:
             raise ValueError(f"group {name} has no members")
-        from node.federation import run_group_round  # imports Flower: only when used
+        from node.federation.inprocess import run_group_round  # imports Flower: only when used
 
         learners = [self.nodes[i].learner for i in members]
         initial = average(

@@ -7,8 +7,8 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 import pytest
 
-from node.data import Dataset, load_digits
-from node.partition import NodeData, partition
+from node.learning.data import Dataset, load_digits
+from node.learning.partition import NodeData, partition
 
 
 @pytest.fixture(scope="session")

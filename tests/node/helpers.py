@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from node.data import Dataset
-from node.learner import Learner
-from node.models import build_model
-from node.partition import NodeData
+from node.learning.data import Dataset
+from node.learning.learner import Learner
+from node.learning.models import build_model
+from node.learning.partition import NodeData
 
 
 def digits_learner(data: NodeData, seed: int = 0, lr: float = 0.05) -> Learner:

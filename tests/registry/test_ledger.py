@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from node.data import Dataset, load_digits
-from node.partition import NodeData, partition
-from node.runtime import InProcessNetwork, NetworkConfig
+from node.learning.data import Dataset, load_digits
+from node.learning.partition import NodeData, partition
+from node.runtime.network import InProcessNetwork, NetworkConfig
 from tests.registry.helpers import create_group, register
 from tests.support.registry_proc import RegistryProcess
 

@@ -1,0 +1,132 @@
+"""The `demo` command: flags, the final table, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mycelium.demo import DemoConfig, run_demo
+from node.errors import NodeError
+from node.federation.inprocess import STRATEGIES
+from node.learning.data import DATASET_NAMES
+from node.learning.partition import CLUSTER_MODES, SCHEMES
+from node.runtime.policy import POLICIES
+
+
+def one_of(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:
+    """`value` if it is allowed; otherwise a usage error naming the flag and the choices."""
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=flag)
+    return value
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    """The final table: one row per node, then the network's figures."""
+    console = console or Console()
+    table = Table(title=f"Mycelium Net after {summary['rounds']} rounds")
+    for col in ("node", "true cluster", "group", "migrations", "test acc", "local-only acc"):
+        table.add_column(col, justify="right" if col != "node" else "left")
+    for node_id, n in summary["nodes"].items():
+        local = n.get("local_only_test_accuracy")
+        table.add_row(
+            node_id,
+            str(n["cluster"]),
+            str(n["final_group"]),
+            str(len(n["migrations"])),
+            f"{n['test_accuracy']:.3f}" if n["test_accuracy"] is not None else "-",
+            f"{local:.3f}" if local is not None else "-",
+        )
+    console.print(table)
+    f = summary["final"]
+    line = (
+        f"groups {f['groups']}, migrations {f['migrations']}, "
+        f"mean acc {f['mean_accuracy']:.3f}, worst {f['worst_accuracy']:.3f}, "
+        f"ARI vs true clusters {f['adjusted_rand_index']:.2f}"
+    )
+    if "local_only_mean_accuracy" in f:
+        line += (
+            f"; local-only mean {f['local_only_mean_accuracy']:.3f}, "
+            f"worst {f['local_only_worst_accuracy']:.3f}"
+        )
+    console.print(line)
+    console.print(f"summary written to {summary['path']}")
+
+
+def demo(
+    nodes: Annotated[int, typer.Option(min=1, max=2000, help="Number of nodes.")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 20,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Run for this many seconds instead of --rounds.")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="digits | fashion")] = "digits",
+    partition: Annotated[str, typer.Option(help="iid | dirichlet | clustered")] = "clustered",
+    clusters: Annotated[int, typer.Option(min=1, max=4, help="Hidden clusters.")] = 2,
+    cluster_mode: Annotated[str, typer.Option(help="rotation | label_permutation")] = "rotation",
+    alpha: Annotated[float, typer.Option(min=0.001, help="Dirichlet concentration.")] = 0.5,
+    policy: Annotated[str, typer.Option(help="local (judge on own data) | reported")] = "local",
+    strategy: Annotated[str, typer.Option(help="fedavg | fedmedian | fedtrimmedavg | krum")] = (
+        "fedavg"
+    ),
+    samples_per_node: Annotated[
+        int | None, typer.Option(min=10, help="Cap each node's examples.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data, models and training.")] = 0,
+    output: Annotated[Path, typer.Option(help="Folder for summary.json.")] = Path("output"),
+    registry_url: Annotated[
+        str | None, typer.Option(help="Use this registry instead of starting one.")
+    ] = None,
+    local_only: Annotated[
+        bool, typer.Option(help="Also train each node alone, for comparison.")
+    ] = True,
+    viz: Annotated[
+        bool, typer.Option("--viz", help="Record the network; write a GIF and PNG to --output.")
+    ] = False,
+    fps: Annotated[float, typer.Option(min=0.1, max=50, help="GIF frames per second.")] = 4.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the demo: a registry and nodes that form groups by how well models fit their data."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    one_of(dataset, list(DATASET_NAMES), "--dataset")
+    one_of(partition, SCHEMES, "--partition")
+    one_of(cluster_mode, CLUSTER_MODES, "--cluster-mode")
+    one_of(policy, list(POLICIES), "--policy")
+    one_of(strategy, list(STRATEGIES), "--strategy")
+    cfg = DemoConfig(
+        nodes=nodes,
+        rounds=rounds,
+        duration=duration,
+        dataset=dataset,
+        partition=partition,
+        clusters=clusters,
+        cluster_mode=cluster_mode,
+        alpha=alpha,
+        policy=policy,
+        strategy=strategy,
+        samples_per_node=samples_per_node,
+        seed=seed,
+        output=output,
+        registry_url=registry_url,
+        local_only=local_only,
+    )
+    try:
+        if viz:
+            from mycelium.viz_demo import run_demo_with_viz
+            from viz.session import VizOptions
+
+            summary, viz_summary = run_demo_with_viz(cfg, VizOptions(output=output, fps=fps))
+            for key in ("gif", "png"):
+                if viz_summary.get(key):
+                    typer.echo(f"{key.upper()} written to {viz_summary[key]}")
+        else:
+            summary = run_demo(cfg)
+    except (NodeError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    print_summary(summary)

@@ -1,0 +1,1 @@
+"""The node's commands: ``node`` (one node process) and ``peer`` (P2P training)."""

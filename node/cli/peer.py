@@ -1,0 +1,168 @@
+"""The ``peer`` command: P2P training rounds with the peers given, from ``configs/base.yaml``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from node.learning.data import load_dataset
+from node.learning.learner import Learner
+from node.learning.models import build_model
+from node.learning.partition import partition
+from node.p2p.codecs import make_codec
+from node.p2p.config import DEFAULT_CONFIG_PATH, ConfigError, PeerConfig, load_config
+from node.p2p.peer import PeerTrainer
+from node.p2p.transport import PeerAddress, parse_address
+
+__all__ = ["build_learner", "parse_peers", "peer", "run_peer_training"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_peers(text: str) -> list[PeerAddress]:
+    """``host:port,host:port`` to addresses; an empty string means no peers."""
+    return [parse_address(part) for part in text.split(",") if part.strip()]
+
+
+def build_learner(config: PeerConfig) -> Learner:
+    """This peer's learner: its share of the data set and the seeded model."""
+    data_cfg, train_cfg = config.data, config.training
+    if data_cfg.index >= data_cfg.partitions:
+        raise ConfigError(
+            f"data.index: {data_cfg.index} is out of range for {data_cfg.partitions} partitions"
+        )
+    dataset = load_dataset(data_cfg.dataset)
+    share = partition(
+        dataset,
+        data_cfg.partitions,
+        data_cfg.scheme,
+        seed=data_cfg.seed,
+        samples_per_node=data_cfg.samples_per_node,
+    )[data_cfg.index]
+    return Learner(
+        build_model(data_cfg.dataset, train_cfg.seed),
+        share,
+        lr=train_cfg.learning_rate,
+        batch_size=train_cfg.batch_size,
+        epochs=train_cfg.epochs,
+        seed=train_cfg.seed + data_cfg.index,
+    )
+
+
+async def run_peer_training(config: PeerConfig, peers: list[PeerAddress]) -> dict[str, Any]:
+    """Run the configured rounds with ``peers``; return a JSON-ready summary."""
+    learner = build_learner(config)
+    codec = make_codec(
+        config.compression.mode,
+        topk_ratio=config.compression.topk_ratio,
+        bits=config.compression.bits,
+    )
+    trainer = PeerTrainer(
+        learner,
+        peers,
+        codec,
+        node_id=config.node_id,
+        host=config.p2p.host,
+        port=config.p2p.local_port,
+        listen_timeout=config.p2p.listen_timeout,
+        error_feedback=config.compression.error_feedback,
+        max_message_bytes=config.p2p.max_message_bytes,
+        down_after_misses=config.p2p.down_after_misses,
+    )
+    await trainer.start()
+    try:
+        reports = await trainer.run(config.training.rounds)
+    finally:
+        await trainer.stop()
+    test = learner.evaluate("test")
+    digest = hashlib.sha256()
+    for array in learner.get_weights():
+        digest.update(array.tobytes())
+    return {
+        "node_id": trainer.node_id,
+        "port": trainer.port,
+        "codec": codec.name,
+        "rounds": [r.to_dict() for r in reports],
+        "test_accuracy": test.accuracy,
+        "bytes_sent": trainer.server.stats.bytes_sent,
+        "bytes_received": trainer.server.stats.bytes_received,
+        "late_dropped": trainer.late_dropped,
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+def peer(
+    config: Annotated[
+        Path, typer.Option(help="YAML config with data, training, p2p, compression sections.")
+    ] = DEFAULT_CONFIG_PATH,
+    peers: Annotated[str, typer.Option(help="Comma-separated host:port of the other peers.")] = "",
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (p2p.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (p2p.local_port).")] = None,
+    listen_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for a round's updates.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds to run (training.rounds).")] = None,
+    node_id: Annotated[str | None, typer.Option(help="This peer's id (default host:port).")] = None,
+    index: Annotated[int | None, typer.Option(help="Which data share to train on.")] = None,
+    partitions: Annotated[int | None, typer.Option(help="Into how many shares.")] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="none, gradients_topk or weights_quantize.")
+    ] = None,
+    topk_ratio: Annotated[float | None, typer.Option(help="Share of values top-k sends.")] = None,
+    bits: Annotated[
+        int | None, typer.Option(help="Quantization bits: 4, 8 (32: no quant).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the JSON summary here (default: stdout).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Train with peers over TCP: each round train, send to every peer, wait, average."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    overrides = {
+        "p2p.host": host,
+        "p2p.local_port": port,
+        "p2p.listen_timeout": listen_timeout,
+        "training.rounds": rounds,
+        "node_id": node_id,
+        "data.index": index,
+        "data.partitions": partitions,
+        "compression.mode": compression,
+        "compression.topk_ratio": topk_ratio,
+        "compression.bits": bits,
+    }
+    try:
+        cfg = load_config(config, overrides)
+        peer_list = parse_peers(peers)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"Invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        summary = asyncio.run(run_peer_training(cfg, peer_list))
+    except ConfigError as exc:
+        typer.echo(f"Invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        typer.echo(f"Cannot listen on {cfg.p2p.host}:{cfg.p2p.local_port}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    text = json.dumps(summary, indent=2)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text)
+
+
+def main() -> None:
+    """Run ``peer`` as a stand-alone command (``run_peer_training.py``)."""
+    typer.run(peer)

@@ -1,0 +1,1 @@
+"""Federation inside one group with Flower: the group round, its transports, contributions."""

@@ -1,0 +1,1 @@
+"""Server-less learning between peers: framed transport, update codecs, P2P rounds, gossip."""

@@ -1,0 +1,585 @@
+"""Gossip learning inside a group: Cyclon peer sampling plus age-weighted model merging.
+
+Instead of Flower rounds, each member keeps a small partial view of its peers,
+maintained by Cyclon (Voulgaris, Gavidia, van Steen 2005): periodically it ages its
+view, swaps up to ``shuffle_length`` entries with its oldest neighbour (sending a
+fresh entry for itself), and drops a neighbour that does not answer. Every
+``period`` seconds it also sends its model (and the model's age: updates seen) to a
+random neighbour; the receiver merges it with its own, weighted by age, and trains
+a local step on its data (Ormándi, Hegedűs, Jelasity 2013).
+
+The view logic is pure (``bootstrap_view``, ``start_shuffle``, ``answer_shuffle``,
+``merge_view``); ``GossipNode`` is the asyncio face that does the I/O::
+
+    node = GossipNode("n1", "digits", model, port=0, training_config=TrainingConfig())
+    await node.start()                      # listen, bootstrap from the registry
+    task = asyncio.create_task(node.run_continuous(data))
+    ...
+    await node.stop()
+
+The registry still sees the group: with a ``registry`` (``RegistryClient`` or
+anything with its methods) a member registers, joins the group, bootstraps its view
+from the group's roster and its model from the group's latest snapshot, sends
+heartbeats, reports validation accuracy and uploads snapshots, and leaves on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from node.errors import NodeError, SerializationError
+from node.learning.learner import Learner
+from node.learning.merge import age_weighted_merge
+from node.learning.partition import NodeData
+from node.learning.weights import bytes_to_weights, weights_to_bytes
+from node.p2p.codecs import Codec, DenseCodec, EncodedUpdate, TopKCodec
+from node.p2p.transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Envelope,
+    PeerUnreachableError,
+    TransportServer,
+    parse_address,
+    request,
+    send,
+)
+
+__all__ = [
+    "Descriptor",
+    "GossipNode",
+    "GossipRegistry",
+    "TrainingConfig",
+    "answer_shuffle",
+    "bootstrap_view",
+    "merge_view",
+    "start_shuffle",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL = "gossip_model"
+SHUFFLE = "cyclon_shuffle"
+SHUFFLE_REPLY = "cyclon_reply"
+AGE_META = "age"
+DOMAIN_META = "domain"
+ENTRIES_META = "entries"
+
+
+# --- Cyclon, pure -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A view entry: a peer's id, ``host:port``, and how many cycles old the entry is."""
+
+    node_id: str
+    address: str
+    age: int = 0
+
+    def to_wire(self) -> list[Any]:
+        """Compact msgpack form."""
+        return [self.node_id, self.address, self.age]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Descriptor:
+        """Parse ``to_wire``'s form; ValueError when it is something else."""
+        if (
+            not isinstance(raw, list)
+            or len(raw) != 3
+            or not isinstance(raw[0], str)
+            or not isinstance(raw[1], str)
+            or not isinstance(raw[2], int)
+        ):
+            raise ValueError(f"Not a view entry: {raw!r}")
+        parse_address(raw[1])
+        return cls(raw[0], raw[1], max(0, raw[2]))
+
+
+def bootstrap_view(
+    candidates: Sequence[Descriptor], self_id: str, view_size: int, rng: random.Random
+) -> list[Descriptor]:
+    """A first view: up to ``view_size`` distinct random candidates other than oneself."""
+    unique = {d.node_id: d for d in candidates if d.node_id != self_id}
+    chosen = list(unique.values())
+    rng.shuffle(chosen)
+    return [replace(d, age=0) for d in chosen[:view_size]]
+
+
+def start_shuffle(
+    view: Sequence[Descriptor], me: Descriptor, shuffle_length: int, rng: random.Random
+) -> tuple[Descriptor | None, list[Descriptor], list[Descriptor]]:
+    """Begin a Cyclon shuffle: return (target, entries to send, view without the target).
+
+    Ages every entry, picks the oldest as the target, and sends a fresh entry for
+    oneself plus ``shuffle_length - 1`` other random entries.
+    """
+    aged = [replace(d, age=d.age + 1) for d in view]
+    if not aged:
+        return None, [], []
+    target = max(aged, key=lambda d: d.age)
+    rest = [d for d in aged if d.node_id != target.node_id]
+    others = rng.sample(rest, min(len(rest), shuffle_length - 1))
+    return target, [replace(me, age=0), *others], rest
+
+
+def answer_shuffle(
+    view: Sequence[Descriptor],
+    received: Sequence[Descriptor],
+    self_id: str,
+    shuffle_length: int,
+    view_size: int,
+    rng: random.Random,
+) -> tuple[list[Descriptor], list[Descriptor]]:
+    """The receiving side: return (entries to send back, the new view)."""
+    reply = rng.sample(list(view), min(len(view), shuffle_length))
+    return reply, merge_view(view, received, reply, self_id, view_size)
+
+
+def merge_view(
+    view: Sequence[Descriptor],
+    received: Sequence[Descriptor],
+    sent: Sequence[Descriptor],
+    self_id: str,
+    view_size: int,
+) -> list[Descriptor]:
+    """Cyclon's merge: add received entries, first into free slots, then over those sent.
+
+    Entries about oneself are discarded; an entry already in the view keeps the
+    younger of the two ages.
+    """
+    out = {d.node_id: d for d in view}
+    replaceable = [d.node_id for d in sent if d.node_id in out]
+    for entry in received:
+        if entry.node_id == self_id:
+            continue
+        if entry.node_id in out:
+            if entry.age < out[entry.node_id].age:
+                out[entry.node_id] = entry
+            continue
+        if len(out) < view_size:
+            out[entry.node_id] = entry
+        elif replaceable:
+            del out[replaceable.pop(0)]
+            out[entry.node_id] = entry
+    return list(out.values())
+
+
+def remove_peer(view: Sequence[Descriptor], node_id: str) -> list[Descriptor]:
+    """The view without ``node_id`` (a peer that did not answer)."""
+    return [d for d in view if d.node_id != node_id]
+
+
+# --- the registry, as gossip uses it ------------------------------------------------
+
+
+class _Member(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+
+
+class _Group(Protocol):
+    @property
+    def members(self) -> Sequence[_Member]: ...
+
+
+class _Snapshot(Protocol):
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def round(self) -> int: ...
+
+
+class GossipRegistry(Protocol):
+    """What a gossip member needs of the registry; ``node.registry_client.RegistryClient`` fits."""
+
+    def register(
+        self,
+        node_id: str,
+        address: str,
+        domain: str,
+        capabilities: Mapping[str, Any] | None = None,
+    ) -> object: ...
+    def join(self, group_id: int) -> object: ...
+    def leave(self) -> int: ...
+    def get_group(self, group_id: int) -> _Group: ...
+    def heartbeat(self, metrics: Mapping[str, float] | None = None) -> object: ...
+    def report_performance(
+        self, group_id: int, *, value: float, round: int, num_examples: int = 1, metric: str = ...
+    ) -> object: ...
+    def upload_model(self, group_id: int, round: int, data: bytes) -> object: ...
+    def download_model(self, group_id: int, round: int | None = None) -> _Snapshot | None: ...
+
+
+# --- the node -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training on each received model."""
+
+    batch_size: int = 32
+    epochs: int = 1
+    learning_rate: float = 0.05
+
+
+@dataclass
+class GossipStats:
+    """Counters of one member."""
+
+    sent: int = 0
+    received: int = 0
+    merged: int = 0
+    send_failures: int = 0
+    shuffles: int = 0
+    dropped_peers: int = 0
+
+
+DataProvider = NodeData | Callable[[], NodeData]
+
+
+@dataclass
+class _Registration:
+    group_id: int
+    registry: GossipRegistry
+    reports: int = 0
+    last_upload_age: int = -1
+    errors: list[str] = field(default_factory=list)
+
+
+class GossipNode:
+    """One member of a gossip-mode group (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        domain: str,
+        model: nn.Module,
+        port: int = 0,
+        training_config: TrainingConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        registry: GossipRegistry | None = None,
+        group_id: int | None = None,
+        bootstrap_peers: Sequence[Descriptor] = (),
+        view_size: int = 4,
+        shuffle_length: int = 2,
+        period: float = 0.2,
+        codec: Codec | None = None,
+        seed: int = 0,
+        report_every: int = 10,
+        send_timeout: float = 2.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if shuffle_length > view_size:
+            raise ValueError("shuffle_length must not exceed view_size")
+        if isinstance(codec, TopKCodec):
+            raise ValueError(
+                "gossip sends whole models: use DenseCodec or QuantizeCodec, not top-k"
+            )
+        if registry is not None and group_id is None:
+            raise ValueError("a registry needs the group_id to gossip in")
+        self.node_id = node_id
+        self.domain = domain
+        self.model = model
+        self.training_config = training_config or TrainingConfig()
+        self.host = host
+        self.registry = registry
+        self.group_id = group_id
+        self.view_size = view_size
+        self.shuffle_length = shuffle_length
+        self.period = period
+        self.codec = codec or DenseCodec()
+        self.report_every = report_every
+        self.send_timeout = send_timeout
+        self.max_message_bytes = max_message_bytes
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.view: list[Descriptor] = []
+        self.age = 0
+        self.stats = GossipStats()
+        self.learner: Learner | None = None
+        self._bootstrap = list(bootstrap_peers)
+        self._model_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._registration: _Registration | None = None
+        self.server = TransportServer(
+            self._handle,
+            host=host,
+            port=port,
+            max_message_bytes=max_message_bytes,
+            name=f"gossip {node_id}",
+        )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` peers reach this member at (after ``start``)."""
+        return f"{self.host}:{self.server.port}"
+
+    @property
+    def descriptor(self) -> Descriptor:
+        """This member's fresh view entry."""
+        return Descriptor(self.node_id, self.address, 0)
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        """Listen; with a registry, register, join, and bootstrap view and model from it."""
+        await self.server.start()
+        candidates = list(self._bootstrap)
+        if self.registry is not None and self.group_id is not None:
+            registry, group_id = self.registry, self.group_id
+            await asyncio.to_thread(registry.register, self.node_id, self.address, self.domain)
+            await asyncio.to_thread(registry.join, group_id)
+            self._registration = _Registration(group_id=group_id, registry=registry)
+            group = await asyncio.to_thread(registry.get_group, group_id)
+            candidates += [Descriptor(m.id, m.address) for m in group.members]
+            snapshot = await asyncio.to_thread(registry.download_model, group_id)
+            if snapshot is not None:
+                self._adopt_snapshot(snapshot.data, snapshot.round)
+        self.view = bootstrap_view(candidates, self.node_id, self.view_size, self.rng)
+        logger.info("Gossip %s started at %s with view %s", self.node_id, self.address, self._ids())
+
+    def _adopt_snapshot(self, blob: bytes, age: int) -> None:
+        try:
+            weights = bytes_to_weights(blob)
+            names = list(self.model.state_dict().keys())
+            _load_state(self.model, names, weights)
+        except (SerializationError, NodeError, KeyError, RuntimeError, ValueError) as exc:
+            logger.warning("Gossip %s: the group's snapshot does not fit: %s", self.node_id, exc)
+            return
+        self.age = max(self.age, age)
+        logger.info(
+            "Gossip %s bootstrapped its model from the snapshot of age %d", self.node_id, age
+        )
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop gossiping, leave the group (unless ``leave=False``: a crash) and close the port."""
+        self._stopping.set()
+        await self.server.stop()
+        if leave and self._registration is not None:
+            await self._registry_call("leave", self._registration.registry.leave)
+        logger.info("Gossip %s stopped: %s", self.node_id, self.stats)
+
+    def _ids(self) -> list[str]:
+        return [d.node_id for d in self.view]
+
+    # -- the active loop --
+
+    def _learner_for(self, data_provider: DataProvider) -> Learner:
+        data = data_provider() if callable(data_provider) else data_provider
+        cfg = self.training_config
+        return Learner(
+            self.model,
+            data,
+            lr=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            seed=self.seed,
+        )
+
+    async def run_continuous(
+        self, data_provider: DataProvider, *, max_cycles: int | None = None
+    ) -> GossipStats:
+        """Gossip until ``stop()`` (or ``max_cycles`` cycles): shuffle, send, report."""
+        self.learner = self._learner_for(data_provider)
+        cycle = 0
+        while not self._stopping.is_set() and (max_cycles is None or cycle < max_cycles):
+            cycle += 1
+            # Jitter keeps members from firing in lockstep.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), self.period * self.rng.uniform(0.5, 1.5)
+                )
+            if self._stopping.is_set():
+                break
+            await self._shuffle()
+            await self._gossip_model()
+            if self._registration is not None and cycle % self.report_every == 0:
+                await self._report()
+        return self.stats
+
+    async def _shuffle(self) -> None:
+        target, sent, rest = start_shuffle(
+            self.view, self.descriptor, self.shuffle_length, self.rng
+        )
+        if target is None:
+            return
+        self.view = rest
+        message = Envelope(
+            sender=self.node_id,
+            kind=SHUFFLE,
+            meta={DOMAIN_META: self.domain, ENTRIES_META: [d.to_wire() for d in sent]},
+        )
+        try:
+            reply = await request(
+                parse_address(target.address),
+                message,
+                timeout=self.send_timeout,
+                stats=self.server.stats,
+            )
+            received = [Descriptor.from_wire(raw) for raw in reply.meta.get(ENTRIES_META, [])]
+        except (PeerUnreachableError, ValueError) as exc:
+            self.stats.dropped_peers += 1
+            logger.info("Gossip %s dropped %s from its view: %s", self.node_id, target.node_id, exc)
+            return
+        self.stats.shuffles += 1
+        self.view = merge_view(self.view, received, sent, self.node_id, self.view_size)
+
+    async def _gossip_model(self) -> None:
+        if not self.view or self.learner is None:
+            return
+        target = self.rng.choice(self.view)
+        weights = await asyncio.to_thread(self.learner.get_weights)
+        message = Envelope(
+            sender=self.node_id,
+            kind=MODEL,
+            round=self.age,
+            payload=self.codec.encode(weights).to_bytes(),
+            meta={AGE_META: self.age, DOMAIN_META: self.domain},
+        )
+        try:
+            await send(
+                parse_address(target.address),
+                message,
+                timeout=self.send_timeout,
+                max_message_bytes=self.max_message_bytes,
+                stats=self.server.stats,
+            )
+            self.stats.sent += 1
+        except PeerUnreachableError as exc:
+            self.stats.send_failures += 1
+            self.stats.dropped_peers += 1
+            self.view = remove_peer(self.view, target.node_id)
+            logger.info("Gossip %s dropped %s: %s", self.node_id, target.node_id, exc)
+
+    # -- receiving --
+
+    async def _handle(self, envelope: Envelope) -> Envelope | None:
+        if envelope.meta.get(DOMAIN_META) != self.domain:
+            logger.warning("Gossip %s ignored a message from another domain", self.node_id)
+            return None
+        if envelope.kind == SHUFFLE:
+            try:
+                received = [
+                    Descriptor.from_wire(raw) for raw in envelope.meta.get(ENTRIES_META, [])
+                ]
+            except ValueError as exc:
+                logger.warning(
+                    "Gossip %s: bad shuffle from %s: %s", self.node_id, envelope.sender, exc
+                )
+                return None
+            reply, self.view = answer_shuffle(
+                self.view, received, self.node_id, self.shuffle_length, self.view_size, self.rng
+            )
+            return Envelope(
+                sender=self.node_id,
+                kind=SHUFFLE_REPLY,
+                meta={DOMAIN_META: self.domain, ENTRIES_META: [d.to_wire() for d in reply]},
+            )
+        if envelope.kind == MODEL:
+            await self._merge_and_train(envelope)
+            return None
+        logger.warning("Gossip %s ignored a %r message", self.node_id, envelope.kind)
+        return None
+
+    async def _merge_and_train(self, envelope: Envelope) -> None:
+        self.stats.received += 1
+        learner = self.learner
+        if learner is None or self._stopping.is_set():
+            return
+        try:
+            other = self.codec.decode(EncodedUpdate.from_bytes(envelope.payload))
+            other_age = int(envelope.meta.get(AGE_META, 0))
+        except (SerializationError, ValueError, TypeError) as exc:
+            logger.warning(
+                "Gossip %s: unusable model from %s: %s", self.node_id, envelope.sender, exc
+            )
+            return
+        async with self._model_lock:
+            own = await asyncio.to_thread(learner.get_weights)
+            try:
+                merged, age = age_weighted_merge(own, self.age, other, max(0, other_age))
+            except NodeError as exc:
+                logger.warning(
+                    "Gossip %s: model from %s does not fit: %s", self.node_id, envelope.sender, exc
+                )
+                return
+            await asyncio.to_thread(learner.set_weights, merged)
+            await asyncio.to_thread(learner.train)
+            self.age = age + 1
+            self.stats.merged += 1
+
+    # -- the registry --
+
+    async def _registry_call(
+        self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Call the registry in a thread; failures are logged, never fatal to gossip."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:  # the registry being down must not stop learning
+            if getattr(exc, "status", None) == 409:
+                # e.g. a member uploaded a newer snapshot first: normal in gossip
+                logger.info("Gossip %s: registry %s refused: %s", self.node_id, what, exc)
+                return None
+            logger.warning("Gossip %s: registry %s failed: %s", self.node_id, what, exc)
+            if self._registration is not None:
+                self._registration.errors.append(f"{what}: {exc}")
+            return None
+
+    async def _report(self) -> None:
+        reg, learner = self._registration, self.learner
+        if reg is None or learner is None:
+            return
+        val = await asyncio.to_thread(learner.evaluate, "val")
+        await self._registry_call(
+            "heartbeat", reg.registry.heartbeat, {"accuracy": val.accuracy, "age": float(self.age)}
+        )
+        await self._registry_call(
+            "report_performance",
+            reg.registry.report_performance,
+            reg.group_id,
+            value=val.accuracy,
+            round=self.age,
+            num_examples=val.num_examples,
+        )
+        reg.reports += 1
+        if self.age > reg.last_upload_age:
+            blob = weights_to_bytes(await asyncio.to_thread(learner.get_weights))
+            await self._registry_call(
+                "upload_model", reg.registry.upload_model, reg.group_id, self.age, blob
+            )
+            reg.last_upload_age = self.age
+
+    async def report_now(self) -> None:
+        """Send a heartbeat, a performance report and a snapshot right away."""
+        await self._report()
+
+    def weights(self) -> list[np.ndarray]:
+        """A copy of the member's current weights."""
+        if self.learner is not None:
+            return self.learner.get_weights()
+        return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
+
+
+def _load_state(model: nn.Module, names: list[str], weights: list[np.ndarray]) -> None:
+    state = model.state_dict()
+    if len(weights) != len(names):
+        raise NodeError(f"Snapshot has {len(weights)} tensors, the model {len(names)}")
+    model.load_state_dict(
+        {
+            n: torch.as_tensor(np.asarray(w)).to(state[n].dtype)
+            for n, w in zip(names, weights, strict=True)
+        }
+    )

@@ -1,0 +1,374 @@
+"""Synchronous peer-to-peer rounds between devices: train, send to every peer, wait, average.
+
+Each round ``r`` a peer trains locally from the round's start model, encodes its
+update (trained minus start, through the configured codec with error feedback) and
+sends it to every peer, which acknowledges with its own id. It then waits until
+every live peer's update for round ``r`` has arrived or ``listen_timeout`` has
+passed; a missing peer is reported in the round's ``RoundReport`` and the round goes
+on with the updates that arrived (example-weighted mean, its own update included).
+
+Rounds are numbered: an update for a round this peer has already closed is dropped
+as late, one too far ahead is dropped too, so rounds never mix. A peer whose port
+refuses connections after it had answered before (its process died) is not waited
+for; one missing ``down_after_misses`` rounds in a row is marked down and not waited
+for until it answers again. So a killed peer stalls the others at most one
+``listen_timeout``, and usually not at all.
+
+The pure parts (``encode_local_update``, ``combine_updates``) are what the
+compression benchmark drives without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from node.errors import NodeError, SerializationError
+from node.learning.learner import Learner
+from node.learning.merge import add_update, average, subtract
+from node.p2p.codecs import Codec, EncodedUpdate, ErrorFeedback, compress_with_feedback
+from node.p2p.transport import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Envelope,
+    PeerAddress,
+    PeerUnreachableError,
+    TransportServer,
+    request,
+)
+
+__all__ = [
+    "ACK",
+    "UPDATE",
+    "PeerTrainer",
+    "RoundReport",
+    "combine_updates",
+    "encode_local_update",
+]
+
+logger = logging.getLogger(__name__)
+
+UPDATE = "update"
+ACK = "ack"
+NUM_EXAMPLES_META = "n"
+LATE_META = "late"
+# How many rounds ahead of its own a peer buffers updates (a fast peer is at most one ahead).
+LOOKAHEAD_ROUNDS = 2
+_RETRY_DELAY = 0.1
+_MAX_RETRY_DELAY = 0.5
+
+
+# --- pure round arithmetic ----------------------------------------------------------
+
+
+def encode_local_update(
+    codec: Codec,
+    start: list[np.ndarray],
+    trained: list[np.ndarray],
+    feedback: ErrorFeedback,
+    *,
+    error_feedback: bool = True,
+) -> tuple[EncodedUpdate, list[np.ndarray], ErrorFeedback]:
+    """Encode ``trained - start``; return the encoding, what peers will decode, the new feedback."""
+    update = subtract(trained, start)
+    if not error_feedback:
+        encoded = codec.encode(update)
+        return encoded, codec.decode(encoded), feedback
+    return compress_with_feedback(codec, update, feedback)
+
+
+def combine_updates(
+    start: list[np.ndarray], updates: Sequence[list[np.ndarray]], num_examples: Sequence[float]
+) -> list[np.ndarray]:
+    """The next round's model: ``start`` plus the example-weighted mean of the updates."""
+    return add_update(start, average(list(updates), list(num_examples)))
+
+
+# --- the networked peer -------------------------------------------------------------
+
+
+@dataclass
+class RoundReport:
+    """What one round did, as this peer saw it."""
+
+    round: int
+    received_from: list[str]
+    missing: list[str]
+    val_accuracy: float
+    val_loss: float
+    train_loss: float
+    message_bytes: int
+    bytes_sent: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+@dataclass
+class _PeerState:
+    address: PeerAddress
+    node_id: str | None = None
+    answered_once: bool = False
+    misses: int = 0
+    down: bool = False
+
+
+@dataclass
+class _RoundSends:
+    acked: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+
+
+class PeerTrainer:
+    """One device in synchronous P2P training: a listening port plus the round loop.
+
+    ``await start()`` opens the port (``port`` is then the bound one), ``await
+    run(rounds)`` runs the rounds and returns their reports, ``await stop()`` closes
+    everything. The learner is only touched from one worker thread at a time.
+    """
+
+    def __init__(
+        self,
+        learner: Learner,
+        peers: Sequence[PeerAddress],
+        codec: Codec,
+        *,
+        node_id: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        listen_timeout: float = 30.0,
+        error_feedback: bool = True,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        down_after_misses: int = 2,
+    ) -> None:
+        self.learner = learner
+        self.codec = codec
+        self.node_id = node_id
+        self.listen_timeout = listen_timeout
+        self.error_feedback = error_feedback
+        self.max_message_bytes = max_message_bytes
+        self.down_after_misses = down_after_misses
+        self.peers = [_PeerState(address=a) for a in peers]
+        self.server = TransportServer(
+            self._handle, host=host, port=port, max_message_bytes=max_message_bytes
+        )
+        self.feedback = ErrorFeedback()
+        self.current_round = 0
+        self._inbox: dict[int, dict[str, Envelope]] = {}
+        self._changed = asyncio.Event()
+        self.late_dropped = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (after ``start``)."""
+        return self.server.port
+
+    async def start(self) -> None:
+        """Open the listening port."""
+        self.server.name = f"peer {self.node_id or 'unnamed'}"
+        await self.server.start()
+        if self.node_id is None:
+            self.node_id = f"{self.server.host}:{self.server.port}"
+            self.server.name = f"peer {self.node_id}"
+
+    async def stop(self) -> None:
+        """Close the listening port."""
+        await self.server.stop()
+
+    # -- receiving --
+
+    async def _handle(self, envelope: Envelope) -> Envelope | None:
+        assert self.node_id is not None
+        if envelope.kind != UPDATE:
+            logger.warning(
+                "Peer %s ignored a %r message from %s", self.node_id, envelope.kind, envelope.sender
+            )
+            return None
+        late = envelope.round < self.current_round
+        if late:
+            self.late_dropped += 1
+            logger.info(
+                "Peer %s dropped %s's update for round %d: already in round %d",
+                self.node_id,
+                envelope.sender,
+                envelope.round,
+                self.current_round,
+            )
+        elif envelope.round > self.current_round + LOOKAHEAD_ROUNDS:
+            logger.warning(
+                "Peer %s dropped %s's update for round %d: too far ahead of round %d",
+                self.node_id,
+                envelope.sender,
+                envelope.round,
+                self.current_round,
+            )
+        else:
+            self._inbox.setdefault(envelope.round, {})[envelope.sender] = envelope
+            self._changed.set()
+        return Envelope(sender=self.node_id, kind=ACK, round=envelope.round, meta={LATE_META: late})
+
+    # -- sending --
+
+    async def _send_update(
+        self, peer: _PeerState, envelope: Envelope, deadline: float, sends: _RoundSends
+    ) -> None:
+        key = str(peer.address)
+        delay = _RETRY_DELAY
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                reply = await request(
+                    peer.address,
+                    envelope,
+                    timeout=max(0.05, remaining),
+                    max_message_bytes=self.max_message_bytes,
+                    stats=self.server.stats,
+                )
+            except PeerUnreachableError as exc:
+                # Keep trying a peer that has never answered (it may still be starting);
+                # one that answered before and now refuses has gone away.
+                if peer.down or peer.answered_once or remaining <= delay:
+                    logger.info(
+                        "Peer %s: could not send round %d to %s: %s",
+                        self.node_id,
+                        envelope.round,
+                        key,
+                        exc,
+                    )
+                    sends.failed.add(key)
+                    self._changed.set()
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+                continue
+            peer.node_id = reply.sender
+            peer.answered_once = True
+            peer.down = False
+            sends.acked.add(key)
+            self._changed.set()
+            return
+
+    def _settled(self, peer: _PeerState, rnd: int, sends: _RoundSends) -> bool:
+        """True when this round needs nothing more from ``peer``."""
+        if peer.node_id is not None and peer.node_id in self._inbox.get(rnd, {}):
+            return True
+        return peer.down or str(peer.address) in sends.failed
+
+    # -- the round loop --
+
+    async def run_round(self, rnd: int) -> RoundReport:
+        """Run round ``rnd``: train, exchange, average, evaluate."""
+        assert self.node_id is not None
+        began = time.monotonic()
+        self.current_round = rnd
+        start = self.learner.get_weights()
+        train_metrics = await asyncio.to_thread(self.learner.train)
+        trained = self.learner.get_weights()
+        encoded, own_update, self.feedback = encode_local_update(
+            self.codec, start, trained, self.feedback, error_feedback=self.error_feedback
+        )
+        payload = encoded.to_bytes()
+        envelope = Envelope(
+            sender=self.node_id,
+            kind=UPDATE,
+            round=rnd,
+            payload=payload,
+            meta={NUM_EXAMPLES_META: self.learner.num_train_examples},
+        )
+        sent_before = self.server.stats.bytes_sent
+        deadline = time.monotonic() + self.listen_timeout
+        sends = _RoundSends()
+        tasks = [
+            asyncio.create_task(self._send_update(p, envelope, deadline, sends)) for p in self.peers
+        ]
+        try:
+            while not (
+                all(t.done() for t in tasks)
+                and all(self._settled(p, rnd, sends) for p in self.peers)
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Close the round before reading the inbox: later arrivals count as late.
+        self.current_round = rnd + 1
+        arrived = self._inbox.pop(rnd, {})
+        updates, weights, received = [own_update], [float(self.learner.num_train_examples)], []
+        for sender, env in sorted(arrived.items()):
+            try:
+                updates.append(self.codec.decode(EncodedUpdate.from_bytes(env.payload)))
+                weights.append(float(env.meta.get(NUM_EXAMPLES_META, 1)))
+                received.append(sender)
+            except (SerializationError, NodeError, ValueError) as exc:
+                logger.warning("Peer %s: update from %s unusable: %s", self.node_id, sender, exc)
+        missing = self._note_misses(arrived)
+        try:
+            new_weights = combine_updates(start, updates, weights)
+        except NodeError as exc:
+            logger.warning("Peer %s: peers' updates do not fit, keeping own: %s", self.node_id, exc)
+            new_weights = combine_updates(start, [own_update], [1.0])
+        await asyncio.to_thread(self.learner.set_weights, new_weights)
+        val = await asyncio.to_thread(self.learner.evaluate, "val")
+        report = RoundReport(
+            round=rnd,
+            received_from=received,
+            missing=missing,
+            val_accuracy=val.accuracy,
+            val_loss=val.loss,
+            train_loss=float(train_metrics.get("loss", 0.0)),
+            message_bytes=len(payload),
+            bytes_sent=self.server.stats.bytes_sent - sent_before,
+            seconds=time.monotonic() - began,
+        )
+        if missing:
+            logger.warning(
+                "Peer %s round %d: no update from %s", self.node_id, rnd, ", ".join(missing)
+            )
+        logger.info(
+            "Peer %s round %d: %d/%d peers, val accuracy %.3f, %d bytes per message, %.2f s",
+            self.node_id,
+            rnd,
+            len(received),
+            len(self.peers),
+            val.accuracy,
+            len(payload),
+            report.seconds,
+        )
+        return report
+
+    def _note_misses(self, arrived: dict[str, Envelope]) -> list[str]:
+        missing = []
+        for peer in self.peers:
+            if peer.node_id is not None and peer.node_id in arrived:
+                peer.misses = 0
+                peer.down = False
+                continue
+            missing.append(str(peer.address))
+            peer.misses += 1
+            if peer.misses >= self.down_after_misses and not peer.down:
+                peer.down = True
+                logger.warning(
+                    "Peer %s: %s missed %d rounds; not waiting for it until it answers",
+                    self.node_id,
+                    peer.address,
+                    peer.misses,
+                )
+        return missing
+
+    async def run(self, rounds: int, *, first_round: int = 1) -> list[RoundReport]:
+        """Run ``rounds`` rounds numbered from ``first_round``."""
+        return [await self.run_round(r) for r in range(first_round, first_round + rounds)]

@@ -1,0 +1,250 @@
+"""One participant's behaviour against the registry: register, discover, decide, move.
+
+The decisions themselves are the pure functions of node.runtime.policy; this module gathers
+their inputs (group listings, snapshots evaluated on local data) and carries them out.
+A registry outage never stops a node: it keeps its model and retries next time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from node.learning.learner import Learner
+from node.learning.weights import bytes_to_weights, weights_to_bytes
+from node.registry_client import (
+    ConflictError,
+    RegistryClient,
+    RegistryClientError,
+    RegistryUnavailableError,
+    UnauthorizedError,
+)
+from node.runtime.policy import (
+    Candidate,
+    Create,
+    Join,
+    Migrate,
+    PolicyConfig,
+    Stay,
+    get_policy,
+    rank_candidates,
+)
+
+__all__ = ["Move", "NodeAgent", "SnapshotCache"]
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotCache:
+    """Deserialised snapshots by content hash, so N nodes do not each decode the same bytes."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._items: dict[str, list[np.ndarray]] = {}
+        self._limit = limit
+
+    def weights(self, sha256: str, data: bytes) -> list[np.ndarray]:
+        """The weights encoded in `data` (cached by its hash)."""
+        hit = self._items.get(sha256)
+        if hit is None:
+            if len(self._items) >= self._limit:
+                self._items.pop(next(iter(self._items)))
+            hit = bytes_to_weights(data)
+            self._items[sha256] = hit
+        return hit
+
+
+@dataclass
+class Move:
+    """A group change this node made, for the run's record."""
+
+    round: int
+    from_group: int | None
+    to_group: int
+    reason: str
+
+
+@dataclass
+class NodeAgent:
+    """A node: its learner, its registry client, and the policy it follows."""
+
+    node_id: str
+    learner: Learner
+    client: RegistryClient
+    domain: str
+    address: str = "in-process"
+    policy: str = "local"
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    max_capacity: int = 5
+    cluster: int | None = None
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
+    group_id: int | None = None
+    rounds_since_move: int = 0
+    registered: bool = False
+    moves: list[Move] = field(default_factory=list)
+
+    # --- registry presence -----------------------------------------------------------
+
+    def ensure_registered(self) -> bool:
+        """Register (or re-assert the registration); False while the registry is away."""
+        try:
+            try:
+                self.client.register(
+                    self.node_id, self.address, self.domain, {"cluster_hint": "hidden"}
+                )
+            except UnauthorizedError:
+                # The registry lost us (a new database): start over with a new token.
+                self.client.token = None
+                self.client.register(self.node_id, self.address, self.domain)
+            node = self.client.get_node()
+        except RegistryUnavailableError as exc:
+            log.warning("%s: registry unavailable (%s); training on locally", self.node_id, exc)
+            self.registered = False
+            return False
+        if not self.registered:
+            log.info("%s: registered with %s", self.node_id, self.client.base_url)
+        self.registered = True
+        self.group_id = node.group_id
+        return True
+
+    def heartbeat(self, metrics: dict[str, float]) -> None:
+        """Send liveness and metrics; a failure only marks the node as unregistered."""
+        try:
+            node = self.client.heartbeat(metrics)
+            self.group_id = node.group_id
+        except RegistryClientError as exc:
+            log.warning("%s: heartbeat failed: %s", self.node_id, exc)
+            self.registered = False
+
+    # --- evaluating groups -------------------------------------------------------------
+
+    def score_group(self, group_id: int) -> float | None:
+        """The group's latest snapshot evaluated on this node's validation data."""
+        blob = self.client.download_model(group_id)
+        if blob is None:
+            return None
+        weights = self.snapshots.weights(blob.sha256, blob.data)
+        try:
+            return self.learner.evaluate("val", weights=weights).accuracy
+        except ValueError as exc:  # a snapshot of another architecture: not a candidate
+            log.warning("%s: snapshot of group %s does not fit: %s", self.node_id, group_id, exc)
+            return None
+
+    def candidates(self, *, exclude: int | None = None) -> list[Candidate]:
+        """The domain's groups; the top K by reported performance are scored on local data."""
+        groups = [g for g in self.client.list_groups(domain=self.domain) if g.id != exclude]
+        plain = [
+            Candidate(g.id, g.name, g.member_count, g.max_capacity, g.accuracy, None)
+            for g in groups
+        ]
+        if self.policy != "local":
+            return plain
+        to_score = {
+            c.group_id for c in rank_candidates(plain, self.policy_config.top_k) if c.has_room
+        }
+        return [
+            Candidate(
+                c.group_id,
+                c.name,
+                c.members,
+                c.capacity,
+                c.reported,
+                self.score_group(c.group_id) if c.group_id in to_score else None,
+            )
+            for c in plain
+        ]
+
+    # --- decisions ---------------------------------------------------------------------
+
+    def choose_group(self, round_: int) -> int | None:
+        """Join the best group for this node's data, or create one; returns the group id."""
+        if not self.registered and not self.ensure_registered():
+            return None
+        try:
+            own = self.learner.evaluate("val").accuracy
+            decision = get_policy(self.policy).choose(own, self.candidates(), self.policy_config)
+            if isinstance(decision, Join):
+                try:
+                    self._join(decision.group_id, round_, decision.reason)
+                    return self.group_id
+                except ConflictError as exc:  # filled up since we looked: create instead
+                    log.info("%s: group %s became full (%s)", self.node_id, decision.group_id, exc)
+                    decision = Create(reason="chosen group filled up")
+            return self._create(round_, decision.reason)
+        except RegistryUnavailableError as exc:
+            log.warning("%s: registry unavailable while choosing a group: %s", self.node_id, exc)
+            self.registered = False
+            return None
+
+    def reconsider(self, round_: int) -> Stay | Migrate | None:
+        """Re-evaluate the current group against the others; migrate when one is better."""
+        if self.group_id is None:
+            return None
+        try:
+            current = self.score_group(self.group_id)
+            if current is None:
+                current = self.learner.evaluate("val").accuracy
+            decision = get_policy(self.policy).reevaluate(
+                self.group_id,
+                current,
+                self.candidates(exclude=self.group_id if self.policy == "local" else None),
+                self.rounds_since_move,
+                self.policy_config,
+            )
+            if isinstance(decision, Migrate):
+                try:
+                    self._join(decision.to_group, round_, decision.reason)
+                except ConflictError as exc:
+                    log.info("%s: migration target filled up: %s", self.node_id, exc)
+                    return Stay(reason=f"target {decision.to_group} filled up")
+            return decision
+        except RegistryUnavailableError as exc:
+            log.warning("%s: registry unavailable while re-evaluating: %s", self.node_id, exc)
+            self.registered = False
+            return None
+
+    def leave(self) -> None:
+        """Leave the current group so its slot frees at once."""
+        if self.group_id is None:
+            return
+        try:
+            self.client.leave()
+        except RegistryClientError as exc:
+            log.warning("%s: could not leave group %s: %s", self.node_id, self.group_id, exc)
+        self.group_id = None
+
+    # --- carrying decisions out --------------------------------------------------------
+
+    def _join(self, group_id: int, round_: int, reason: str) -> None:
+        previous = self.group_id
+        self.client.join(group_id)
+        self.group_id = group_id
+        self.rounds_since_move = 0
+        self.moves.append(Move(round_, previous, group_id, reason))
+        verb = "migrated" if previous is not None else "joined"
+        log.info("%s: %s group %s (from %s): %s", self.node_id, verb, group_id, previous, reason)
+
+    def _create(self, round_: int, reason: str) -> int:
+        name = f"{self.domain}-{self.node_id}-r{round_}"
+        group = self.client.create_group(
+            name, self.domain, max_capacity=self.max_capacity, join=True
+        )
+        # The group starts from its creator's model, so others can evaluate it at once.
+        self.client.upload_model(group.id, 0, weights_to_bytes(self.learner.get_weights()))
+        previous = self.group_id
+        self.group_id = group.id
+        self.rounds_since_move = 0
+        self.moves.append(Move(round_, previous, group.id, f"created: {reason}"))
+        log.info("%s: created group %s (%s): %s", self.node_id, group.id, name, reason)
+        return group.id
+
+    def record(self) -> dict[str, Any]:
+        """Plain-data view of this node's moves."""
+        return {
+            "moves": [
+                {"round": m.round, "from": m.from_group, "to": m.to_group, "reason": m.reason}
+                for m in self.moves
+            ]
+        }

@@ -1,0 +1,574 @@
+"""One node as its own process: wall-clock loops around NodeAgent and a group's Flower federation.
+
+Threads, each with one job:
+
+- main: the decisions (register, choose or create a group, re-evaluate every
+  ``group_evaluation_interval`` seconds, migrate) through ``NodeAgent``;
+- heartbeat: every ``heartbeat_interval`` seconds;
+- member: the Flower client of the node's current group. Before each connection it
+  asks the registry for the host with an atomic claim: when the group has no live
+  host the claim is granted and this node starts hosting, else it connects to the
+  host returned. A host that dies breaks the stream; the members claim again and
+  exactly one wins once the registry has expired the dead host;
+- host (only on the group's host): the group's Flower server. It resumes from the
+  group's latest snapshot in the registry, runs one round at a time among the
+  members connected, uploads each aggregated model as round ``previous + 1`` and
+  re-checks its claim before every round. Members report their own evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.client import NumPyClient
+from flwr.common import NDArrays, Scalar
+
+from node.config import NodeConfig
+from node.federation.link import (
+    GROUP_ID_KEY,
+    LOCAL_EPOCHS_KEY,
+    ROUND_KEY,
+    GroupServer,
+    RpcError,
+    SessionEnded,
+    run_client,
+)
+from node.learning.data import load_dataset
+from node.learning.learner import LOSS, Learner
+from node.learning.models import build_model
+from node.learning.partition import NodeData, partition
+from node.learning.weights import bytes_to_weights, weights_to_bytes
+from node.registry_client import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RegistryClient,
+    RegistryClientError,
+)
+from node.runtime.agent import NodeAgent
+from node.runtime.policy import Migrate, PolicyConfig
+
+__all__ = [
+    "AUTO",
+    "DataSpec",
+    "NodeProcess",
+    "ProcessOptions",
+    "advertised_host",
+    "load_node_data",
+    "registration_ordinal",
+    "split_address",
+]
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+_LOOP_STEP = 0.2
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which share of which data set this node holds; ``partition_id`` None means auto."""
+
+    dataset: str = "digits"
+    scheme: str = "iid"
+    num_partitions: int = 4
+    partition_id: int | None = 0
+    clusters: int = 2
+    cluster_mode: str = "rotation"
+    alpha: float = 0.5
+    samples_per_node: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """Timing of a node process, in seconds."""
+
+    listen: str | None = None  # where the host's Flower server binds; default 0.0.0.0:<port>
+    round_timeout: float = 30.0  # a member slower than this is dropped from the round
+    join_wait: float = 2.0  # how long a host waits for the group's members before a round
+    round_pause: float = 0.0  # pause between a group's rounds
+    host_retry: float = 0.5  # pause before looking for a host again
+    warmup_epochs: int = 1  # local training before the first group choice
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` to its parts (IPv6 in brackets); ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"address {address!r} is not host:port")
+    return host, int(port)
+
+
+def advertised_host(host: str) -> str:
+    """``auto`` becomes this machine's address as its own name resolves (a container's IP)."""
+    if host != AUTO:
+        return host
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def registration_ordinal(client: RegistryClient, node_id: str, domain: str) -> int:
+    """This node's position among the domain's registered nodes, oldest first.
+
+    Registration order is fixed by the registry's database, so nodes started at the
+    same time still get distinct ordinals without talking to each other.
+    """
+    nodes = client.list_nodes(domain=domain, limit=1000).data
+    order = sorted(nodes, key=lambda n: (n.registered_at, n.id))
+    for i, n in enumerate(order):
+        if n.id == node_id:
+            return i
+    raise RegistryClientError(f"node {node_id} is not among the registered nodes")
+
+
+def hashed_ordinal(node_id: str) -> int:
+    """A stable number from a node id (used when the registry cannot be asked)."""
+    return int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:4], "big")
+
+
+def load_node_data(spec: DataSpec, partition_id: int) -> NodeData:
+    """This node's share: partition ``partition_id`` of ``spec.num_partitions``, from the seed."""
+    if not 0 <= partition_id < spec.num_partitions:
+        raise ValueError(
+            f"partition id {partition_id} is out of range for {spec.num_partitions} partitions"
+        )
+    shares = partition(
+        load_dataset(spec.dataset),
+        spec.num_partitions,
+        spec.scheme,  # type: ignore[arg-type]
+        seed=spec.seed,
+        alpha=spec.alpha,
+        clusters=spec.clusters,
+        cluster_mode=spec.cluster_mode,  # type: ignore[arg-type]
+        samples_per_node=spec.samples_per_node,
+    )
+    return shares[partition_id]
+
+
+@dataclass
+class _Session:
+    """This node's part in one group's federation."""
+
+    group_id: int
+    number: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    member: threading.Thread | None = None
+    host: _Host | None = None
+
+
+class _MemberClient(NumPyClient):
+    """Trains and evaluates this node's learner for the group's host."""
+
+    def __init__(self, proc: NodeProcess, session: _Session) -> None:
+        self.proc = proc
+        self.session = session
+
+    def _check(self, config: dict[str, Scalar]) -> None:
+        if self.session.stop.is_set() or config.get(GROUP_ID_KEY) != self.session.group_id:
+            raise SessionEnded(f"no longer in group {self.session.group_id}")
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        """This node's current weights."""
+        return self.proc.learner.get_weights()
+
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Train the group model on local data."""
+        self._check(config)
+        learner = self.proc.learner
+        learner.set_weights(list(parameters))
+        metrics = learner.train(epochs=int(config.get(LOCAL_EPOCHS_KEY, learner.epochs)))
+        return learner.get_weights(), learner.num_train_examples, {"train-loss": metrics[LOSS]}
+
+    def evaluate(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        """Take the aggregated model as this node's own, evaluate it, report it."""
+        self._check(config)
+        learner = self.proc.learner
+        learner.set_weights(list(parameters))
+        result = learner.evaluate("val")
+        round_ = int(config.get(ROUND_KEY, 0))
+        self.proc.round_done(self.session.group_id, result.accuracy)
+        self.proc.report(self.session.group_id, round_, result.accuracy, result.num_examples)
+        return result.loss, result.num_examples, {"accuracy": result.accuracy}
+
+
+class _Host:
+    """The group's Flower server and its round loop, in a thread of their own."""
+
+    def __init__(self, proc: NodeProcess, session: _Session, epoch: int) -> None:
+        self.proc = proc
+        self.session = session
+        self.epoch = epoch
+        self.stop = threading.Event()
+        self.server = GroupServer(
+            proc.listen,
+            strategy=proc.config.strategy,
+            round_timeout=proc.options.round_timeout,
+        )
+        self.thread = threading.Thread(
+            target=self._run, name=f"host-g{session.group_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop hosting: members' streams break and they look for a new host."""
+        self.stop.set()
+        self.server.stop()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=self.proc.options.round_timeout + 5)
+
+    def _latest(self) -> tuple[list[np.ndarray], int]:
+        blob = self.proc.client.download_model(self.session.group_id)
+        if blob is None:
+            return self.proc.learner.get_weights(), 0
+        return bytes_to_weights(blob.data), blob.round
+
+    def _run(self) -> None:
+        proc, gid = self.proc, self.session.group_id
+        try:
+            weights, round_ = self._latest()
+        except RegistryClientError as exc:
+            log.warning("%s: cannot fetch group %s's snapshot: %s", proc.node_id, gid, exc)
+            weights, round_ = proc.learner.get_weights(), 0
+        log.info(
+            "%s: hosting group %s at %s (epoch %s), resuming from round %s",
+            proc.node_id, gid, proc.address, self.epoch, round_,
+        )  # fmt: skip
+        config: dict[str, Scalar] = {
+            GROUP_ID_KEY: gid,
+            LOCAL_EPOCHS_KEY: proc.config.local_epochs,
+        }
+        while not self.stop.is_set():
+            try:
+                claim = proc.client.claim_host(gid, proc.address)
+                if not claim.claimed:
+                    log.info(
+                        "%s: group %s is now hosted by %s; stepping down",
+                        proc.node_id, gid, claim.host_node_id,
+                    )  # fmt: skip
+                    break
+                members = len(proc.client.get_group(gid).members)
+            except (ForbiddenError, NotFoundError) as exc:
+                log.info("%s: no longer hosting group %s: %s", proc.node_id, gid, exc)
+                break
+            except RegistryClientError as exc:
+                log.warning("%s: registry unavailable while hosting: %s", proc.node_id, exc)
+                self.stop.wait(proc.options.host_retry)
+                continue
+            connected = self.server.wait_for_clients(members, proc.options.join_wait, self.stop)
+            if self.stop.is_set():
+                break
+            if connected == 0:
+                continue
+            fit = self.server.fit(weights, round_ + 1, config)
+            if self.stop.is_set():
+                break  # the round in flight is the only thing lost
+            if fit.weights is None:
+                log.info("%s: group %s round %s: no results", proc.node_id, gid, round_ + 1)
+                self.stop.wait(proc.options.host_retry)
+                continue
+            weights, round_ = fit.weights, round_ + 1
+            if not self._upload(weights, round_):
+                break
+            ev = self.server.evaluate(weights, round_, config)
+            acc = f"{ev.accuracy:.3f}" if ev.accuracy is not None else "-"
+            # Rounds can run many times a second: every one at DEBUG, every tenth (and
+            # any with failures) at INFO, so decisions stay readable in the log.
+            level = logging.INFO if round_ % 10 == 0 or fit.failures else logging.DEBUG
+            log.log(
+                level,
+                "%s: group %s round %s: %s trained (%s failed), accuracy %s, %.2f s",
+                proc.node_id, gid, round_, fit.clients, fit.failures, acc,
+                fit.seconds + ev.seconds,
+            )  # fmt: skip
+            if proc.options.round_pause:
+                self.stop.wait(proc.options.round_pause)
+        self.server.stop()
+
+    def _upload(self, weights: list[np.ndarray], round_: int) -> bool:
+        """Store the round's model; False when this node must stop hosting."""
+        proc, gid = self.proc, self.session.group_id
+        try:
+            proc.client.upload_model(gid, round_, weights_to_bytes(weights))
+        except ConflictError as exc:  # another host stored a newer round: step down
+            log.info("%s: group %s has a newer snapshot (%s)", proc.node_id, gid, exc)
+            return False
+        except ForbiddenError as exc:
+            log.info("%s: may no longer upload for group %s: %s", proc.node_id, gid, exc)
+            return False
+        except RegistryClientError as exc:
+            log.warning("%s: snapshot upload failed: %s", proc.node_id, exc)
+        return True
+
+
+class NodeProcess:
+    """A node run with wall-clock intervals; ``run(stop)`` returns when ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        data: DataSpec,
+        options: ProcessOptions | None = None,
+        *,
+        client: RegistryClient | None = None,
+    ) -> None:
+        if not config.node_id:
+            raise ValueError("a node process needs a node id")
+        self.config = config
+        self.node_id: str = config.node_id
+        self.data_spec = data
+        self.options = options or ProcessOptions()
+        host, port = split_address(config.node_address)
+        host = advertised_host(host)
+        if port == 0:
+            port = _free_port()
+        self.address = f"{host}:{port}"
+        listen_host, listen_port = split_address(self.options.listen or "0.0.0.0:0")
+        self.listen = f"{listen_host}:{listen_port or port}"  # port 0: the advertised one
+        self.client = client or RegistryClient(config.registry_url, retries=4, backoff=0.25)
+        self.partition_id = data.partition_id
+        self.rounds_done = 0
+        self.last_accuracy: float | None = None
+        self._agent_lock = threading.RLock()
+        self._session: _Session | None = None
+        self._sessions = 0
+        self._choices = 0
+        self._learner: Learner | None = None
+        self._agent: NodeAgent | None = None
+
+    # --- set-up ------------------------------------------------------------------------
+
+    @property
+    def learner(self) -> Learner:
+        """This node's learner (after ``prepare``)."""
+        if self._learner is None:
+            raise RuntimeError("call prepare() first")
+        return self._learner
+
+    @property
+    def agent(self) -> NodeAgent:
+        """This node's agent (after ``prepare``)."""
+        if self._agent is None:
+            raise RuntimeError("call prepare() first")
+        return self._agent
+
+    def _resolve_partition(self) -> int:
+        if self.partition_id is not None:
+            return self.partition_id
+        n = self.data_spec.num_partitions
+        try:
+            self.client.register(self.node_id, self.address, self.config.domain)
+            ordinal = registration_ordinal(self.client, self.node_id, self.config.domain)
+        except RegistryClientError as exc:
+            ordinal = hashed_ordinal(self.node_id)
+            log.warning("%s: registry not asked for a partition (%s); hashing", self.node_id, exc)
+        log.info("%s: partition %s of %s (auto)", self.node_id, ordinal % n, n)
+        return ordinal % n
+
+    def prepare(self) -> None:
+        """Load this node's data share, build its model and agent, warm up locally."""
+        cfg = self.config
+        self.partition_id = self._resolve_partition()
+        data = load_node_data(self.data_spec, self.partition_id)
+        self._learner = Learner(
+            build_model(self.data_spec.dataset, seed=cfg.seed + self.partition_id),
+            data,
+            lr=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            epochs=cfg.local_epochs,
+            seed=cfg.seed + self.partition_id,
+        )
+        self._agent = NodeAgent(
+            node_id=self.node_id,
+            learner=self._learner,
+            client=self.client,
+            domain=cfg.domain,
+            address=self.address,
+            policy=cfg.policy,
+            policy_config=PolicyConfig(cfg.switch_threshold, cfg.cooldown, cfg.top_k),
+            max_capacity=cfg.max_capacity,
+            cluster=data.cluster,
+        )
+        if self.options.warmup_epochs:
+            self._learner.train(self.options.warmup_epochs)
+        self.last_accuracy = self._learner.evaluate("val").accuracy
+
+    # --- the loops ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set, then leave the group and stop Flower."""
+        if self._agent is None:
+            self.prepare()
+        beat = threading.Thread(target=self._heartbeats, args=(stop,), name="heartbeat")
+        beat.daemon = True
+        beat.start()
+        next_evaluation = time.monotonic() + self.config.group_evaluation_interval
+        try:
+            while not stop.is_set():
+                self._decide(time.monotonic() >= next_evaluation)
+                if time.monotonic() >= next_evaluation:
+                    next_evaluation = time.monotonic() + self.config.group_evaluation_interval
+                self._follow_group()
+                stop.wait(_LOOP_STEP)
+        finally:
+            self.shutdown()
+
+    def _decide(self, evaluate: bool) -> None:
+        agent = self.agent
+        with self._agent_lock:
+            try:
+                if not agent.registered:
+                    agent.ensure_registered()
+                if agent.registered and agent.group_id is None:
+                    self._choices += 1
+                    agent.choose_group(max(self.rounds_done, self._choices))
+                elif evaluate and agent.group_id is not None:
+                    decision = agent.reconsider(self.rounds_done)
+                    if decision is not None and not isinstance(decision, Migrate):
+                        log.info(
+                            "%s: stays in group %s: %s",
+                            self.node_id, agent.group_id, decision.reason,
+                        )  # fmt: skip
+            except RegistryClientError as exc:
+                log.warning("%s: registry refused a decision: %s", self.node_id, exc)
+
+    def _heartbeats(self, stop: threading.Event) -> None:
+        while not stop.wait(self.config.heartbeat_interval):
+            metrics: dict[str, float] = {"rounds": float(self.rounds_done)}
+            if self.last_accuracy is not None:
+                metrics["accuracy"] = self.last_accuracy
+            with self._agent_lock:
+                if self.agent.registered:
+                    self.agent.heartbeat(metrics)
+
+    def _follow_group(self) -> None:
+        """Keep one federation session, for the group the agent is in."""
+        gid = self.agent.group_id
+        session = self._session
+        if session is not None and session.group_id != gid:
+            self._end_session()
+            session = None
+        if gid is not None and session is None:
+            self._sessions += 1
+            session = _Session(group_id=gid, number=self._sessions)
+            session.member = threading.Thread(
+                target=self._member, args=(session,), name=f"member-g{gid}", daemon=True
+            )
+            self._session = session
+            session.member.start()
+
+    def _end_session(self) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        session.stop.set()
+        if session.host is not None:
+            session.host.close()
+            session.host = None
+
+    def _find_host(self, session: _Session) -> str | None:
+        """The address to connect to: this node's own after a granted claim, else the host's."""
+        gid = session.group_id
+        try:
+            claim = self.client.claim_host(gid, self.address)
+        except (ForbiddenError, NotFoundError):
+            return None  # left or expelled: the main loop notices and moves on
+        except RegistryClientError as exc:
+            log.warning("%s: cannot ask who hosts group %s: %s", self.node_id, gid, exc)
+            return None
+        if claim.claimed:
+            if session.host is not None and not session.host.thread.is_alive():
+                session.host.close()  # it stepped down on its own: serve afresh
+                session.host = None
+            if session.host is None and not session.stop.is_set():
+                try:
+                    session.host = _Host(self, session, claim.host_epoch)
+                except Exception as exc:  # e.g. the port is taken: try again later
+                    log.warning("%s: cannot serve on %s: %s", self.node_id, self.listen, exc)
+                    return None
+                session.host.start()
+            return self.address
+        if session.host is not None:  # lost the hosting while still serving
+            session.host.close()
+            session.host = None
+        return claim.host_address
+
+    def _member(self, session: _Session) -> None:
+        """Take part in the group's federation until the session ends."""
+        gid = session.group_id
+        failing: str | None = None  # an address that failed: retries log quietly
+        while not session.stop.is_set():
+            address = self._find_host(session)
+            if address is None or session.stop.is_set():
+                session.stop.wait(self.options.host_retry)
+                continue
+            level = logging.DEBUG if address == failing else logging.INFO
+            log.log(level, "%s: training with group %s, hosted at %s", self.node_id, gid, address)
+            rounds = self.rounds_done
+            try:
+                run_client(address, _MemberClient(self, session))
+            except SessionEnded:
+                break
+            except RpcError as exc:
+                code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
+                if not session.stop.is_set():
+                    log.log(
+                        level, "%s: lost group %s's host at %s (%s); claiming it",
+                        self.node_id, gid, address, code,
+                    )  # fmt: skip
+            except Exception:
+                log.exception("%s: Flower client failed", self.node_id)
+            failing = address if self.rounds_done == rounds else None
+            session.stop.wait(self.options.host_retry)
+
+    # --- callbacks from the member client ----------------------------------------------
+
+    def round_done(self, group_id: int, accuracy: float) -> None:
+        """Count a completed round of the current group."""
+        self.rounds_done += 1
+        self.last_accuracy = accuracy
+        if self.agent.group_id == group_id:
+            self.agent.rounds_since_move += 1
+
+    def report(self, group_id: int, round_: int, accuracy: float, num_examples: int) -> None:
+        """Report the group model's accuracy on this node's data to the registry."""
+        try:
+            self.client.report_performance(
+                group_id, value=accuracy, round=round_, num_examples=num_examples
+            )
+        except RegistryClientError as exc:
+            log.debug("%s: performance report failed: %s", self.node_id, exc)
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Leave the group (its slot and hosting free at once), stop Flower, close."""
+        with self._agent_lock:
+            if self._agent is not None:
+                gid = self._agent.group_id
+                self._agent.leave()
+                if gid is not None:
+                    log.info("%s: left group %s", self.node_id, gid)
+        self._end_session()
+        self.client.close()

@@ -1,0 +1,139 @@
+"""Leave-one-out contributions: the arithmetic, and a poisoned member on real digits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from node.federation.contribution import (
+    leave_one_out,
+    pooled_val_loss,
+    union_val_loss,
+    weighted_mean,
+)
+from node.federation.inprocess import run_group_round
+from node.learning.data import Dataset
+from node.learning.partition import NodeData, partition
+from tests.node.helpers import digits_learner
+
+
+def _distance_loss(target: np.ndarray):  # a loss that is the distance to a known optimum
+    return lambda weights: float(np.abs(weights[0] - target).sum())
+
+
+def test_weighted_mean_is_fedavg_and_keeps_dtypes() -> None:
+    # Prepare
+    a = [np.array([0.0, 0.0], dtype=np.float32), np.array([2], dtype=np.int64)]
+    b = [np.array([4.0, 8.0], dtype=np.float32), np.array([6], dtype=np.int64)]
+
+    # Execute
+    mean = weighted_mean([a, b], [3, 1])
+
+    # Assert
+    np.testing.assert_allclose(mean[0], [1.0, 2.0])
+    assert mean[0].dtype == np.float32 and mean[1].dtype == np.int64 and mean[1][0] == 3
+
+
+def test_a_member_that_pulls_away_from_the_optimum_contributes_negatively() -> None:
+    # Prepare: two updates near the optimum, one far away
+    target = np.zeros(3)
+    good = [[np.full(3, 0.1)], [np.full(3, -0.1)]]
+    bad = [[np.full(3, 5.0)]]
+
+    # Execute
+    report = leave_one_out([*good, *bad], [10, 10, 10], _distance_loss(target))
+
+    # Assert: without the outlier the model sits at the optimum, so it contributed less
+    # than nothing; without an honest member the outlier weighs more, so they helped
+    assert report.losses_without[2] == pytest.approx(0.0)
+    assert (
+        report.contributions[2] == pytest.approx(-report.loss_with_all)
+        and report.contributions[2] < 0
+    )
+    assert report.contributions[0] > 0 and report.contributions[1] > 0
+
+
+def test_contribution_is_loss_without_minus_loss_with_all() -> None:
+    # Prepare
+    updates = [[np.array([1.0])], [np.array([3.0])], [np.array([8.0])]]
+    loss = _distance_loss(np.array([2.0]))
+
+    # Execute
+    report = leave_one_out(updates, [1, 1, 2], loss)
+
+    # Assert: with all = (1 + 3 + 16) / 4 = 5; without each: 19/3, 17/3, 2
+    assert report.loss_with_all == pytest.approx(3.0)
+    assert report.losses_without == pytest.approx([13 / 3, 11 / 3, 0.0])
+    assert report.contributions == pytest.approx([4 / 3, 2 / 3, -3.0])
+
+
+def test_a_lone_member_is_measured_against_the_round_start() -> None:
+    report = leave_one_out(
+        [[np.array([2.0])]], [5], _distance_loss(np.array([2.0])), baseline=[np.array([0.0])]
+    )
+    assert report.contributions == pytest.approx([2.0])
+    assert leave_one_out([[np.array([1.0])]], [5], _distance_loss(np.zeros(1))).contributions == [
+        0.0
+    ]
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError):
+        leave_one_out([], [], _distance_loss(np.zeros(1)))
+    with pytest.raises(ValueError):
+        leave_one_out([[np.zeros(1)]], [0], _distance_loss(np.zeros(1)))
+
+
+def test_pooled_validation_loss_is_the_union_and_caps_its_size(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare
+    learners = [digits_learner(nd, seed=i) for i, nd in enumerate(iid_digits_nodes)]
+    weights = learners[1].get_weights()
+    total = sum(len(nd.val) for nd in iid_digits_nodes)
+
+    # Execute
+    exact = union_val_loss(learners)(weights)
+    pooled = pooled_val_loss(learners, max_examples=None)(weights)
+    capped = pooled_val_loss(learners, max_examples=total // 2, seed=3)
+
+    # Assert: the same loss uncapped; capped, a stable estimate close to it
+    assert pooled == pytest.approx(exact, rel=1e-5)
+    assert capped(weights) == capped(weights)
+    assert capped(weights) == pytest.approx(exact, rel=0.25)
+
+
+def _poisoned(nd: NodeData, seed: int = 7) -> NodeData:
+    """The node's labels replaced by random ones (a data-poisoning member), every split."""
+    rng = np.random.default_rng(seed)
+
+    def scramble(d: Dataset) -> Dataset:
+        return dataclasses.replace(d, y=rng.integers(0, d.num_classes, len(d.y)).astype(np.int64))
+
+    return dataclasses.replace(
+        nd, train=scramble(nd.train), val=scramble(nd.val), test=scramble(nd.test)
+    )
+
+
+def test_a_member_with_poisoned_labels_contributes_least_on_real_digits(digits: Dataset) -> None:
+    # Prepare: four IID digit shares; the last member's labels are random
+    data = partition(digits, 4, "iid", seed=3)
+    data[3] = _poisoned(data[3])
+    learners = [digits_learner(nd, seed=i) for i, nd in enumerate(data)]
+    weights = learners[0].get_weights()
+    totals = np.zeros(4)
+
+    # Execute: three FedAvg rounds, contributions measured on the pooled validation data
+    for rnd in range(1, 4):
+        result = run_group_round(learners, weights, server_round=rnd, local_epochs=1)
+        report = leave_one_out(
+            result.updates, result.num_examples, pooled_val_loss(learners), baseline=weights
+        )
+        totals += np.maximum(0.0, report.contributions)
+        weights = result.weights
+
+    # Assert: the poisoned member earns nothing; every honest member earns something
+    assert totals[3] == 0.0
+    assert all(t > 0 for t in totals[:3]), totals

@@ -1,0 +1,315 @@
+"""Gossip mode: Cyclon views (pure), 8 churning members against FedAvg, and the real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from node.federation.inprocess import run_group_round
+from node.learning.data import Dataset
+from node.learning.merge import age_weighted_merge
+from node.learning.models import build_model
+from node.learning.partition import NodeData, partition
+from node.p2p.gossip import (
+    Descriptor,
+    GossipNode,
+    TrainingConfig,
+    answer_shuffle,
+    bootstrap_view,
+    merge_view,
+    start_shuffle,
+)
+from tests.node.helpers import digits_learner
+from tests.support.registry_proc import RegistryProcess
+
+# --- Cyclon, pure --------------------------------------------------------------------
+
+
+def _d(i: int, age: int = 0) -> Descriptor:
+    return Descriptor(f"n{i}", f"127.0.0.1:{5000 + i}", age)
+
+
+def test_bootstrap_view_is_bounded_distinct_and_excludes_oneself() -> None:
+    view = bootstrap_view([_d(i) for i in range(10)] + [_d(3)], "n0", 4, random.Random(0))
+
+    ids = [d.node_id for d in view]
+    assert len(ids) == 4 and len(set(ids)) == 4 and "n0" not in ids
+
+
+def test_a_shuffle_targets_the_oldest_and_offers_a_fresh_self() -> None:
+    view = [_d(1, 3), _d(2, 7), _d(3, 1), _d(4, 0)]
+
+    target, sent, rest = start_shuffle(view, _d(0, 9), 3, random.Random(0))
+
+    assert target is not None and target.node_id == "n2"
+    assert sent[0] == _d(0, 0) and len(sent) == 3
+    assert "n2" not in [d.node_id for d in rest]
+    assert all(
+        d.age == o.age + 1 for d, o in zip(rest, [_d(1, 3), _d(3, 1), _d(4, 0)], strict=True)
+    )
+
+
+def test_merge_view_fills_free_slots_then_replaces_sent_entries() -> None:
+    view = [_d(1), _d(2), _d(3)]
+
+    merged = merge_view(view, [_d(0), _d(5), _d(6), _d(7)], sent=[_d(2)], self_id="n0", view_size=4)
+
+    ids = {d.node_id for d in merged}
+    assert ids == {"n1", "n3", "n5", "n6"}  # n5 filled the free slot, n6 replaced n2
+
+
+def test_cyclon_keeps_a_network_connected_and_views_fresh() -> None:
+    rng = random.Random(1)
+    n, view_size, length = 30, 5, 3
+    # Everyone starts knowing only the next two members of a ring.
+    views = {f"n{i}": [_d((i + 1) % n), _d((i + 2) % n)] for i in range(n)}
+    for _ in range(40):
+        for i in range(n):
+            me = f"n{i}"
+            target, sent, rest = start_shuffle(views[me], _d(i), length, rng)
+            assert target is not None
+            reply, views[target.node_id] = answer_shuffle(
+                views[target.node_id], sent, target.node_id, length, view_size, rng
+            )
+            views[me] = merge_view(rest, reply, sent, me, view_size)
+
+    indegree = {f"n{i}": 0 for i in range(n)}
+    for me, view in views.items():
+        assert len(view) == view_size and me not in {d.node_id for d in view}
+        for d in view:
+            indegree[d.node_id] += 1
+    assert min(indegree.values()) >= 1  # nobody is forgotten
+    assert max(indegree.values()) <= 3 * view_size  # nobody is a hub
+
+
+def test_age_weighted_merge_favours_the_older_model() -> None:
+    own, other = [np.zeros(3, dtype=np.float32)], [np.ones(3, dtype=np.float32)]
+
+    merged, age = age_weighted_merge(own, 3, other, 1)
+
+    np.testing.assert_allclose(merged[0], 0.25)
+    assert age == 3
+    assert age_weighted_merge(own, 0, other, 0)[0][0][0] == pytest.approx(0.5)
+
+
+# --- an in-memory registry for the in-process group ----------------------------------
+
+
+@dataclass
+class _Member:
+    id: str
+    address: str
+
+
+@dataclass
+class _Group:
+    members: list[_Member]
+
+
+@dataclass
+class _Snapshot:
+    data: bytes
+    round: int
+
+
+@dataclass
+class _Board:
+    """The state an in-memory registry shares between its members' clients."""
+
+    members: dict[str, str] = field(default_factory=dict)
+    snapshot: _Snapshot | None = None
+    reports: list[tuple[str, float, int]] = field(default_factory=list)
+    heartbeats: int = 0
+
+
+class _FakeRegistry:
+    """One member's client of the in-memory registry (the GossipRegistry protocol)."""
+
+    def __init__(self, board: _Board) -> None:
+        self.board = board
+        self.me = ""
+        self.address = ""
+
+    def register(
+        self, node_id: str, address: str, domain: str, capabilities: Mapping[str, Any] | None = None
+    ) -> object:
+        self.me, self.address = node_id, address
+        return None
+
+    def join(self, group_id: int) -> object:
+        self.board.members[self.me] = self.address
+        return None
+
+    def leave(self) -> int:
+        self.board.members.pop(self.me, None)
+        return 1
+
+    def get_group(self, group_id: int) -> _Group:
+        return _Group([_Member(i, a) for i, a in self.board.members.items()])
+
+    def heartbeat(self, metrics: Mapping[str, float] | None = None) -> object:
+        self.board.heartbeats += 1
+        return None
+
+    def report_performance(
+        self,
+        group_id: int,
+        *,
+        value: float,
+        round: int,
+        num_examples: int = 1,
+        metric: str = "accuracy",
+    ) -> object:
+        self.board.reports.append((self.me, value, round))
+        return None
+
+    def upload_model(self, group_id: int, round: int, data: bytes) -> object:
+        if self.board.snapshot is None or round > self.board.snapshot.round:
+            self.board.snapshot = _Snapshot(data, round)
+        return None
+
+    def download_model(self, group_id: int, round: int | None = None) -> _Snapshot | None:
+        return self.board.snapshot
+
+
+def _mean_val_accuracy(nodes: Sequence[GossipNode], data: Sequence[NodeData]) -> float:
+    accs = [
+        digits_learner(d).evaluate("val", weights=n.weights()).accuracy
+        for n, d in zip(nodes, data, strict=True)
+    ]
+    return float(np.mean(accs))
+
+
+FEDAVG_ROUNDS = 5
+# Stated budget: gossip matches FedAvg's 5 rounds x 8 members (40 local epochs) within
+# this many model exchanges in the whole group (merges, one local epoch each).
+EXCHANGE_BUDGET = 160
+
+
+@pytest.mark.slow
+def test_eight_churning_members_reach_fedavg_accuracy(digits: Dataset) -> None:
+    torch.set_num_threads(1)
+    data = partition(digits, 10, "iid", seed=0)  # 8 founders + 2 newcomers
+    learners = [digits_learner(d) for d in data[:8]]
+    fedavg = run_group_round(
+        learners, learners[0].get_weights(), num_rounds=FEDAVG_ROUNDS, local_epochs=1
+    )
+    target = fedavg.val_accuracy
+
+    async def scenario() -> tuple[float, int, _Board, list[GossipNode]]:
+        board = _Board()
+
+        def member(i: int) -> GossipNode:
+            return GossipNode(
+                f"m{i}",
+                "digits",
+                build_model("digits", 0),
+                0,
+                TrainingConfig(batch_size=32, epochs=1, learning_rate=0.05),
+                registry=_FakeRegistry(board),
+                group_id=1,
+                view_size=4,
+                shuffle_length=2,
+                period=0.05,
+                seed=i,
+                report_every=5,
+            )
+
+        nodes = [member(i) for i in range(8)]
+        tasks = {}
+        for i, node in enumerate(nodes):
+            await node.start()
+            tasks[node.node_id] = asyncio.create_task(node.run_continuous(data[i]))
+        total = lambda: sum(n.stats.merged for n in nodes)  # noqa: E731
+        while total() < EXCHANGE_BUDGET // 2:
+            await asyncio.sleep(0.05)
+        # Churn: one member leaves, one crashes (no goodbye), two newcomers arrive.
+        await nodes[0].stop()
+        await nodes[1].stop(leave=False)
+        board.members.pop("m1")  # the registry's liveness sweep would expire it
+        for i in (8, 9):
+            newcomer = member(i)
+            nodes.append(newcomer)
+            await newcomer.start()
+            assert newcomer.age > 0  # bootstrapped from the group's snapshot
+            tasks[newcomer.node_id] = asyncio.create_task(newcomer.run_continuous(data[i]))
+        while total() < EXCHANGE_BUDGET:
+            await asyncio.sleep(0.05)
+        live = nodes[2:]
+        for node in live:
+            await node.stop()
+        await asyncio.gather(*tasks.values())
+        live_data = [data[i] for i in range(2, 10)]
+        return _mean_val_accuracy(live, live_data), total(), board, nodes
+
+    accuracy, exchanges, board, nodes = asyncio.run(scenario())
+
+    assert exchanges <= EXCHANGE_BUDGET + 20
+    assert accuracy >= target - 0.02, (accuracy, target)
+    assert board.reports and board.heartbeats  # the registry saw the group
+    dropped = sum(n.stats.dropped_peers for n in nodes[2:])
+    assert dropped >= 1  # someone noticed the departed members
+
+
+@pytest.mark.slow
+def test_gossip_members_show_up_in_a_real_registry(tmp_path: Path, digits: Dataset) -> None:
+    from node.registry_client import RegistryClient
+
+    data = partition(digits, 4, "iid", seed=1)
+    with RegistryProcess(tmp_path / "r") as reg:
+        admin = RegistryClient(reg.url)
+        admin.register("gossip-admin", "127.0.0.1:1", "digits")
+        group = admin.create_group("gossipers", "digits", max_capacity=10, join=False)
+
+        async def scenario() -> tuple[Any, int]:
+            def member(i: int) -> GossipNode:
+                return GossipNode(
+                    f"g{i}",
+                    "digits",
+                    build_model("digits", 0),
+                    0,
+                    TrainingConfig(),
+                    registry=RegistryClient(reg.url),
+                    group_id=group.id,
+                    period=0.05,
+                    seed=i,
+                    report_every=4,
+                )
+
+            nodes = [member(i) for i in range(3)]
+            tasks = []
+            for i, node in enumerate(nodes):
+                await node.start()
+                tasks.append(asyncio.create_task(node.run_continuous(data[i])))
+            while sum(n.stats.merged for n in nodes) < 30 or not all(
+                n._registration and n._registration.reports for n in nodes
+            ):
+                await asyncio.sleep(0.05)
+            during = admin.get_group(group.id)
+            newcomer = member(3)
+            await newcomer.start()
+            newcomer_age = newcomer.age
+            await newcomer.stop()
+            for node in nodes:
+                await node.stop()
+            await asyncio.gather(*tasks)
+            return during, newcomer_age
+
+        during, newcomer_age = asyncio.run(scenario())
+        after = admin.get_group(group.id)
+        admin.close()
+
+    assert sorted(m.id for m in during.members) == ["g0", "g1", "g2"]
+    assert during.accuracy is not None and during.accuracy > 0.5  # performance reports arrived
+    assert all("accuracy" in m.metrics for m in during.members)  # heartbeats with metrics
+    assert after.model_round is not None and after.model_round > 0  # snapshots arrived
+    assert 0 < newcomer_age <= after.model_round  # the newcomer started from a snapshot
+    assert after.member_count == 0  # everyone left on stop

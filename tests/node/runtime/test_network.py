@@ -1,0 +1,98 @@
+"""End to end over real HTTP: nodes on clustered digits group by hidden cluster and gain."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from node.learning.data import load_digits
+from node.learning.partition import partition
+from node.runtime.network import InProcessNetwork, NetworkConfig, local_only_accuracy
+from tests.support.registry_proc import RegistryProcess
+
+ROUNDS = 20
+
+
+@pytest.mark.parametrize("mode", ["rotation", "label_permutation"])
+def test_nodes_group_by_hidden_cluster_and_beat_local_training(tmp_path: Path, mode: str) -> None:
+    # Prepare: 8 nodes, 2 hidden clusters, a real registry process
+    data = partition(load_digits(), 8, "clustered", seed=0, clusters=2, cluster_mode=mode)
+    cfg = NetworkConfig(seed=0)
+    with RegistryProcess(tmp_path / "r") as reg:
+        net = InProcessNetwork(reg.url, data, cfg)
+        net.start()
+
+        # Execute
+        for _ in range(ROUNDS):
+            net.run_round()
+        test_acc = net.test_accuracy()
+        ari = net.adjusted_rand_index()
+        with httpx.Client(base_url=reg.url) as c:
+            registry_groups = {
+                g["id"]: {m["id"] for m in c.get(f"/groups/{g['id']}").json()["members"]}
+                for g in c.get("/groups").json()["data"]
+            }
+        net.shutdown()
+    local = local_only_accuracy(data, cfg, ROUNDS)
+
+    # Assert: groups are exactly the hidden clusters, as the registry records them
+    by_cluster: dict[int, set[str]] = {}
+    for agent in net.agents:
+        by_cluster.setdefault(agent.cluster or 0, set()).add(agent.node_id)
+    assert sorted(map(sorted, (m for m in registry_groups.values() if m))) == sorted(
+        map(sorted, by_cluster.values())
+    )
+    assert ari == 1.0
+    # ...and learning together beats learning alone, on average and for the worst node
+    assert np.mean(list(test_acc.values())) > np.mean(list(local.values())) + 0.02
+    assert min(test_acc.values()) >= min(local.values())
+
+
+def test_registry_restart_during_a_run_loses_no_node(tmp_path: Path) -> None:
+    # Prepare: a network that has formed its groups
+    data = partition(load_digits(), 6, "clustered", seed=1, clusters=2)
+    reg = RegistryProcess(tmp_path / "r").start()
+    net = InProcessNetwork(reg.url, data, NetworkConfig(seed=1))
+    net.start()
+    for _ in range(4):
+        net.run_round()
+    groups_before = {a.node_id: a.group_id for a in net.agents}
+    with httpx.Client(base_url=reg.url) as c:
+        rounds_before = {
+            g["id"]: g["round"] for g in c.get("/groups").json()["data"] if g["member_count"]
+        }
+
+    # Execute: the registry goes away for a while, mid-run, then comes back
+    reg.stop()
+    second = RegistryProcess(tmp_path / "r", port=reg.port)
+    restarted = threading.Event()
+
+    def come_back() -> None:
+        time.sleep(2.0)
+        second.start()
+        restarted.set()
+
+    threading.Thread(target=come_back, daemon=True).start()
+    try:
+        net.run_round()  # runs while the registry is down: nodes keep training locally
+        assert restarted.wait(30)
+        for _ in range(4):
+            net.run_round()
+
+        # Assert: every node is still known, active, and in the group it had
+        with httpx.Client(base_url=reg.url) as c:
+            nodes = {n["id"]: n for n in c.get("/nodes").json()["data"]}
+            groups = {g["id"]: g for g in c.get("/groups").json()["data"]}
+        net.shutdown()
+    finally:
+        second.stop()
+    assert set(nodes) == {a.node_id for a in net.agents}
+    assert all(n["status"] == "active" for n in nodes.values())
+    assert {nid: n["group_id"] for nid, n in nodes.items()} == groups_before
+    for gid, before in rounds_before.items():
+        assert groups[gid]["round"] > before  # learning went on from where it was

@@ -1,0 +1,260 @@
+"""Tests for node.runtime.policy: join/create/migrate decisions on plain data."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.runtime.policy import (
+    POLICIES,
+    Candidate,
+    Create,
+    Join,
+    Migrate,
+    PolicyConfig,
+    Stay,
+    choose_initial,
+    get_policy,
+    rank_candidates,
+    reevaluate,
+    reported_accuracy_choose,
+    reported_accuracy_reevaluate,
+)
+
+CFG = PolicyConfig(switch_threshold=0.05, cooldown_rounds=3, top_k=3)
+
+
+def group(
+    gid: int,
+    local: float | None = None,
+    reported: float | None = None,
+    members: int = 1,
+    capacity: int = 4,
+) -> Candidate:
+    """A candidate group with readable defaults."""
+    return Candidate(gid, f"g{gid}", members, capacity, reported, local)
+
+
+# --- rank_candidates -------------------------------------------------------------
+
+
+def test_ranking_puts_open_groups_first_best_reported_first_unknown_last() -> None:
+    # Prepare
+    groups = [
+        group(1, reported=0.9, members=4),  # full
+        group(2, reported=None),
+        group(3, reported=0.5),
+        group(4, reported=0.7),
+    ]
+
+    # Execute
+    ranked = rank_candidates(groups, 3)
+
+    # Assert
+    assert [c.group_id for c in ranked] == [4, 3, 2]
+    assert [c.group_id for c in rank_candidates(groups, 10)] == [4, 3, 2, 1]
+
+
+# --- choose_initial ----------------------------------------------------------------
+
+
+def test_join_the_group_whose_model_fits_own_data_not_the_loudest() -> None:
+    # Prepare
+    groups = [group(1, local=0.60, reported=0.95), group(2, local=0.80, reported=0.70)]
+
+    # Execute
+    decision = choose_initial(0.50, groups, CFG)
+
+    # Assert
+    assert decision == Join(2, decision.reason) and "g2" in decision.reason
+
+
+def test_create_when_no_group_exists_or_all_are_full() -> None:
+    # Execute
+    empty = choose_initial(0.5, [], CFG)
+    full = choose_initial(
+        0.5, [group(1, local=0.9, members=4), group(2, local=0.9, members=4)], CFG
+    )
+
+    # Assert
+    assert isinstance(empty, Create) and "no group" in empty.reason
+    assert isinstance(full, Create) and "full" in full.reason
+
+
+def test_full_best_group_falls_back_to_next_best_with_room() -> None:
+    # Prepare
+    groups = [group(1, local=0.95, members=4), group(2, local=0.85), group(3, local=0.75)]
+
+    # Execute
+    decision = choose_initial(0.5, groups, CFG)
+
+    # Assert
+    assert isinstance(decision, Join) and decision.group_id == 2
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [(0.80 * 1.05 - 0.001, Join), (0.80 * 1.05 + 0.001, Create)],
+)
+def test_create_only_when_own_model_beats_the_best_group_by_the_threshold(
+    own: float, expected: type
+) -> None:
+    # Execute
+    decision = choose_initial(own, [group(1, local=0.80), group(2, local=0.70)], CFG)
+
+    # Assert
+    assert isinstance(decision, expected)
+
+
+def test_unevaluated_open_groups_join_the_best_reported() -> None:
+    # Execute
+    decision = choose_initial(0.9, [group(1, reported=0.4), group(2, reported=0.6)], CFG)
+
+    # Assert
+    assert decision == Join(2, decision.reason)
+
+
+# --- reevaluate -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("candidate_score", "migrates"),
+    [(0.70 * 1.05 - 0.001, False), (0.70 * 1.05 + 0.001, True)],
+)
+def test_migrate_only_above_the_relative_threshold(candidate_score: float, migrates: bool) -> None:
+    # Execute
+    decision = reevaluate(1, 0.70, [group(1, local=0.70), group(2, local=candidate_score)], 5, CFG)
+
+    # Assert
+    if migrates:
+        assert decision == Migrate(1, 2, decision.reason)
+    else:
+        assert isinstance(decision, Stay) and "5%" in decision.reason
+
+
+def test_no_migration_during_cooldown_even_to_a_much_better_group() -> None:
+    # Execute
+    during = reevaluate(1, 0.3, [group(2, local=0.99)], 2, CFG)
+    after = reevaluate(1, 0.3, [group(2, local=0.99)], 3, CFG)
+
+    # Assert
+    assert isinstance(during, Stay) and "cooldown" in during.reason
+    assert after == Migrate(1, 2, after.reason)
+
+
+def test_a_better_but_full_group_is_named_in_the_reason_to_stay() -> None:
+    # Execute
+    decision = reevaluate(1, 0.5, [group(2, local=0.9, members=4), group(3, local=0.52)], 9, CFG)
+
+    # Assert
+    assert isinstance(decision, Stay) and "g2" in decision.reason and "full" in decision.reason
+
+
+def test_full_best_candidate_gives_way_to_next_best_with_room() -> None:
+    # Execute
+    decision = reevaluate(1, 0.5, [group(2, local=0.9, members=4), group(3, local=0.8)], 9, CFG)
+
+    # Assert
+    assert decision == Migrate(1, 3, decision.reason)
+
+
+def test_the_current_group_is_never_a_migration_target() -> None:
+    # Execute
+    decision = reevaluate(1, 0.2, [group(1, local=0.99)], 9, CFG)
+
+    # Assert
+    assert isinstance(decision, Stay)
+
+
+# --- baseline: reported accuracy ----------------------------------------------------
+
+
+def test_reported_baseline_herds_every_node_into_the_loudest_group() -> None:
+    # Prepare: each node's data fits a different group, one group reports best
+    nodes_views = [
+        [group(1, local=0.9, reported=0.6), group(2, local=0.2, reported=0.95)],
+        [group(1, local=0.3, reported=0.6), group(2, local=0.2, reported=0.95)],
+        [group(1, local=0.1, reported=0.6), group(2, local=0.9, reported=0.95)],
+    ]
+
+    # Execute
+    reported = [reported_accuracy_choose(0.0, view, CFG) for view in nodes_views]
+    local = [choose_initial(0.0, view, CFG) for view in nodes_views]
+
+    # Assert
+    assert {d.group_id for d in reported if isinstance(d, Join)} == {2}
+    assert [d.group_id for d in local if isinstance(d, Join)] == [1, 1, 2]
+
+
+def test_reported_baseline_migrates_on_reports_and_respects_cooldown() -> None:
+    # Prepare
+    view = [group(1, local=0.9, reported=0.5), group(2, local=0.1, reported=0.9)]
+
+    # Execute
+    moved = reported_accuracy_reevaluate(1, 0.9, view, 3, CFG)
+    cooling = reported_accuracy_reevaluate(1, 0.9, view, 1, CFG)
+
+    # Assert
+    assert moved == Migrate(1, 2, moved.reason)
+    assert isinstance(cooling, Stay) and "cooldown" in cooling.reason
+
+
+def test_policies_are_selectable_by_name() -> None:
+    # Execute / Assert
+    assert get_policy("local") is POLICIES["local"]
+    assert get_policy("reported").choose is reported_accuracy_choose
+    with pytest.raises(ValueError, match="local, reported"):
+        get_policy("gossip")
+
+
+# --- properties ---------------------------------------------------------------------
+
+_scores = st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0))
+_candidates = st.lists(
+    st.builds(
+        Candidate,
+        group_id=st.integers(0, 20),
+        name=st.just("g"),
+        members=st.integers(0, 5),
+        capacity=st.integers(1, 5),
+        reported=_scores,
+        local_score=_scores,
+    ),
+    max_size=8,
+)
+
+
+@given(
+    candidates=_candidates,
+    current=st.integers(0, 20),
+    score=st.floats(min_value=0.0, max_value=1.0),
+    since=st.integers(0, 10),
+    policy=st.sampled_from(sorted(POLICIES)),
+)
+def test_never_migrate_to_a_full_group_or_within_cooldown(
+    candidates: list[Candidate], current: int, score: float, since: int, policy: str
+) -> None:
+    # Execute
+    decision = POLICIES[policy].reevaluate(current, score, candidates, since, CFG)
+
+    # Assert
+    if isinstance(decision, Migrate):
+        assert since >= CFG.cooldown_rounds
+        assert decision.to_group != current
+        target = [c for c in candidates if c.group_id == decision.to_group]
+        assert target and any(c.has_room for c in target)
+    assert decision.reason
+
+
+@given(candidates=_candidates, own=st.floats(min_value=0.0, max_value=1.0))
+def test_initial_choice_joins_only_groups_with_room(
+    candidates: list[Candidate], own: float
+) -> None:
+    # Execute
+    decisions = [p.choose(own, candidates, CFG) for p in POLICIES.values()]
+
+    # Assert
+    for decision in decisions:
+        if isinstance(decision, Join):
+            assert any(c.group_id == decision.group_id and c.has_room for c in candidates)
+        else:
+            assert isinstance(decision, Create)

@@ -1,0 +1,226 @@
+"""Node processes on loopback: groups form and train over Flower; members and hosts can die."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from node.config import NodeConfig
+from node.runtime.process import DataSpec, NodeProcess, ProcessOptions
+from tests.support.registry_proc import RegistryProcess
+
+pytestmark = pytest.mark.slow
+
+TTL = 4.0  # heartbeats every 0.5 s: a busy machine must not expire a live node
+NODES = 4
+
+
+class NodeProcs:
+    """Node subprocesses started with `python -m node`, each logging to its own file."""
+
+    def __init__(self, tmp: Path, registry_url: str) -> None:
+        self.tmp = tmp
+        self.url = registry_url
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, index: int, *extra: str) -> str:
+        node_id = f"n{index}"
+        cmd = [
+            sys.executable, "-m", "node",
+            "--registry-url", self.url,
+            "--node-id", node_id,
+            "--address", "127.0.0.1:0",
+            "--listen", "127.0.0.1:0",
+            "--partition", "clustered", "--clusters", "2",
+            "--num-partitions", str(NODES), "--partition-id", str(index),
+            "--max-capacity", "2",
+            "--heartbeat-interval", "0.5",
+            "--group-evaluation-interval", "60",
+            "--round-pause", "0.3", "--join-wait", "1", "--round-timeout", "5",
+            *extra,
+        ]  # fmt: skip
+        env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        log = (self.tmp / f"{node_id}.log").open("ab")
+        self.procs[node_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return node_id
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-25:])
+            for p in sorted(self.tmp.glob("n*.log"))
+        )
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[tuple[RegistryProcess, NodeProcs]]:
+    registry = RegistryProcess(
+        tmp_path / "r", extra=["--heartbeat-ttl", str(TTL), "--sweep-interval", "0.5"]
+    ).start()
+    nodes = NodeProcs(tmp_path, registry.url)
+    try:
+        yield registry, nodes
+    finally:
+        nodes.kill_all()
+        registry.stop()
+
+
+def groups(url: str) -> dict[int, dict[str, Any]]:
+    """Live groups by id, with their members."""
+    out = {}
+    for g in httpx.get(f"{url}/groups", timeout=5).json()["data"]:
+        detail = httpx.get(f"{url}/groups/{g['id']}", timeout=5).json()
+        detail["member_ids"] = sorted(m["id"] for m in detail["members"])
+        out[g["id"]] = detail
+    return out
+
+
+def node_info(url: str, node_id: str) -> dict[str, Any]:
+    return dict(httpx.get(f"{url}/nodes/{node_id}", timeout=5).json())
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, nodes: NodeProcs) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}\n{nodes.logs()}")
+
+
+def test_nodes_train_in_groups_and_survive_a_dead_member_and_a_dead_host(
+    network: tuple[RegistryProcess, NodeProcs],
+) -> None:
+    # Prepare: one node per hidden cluster first, so each creates a group; then one more each.
+    registry, nodes = network
+    url = registry.url
+    nodes.start(0)
+    nodes.start(1)
+    wait_until(
+        lambda: all(node_info(url, n).get("group_id") for n in ("n0", "n1")),
+        90,
+        "n0, n1 placed",
+        nodes,
+    )
+    nodes.start(2)
+    nodes.start(3)
+
+    def full_groups() -> dict[int, dict[str, Any]] | None:
+        gs = groups(url)
+        ok = len(gs) == 2 and all(
+            len(g["member_ids"]) == 2 and g["host_node_id"] for g in gs.values()
+        )
+        return gs if ok else None
+
+    formed = wait_until(full_groups, 90, "two groups of two with hosts", nodes)
+    start_rounds = {gid: g["model_round"] for gid, g in formed.items()}
+
+    # Execute / assert: every group completes at least 3 rounds with all its members.
+    wait_until(
+        lambda: all(groups(url)[gid]["model_round"] >= r + 3 for gid, r in start_rounds.items()),
+        60, "3 rounds in each group", nodes,
+    )  # fmt: skip
+
+    # A non-host member dies: the registry expires it and its group goes on.
+    gid_a, group_a = sorted(formed.items())[0]
+    member = next(m for m in group_a["member_ids"] if m != group_a["host_node_id"])
+    nodes.procs[member].send_signal(signal.SIGKILL)
+    wait_until(lambda: node_info(url, member)["status"] == "inactive", 30, "expiry", nodes)
+    after_expiry = groups(url)[gid_a]["model_round"]
+    wait_until(
+        lambda: groups(url)[gid_a]["model_round"] >= after_expiry + 2,
+        30, f"group {gid_a} rounds after {member} expired", nodes,
+    )  # fmt: skip
+
+    # A host dies: the other member claims the hosting and resumes from the latest round.
+    gid_b, group_b = sorted(formed.items())[1]
+    before = groups(url)[gid_b]
+    host = before["host_node_id"]
+    heir = next(m for m in before["member_ids"] if m != host)
+    nodes.procs[host].send_signal(signal.SIGKILL)
+    killed_at_round = groups(url)[gid_b]["model_round"]
+
+    def taken_over() -> bool:
+        g = groups(url)[gid_b]
+        return bool(
+            g["host_node_id"] == heir
+            and g["host_epoch"] > before["host_epoch"]
+            and g["model_round"] >= killed_at_round + 2
+        )
+
+    wait_until(taken_over, 45, f"{heir} hosting group {gid_b} with rising rounds", nodes)
+    assert groups(url)[gid_b]["member_ids"] == [heir]
+
+    # SIGTERM: the survivors leave their groups and exit cleanly.
+    survivors = [n for n in nodes.procs if n not in (member, host)]
+    for n in survivors:
+        nodes.procs[n].send_signal(signal.SIGTERM)
+    for n in survivors:
+        assert nodes.procs[n].wait(30) == 0, nodes.logs()
+        assert node_info(url, n)["group_id"] is None
+
+
+def test_dry_run_accepts_the_flags_and_exits(tmp_path: Path) -> None:
+    # Execute
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "--registry-url", "http://registry:8000",
+         "--address", "auto:7000", "--partition-id", "auto", "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "node", "--partition-id", "7", "--num-partitions", "4", "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    # Assert
+    assert out.returncode == 0, out.stderr
+    assert "settings are valid" in out.stdout
+    assert bad.returncode == 2
+    assert "out of range" in bad.stderr
+
+
+def test_auto_partition_ids_follow_registration_order(sqlite_registry: RegistryProcess) -> None:
+    # Prepare: three nodes of a fresh domain, registered one after another
+    domain = "ordinal-test"
+    procs = [
+        NodeProcess(
+            NodeConfig(
+                registry_url=sqlite_registry.url,
+                node_id=f"auto-{i}",
+                node_address="127.0.0.1:0",
+                domain=domain,
+            ),
+            DataSpec(partition_id=None, num_partitions=2),
+            ProcessOptions(warmup_epochs=0),
+        )
+        for i in range(3)
+    ]
+
+    # Execute
+    for proc in procs:
+        proc.prepare()
+
+    # Assert: ordinals 0, 1, 2 modulo 2 partitions; each node holds its share's data
+    assert [p.partition_id for p in procs] == [0, 1, 0]
+    first, second, third = (p.learner.data for p in procs)
+    assert first.index == third.index == 0 and second.index == 1
+    for proc in procs:
+        proc.client.close()

@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from node.addresses import free_port
 from node.federation.inprocess import run_group_round, set_flower_log_level
 from node.learning.data import load_dataset
 from node.learning.learner import Learner
@@ -52,12 +52,6 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "deploy_rounds.json"
 NODES = 4
 LOCAL_EPOCHS = 1
 ROUND_LINE = re.compile(r"round \d+: (\d+) trained \(0 failed\), accuracy \S+, ([\d.]+) s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -117,7 +111,7 @@ def in_process_round_seconds(rounds: int) -> dict[str, float]:
 
 def deployed(window: float, ttl: float, tmp: Path) -> dict[str, Any]:
     """Start a registry and 4 nodes; measure rounds, then the recovery from a host's death."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     procs: dict[str, subprocess.Popen[bytes]] = {}

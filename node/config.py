@@ -9,13 +9,9 @@ import yaml
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from node.errors import NodeError
+from node.errors import ConfigError
 
 __all__ = ["ConfigError", "NodeConfig", "load_node_config"]
-
-
-class ConfigError(NodeError):
-    """A configuration file or value is invalid; the message names the key."""
 
 
 class NodeConfig(BaseSettings):

@@ -1,19 +1,62 @@
-"""Exceptions raised by the node package, rooted at ``NodeError``.
+"""Every error a node can meet, rooted at ``NodeError``.
 
 ::
 
     NodeError
-     ├── DatasetUnavailableError   a data set's files are missing
-     ├── DatasetFormatError        a data set's files are not what they claim to be
-     ├── WeightsMismatchError      weights do not fit a model (count or shapes)
-     └── SerializationError        a weights blob cannot be decoded
+     ├── ConfigError                  a configuration file, value or flag is invalid (names the key)
+     ├── DatasetError
+     │    ├── DatasetUnavailableError a data set's files are missing from this machine
+     │    └── DatasetFormatError      a data set's files are not what they claim to be
+     ├── RemoteInputError             input from another party that cannot be used: skip it
+     │    ├── SerializationError      bytes that do not decode as weights
+     │    ├── WeightsMismatchError    weights that do not fit a model (count, shapes)
+     │    ├── NonFiniteWeightsError   weights holding NaN or infinity
+     │    └── FrameError              a peer frame: oversized, malformed, of another version
+     ├── TransportError               a peer or a group's host could not be reached
+     │    └── PeerUnreachableError    no connection, or no answer in time
+     ├── RegistryClientError          the registry could not serve a call
+     │    ├── RegistryUnavailableError  connection failed or 5xx, after retries
+     │    └── RegistryRequestError      the registry answered 4xx/5xx (status, detail)
+     │         ├── UnauthorizedError    401: missing or unknown token
+     │         ├── ForbiddenError       403: not allowed
+     │         ├── NotFoundError        404
+     │         └── ConflictError        409: full group, name taken, stale round
+     ├── SessionError
+     │    └── SessionEnded            a member leaves its group's federation (migration, shutdown)
+     └── FlowerCompatError            the installed Flower moved an internal this code relies on
+
+A loop that handles input from elsewhere (a snapshot, a frame, a Flower reply, a
+registry answer) catches ``RemoteInputError`` (and ``RegistryClientError`` or
+``TransportError`` for the call that fetched it), logs the cause and skips the input:
+one stranger's bad bytes never end a node's process.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __all__ = [
+    "ConfigError",
+    "ConflictError",
+    "DatasetError",
     "DatasetFormatError",
     "DatasetUnavailableError",
+    "FlowerCompatError",
+    "ForbiddenError",
+    "FrameError",
     "NodeError",
+    "NonFiniteWeightsError",
+    "NotFoundError",
+    "PeerUnreachableError",
+    "RegistryClientError",
+    "RegistryRequestError",
+    "RegistryUnavailableError",
+    "RemoteInputError",
     "SerializationError",
+    "SessionEnded",
+    "SessionError",
+    "TransportError",
+    "UnauthorizedError",
     "WeightsMismatchError",
 ]
 
@@ -22,17 +65,90 @@ class NodeError(Exception):
     """Base class of every error the node package raises on purpose."""
 
 
-class DatasetUnavailableError(NodeError):
+class ConfigError(NodeError):
+    """A configuration file, value or flag is invalid; the message names the key."""
+
+
+class DatasetError(NodeError):
+    """A data set cannot be loaded."""
+
+
+class DatasetUnavailableError(DatasetError):
     """A data set's files are missing from this machine."""
 
 
-class DatasetFormatError(NodeError):
+class DatasetFormatError(DatasetError):
     """A data set's file exists but does not have the expected format."""
 
 
-class WeightsMismatchError(NodeError):
-    """A list of weights does not fit a model's parameters."""
+class RemoteInputError(NodeError):
+    """Input from another node, peer or the registry that cannot be used as it is."""
 
 
-class SerializationError(NodeError):
+class SerializationError(RemoteInputError):
     """A weights blob is corrupt or not a weights blob at all."""
+
+
+class WeightsMismatchError(RemoteInputError):
+    """A list of weights does not fit a model's parameters (count or shapes)."""
+
+
+class NonFiniteWeightsError(RemoteInputError):
+    """Weights hold NaN or infinite values."""
+
+
+class FrameError(RemoteInputError):
+    """A frame that cannot be accepted: oversized, not msgpack, wrong version or shape."""
+
+
+class TransportError(NodeError):
+    """A peer or a group's host could not be reached."""
+
+
+class PeerUnreachableError(TransportError):
+    """A peer could not be connected to, or did not answer in time."""
+
+
+class RegistryClientError(NodeError):
+    """The registry could not serve a call."""
+
+
+class RegistryUnavailableError(RegistryClientError):
+    """The registry could not be reached (after retries)."""
+
+
+class RegistryRequestError(RegistryClientError):
+    """The registry refused the request: ``status`` and the registry's ``detail``."""
+
+    def __init__(self, status: int, detail: Any, method: str, path: str) -> None:
+        super().__init__(f"{method} {path} -> {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class UnauthorizedError(RegistryRequestError):
+    """401: the token is missing or unknown."""
+
+
+class ForbiddenError(RegistryRequestError):
+    """403: the caller may not do this."""
+
+
+class NotFoundError(RegistryRequestError):
+    """404: no such node, group or snapshot."""
+
+
+class ConflictError(RegistryRequestError):
+    """409: a full group, a taken name, a stale round."""
+
+
+class SessionError(NodeError):
+    """A node's part in a group's federation cannot go on."""
+
+
+class SessionEnded(SessionError):
+    """Raised inside a member's client to leave a group's federation (migration, shutdown)."""
+
+
+class FlowerCompatError(NodeError):
+    """The installed Flower no longer offers an internal this code relies on."""

@@ -1,12 +1,6 @@
 """Typed HTTP client for the registry, with the node's token, timeouts and retries.
 
-RegistryClientError
- ├── RegistryUnavailableError   connection failed or 502/503/504, after retries
- └── RegistryRequestError       the registry answered 4xx/5xx (status, detail)
-      ├── UnauthorizedError     401: missing or unknown token
-      ├── ForbiddenError        403: not allowed
-      ├── NotFoundError         404
-      └── ConflictError         409: full group, name taken, stale round
+Its errors are the ``RegistryClientError`` branch of ``node.errors`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -19,6 +13,15 @@ from typing import Any
 
 import httpx
 
+from node.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RegistryClientError,
+    RegistryRequestError,
+    RegistryUnavailableError,
+    UnauthorizedError,
+)
 from registry.schemas import (
     Balance,
     EventsPublic,
@@ -49,39 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
-
-
-class RegistryClientError(Exception):
-    """Base of every client error."""
-
-
-class RegistryUnavailableError(RegistryClientError):
-    """The registry could not be reached (after retries)."""
-
-
-class RegistryRequestError(RegistryClientError):
-    """The registry refused the request."""
-
-    def __init__(self, status: int, detail: Any, method: str, path: str) -> None:
-        super().__init__(f"{method} {path} -> {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-class UnauthorizedError(RegistryRequestError):
-    """401."""
-
-
-class ForbiddenError(RegistryRequestError):
-    """403."""
-
-
-class NotFoundError(RegistryRequestError):
-    """404."""
-
-
-class ConflictError(RegistryRequestError):
-    """409."""
 
 
 _BY_STATUS: dict[int, type[RegistryRequestError]] = {

@@ -14,13 +14,14 @@ from typing import Annotated
 import typer
 
 from mycelium.demo_cli import one_of
+from node.addresses import AUTO, parse_address
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.federation.inprocess import set_flower_log_level
 from node.federation.link import LEGACY_STRATEGIES
 from node.learning.data import DATASET_NAMES
 from node.learning.partition import CLUSTER_MODES, SCHEMES
 from node.runtime.policy import POLICIES
-from node.runtime.process import AUTO, DataSpec, NodeProcess, ProcessOptions, split_address
+from node.runtime.process import DataSpec, NodeProcess, ProcessOptions
 
 __all__ = ["node", "parse_partition_id"]
 
@@ -155,7 +156,7 @@ def node(
     for flag, value in (("--address", cfg.node_address), ("--listen", listen)):
         if value is not None:
             try:
-                split_address(value)
+                parse_address(value, allow_port_zero=True)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint=flag) from exc
     level = getattr(logging, log_level.upper(), None)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from node.addresses import Address, parse_address
 from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
@@ -19,14 +20,13 @@ from node.learning.partition import partition
 from node.p2p.codecs import make_codec
 from node.p2p.config import DEFAULT_CONFIG_PATH, ConfigError, PeerConfig, load_config
 from node.p2p.peer import PeerTrainer
-from node.p2p.transport import PeerAddress, parse_address
 
 __all__ = ["build_learner", "parse_peers", "peer", "run_peer_training"]
 
 logger = logging.getLogger(__name__)
 
 
-def parse_peers(text: str) -> list[PeerAddress]:
+def parse_peers(text: str) -> list[Address]:
     """``host:port,host:port`` to addresses; an empty string means no peers."""
     return [parse_address(part) for part in text.split(",") if part.strip()]
 
@@ -56,7 +56,7 @@ def build_learner(config: PeerConfig) -> Learner:
     )
 
 
-async def run_peer_training(config: PeerConfig, peers: list[PeerAddress]) -> dict[str, Any]:
+async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[str, Any]:
     """Run the configured rounds with ``peers``; return a JSON-ready summary."""
     learner = build_learner(config)
     codec = make_codec(

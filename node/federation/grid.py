@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from node.errors import NodeError
+from node.errors import FlowerCompatError
 
 __all__ = [
     "FLOWER_VERSION_TESTED",
@@ -54,10 +54,6 @@ _GRID_METHODS = {
     "send_and_receive",
 }
 _identity_lock = threading.Lock()
-
-
-class FlowerCompatError(NodeError):
-    """The installed Flower no longer matches what the in-memory grid relies on."""
 
 
 def ensure_task_identity() -> None:

@@ -36,7 +36,7 @@ from flwr.common import Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Server, SimpleClientManager
 from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
-from node.errors import NodeError
+from node.errors import FlowerCompatError, SessionEnded
 from node.federation.inprocess import FLOWER_LOGGER_NAME
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
     "ROUND_KEY",
     "EvaluateOutcome",
     "FitOutcome",
-    "FlowerLinkCompatError",
+    "FlowerCompatError",
     "GroupServer",
     "RpcError",
     "SessionEnded",
@@ -72,14 +72,6 @@ LEGACY_STRATEGIES: dict[str, type[FedAvg]] = {
     "krum": Krum,
 }
 _WAIT_STEP = 0.05
-
-
-class FlowerLinkCompatError(NodeError):
-    """The installed Flower no longer offers the legacy gRPC parts used here."""
-
-
-class SessionEnded(Exception):
-    """Raised inside a member's client to leave a group's federation (migration, shutdown)."""
 
 
 class _QuietLegacy(logging.Filter):
@@ -268,7 +260,7 @@ def run_client(address: str, client: NumPyClient) -> None:
 
 
 def check_legacy_compat() -> None:
-    """Raise ``FlowerLinkCompatError`` when a Flower upgrade moved the parts used here."""
+    """Raise ``FlowerCompatError`` when a Flower upgrade moved the parts used here."""
     import flwr
 
     problems: list[str] = []
@@ -293,7 +285,7 @@ def check_legacy_compat() -> None:
         if "server_address" not in inspect.signature(start_client).parameters:
             problems.append("start_client(server_address=...) changed")
     if problems:
-        raise FlowerLinkCompatError(f"flwr {flwr.__version__}: " + "; ".join(problems))
+        raise FlowerCompatError(f"flwr {flwr.__version__}: " + "; ".join(problems))
 
 
 RpcError = grpc.RpcError

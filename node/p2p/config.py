@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from node.errors import NodeError
+from node.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -30,10 +30,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("configs/base.yaml")
-
-
-class ConfigError(NodeError):
-    """A config file or override is invalid; the message names the key."""
 
 
 class _Section(BaseModel):

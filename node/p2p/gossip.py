@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from node.errors import NodeError, SerializationError
+from node.addresses import parse_address
+from node.errors import NodeError, PeerUnreachableError, SerializationError
 from node.learning.learner import Learner
 from node.learning.merge import age_weighted_merge
 from node.learning.partition import NodeData
@@ -46,9 +47,7 @@ from node.p2p.codecs import Codec, DenseCodec, EncodedUpdate, TopKCodec
 from node.p2p.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
-    PeerUnreachableError,
     TransportServer,
-    parse_address,
     request,
     send,
 )

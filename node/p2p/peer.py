@@ -30,15 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from node.errors import NodeError, SerializationError
+from node.addresses import Address
+from node.errors import NodeError, PeerUnreachableError, SerializationError
 from node.learning.learner import Learner
 from node.learning.merge import add_update, average, subtract
 from node.p2p.codecs import Codec, EncodedUpdate, ErrorFeedback, compress_with_feedback
 from node.p2p.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
-    PeerAddress,
-    PeerUnreachableError,
     TransportServer,
     request,
 )
@@ -114,7 +113,7 @@ class RoundReport:
 
 @dataclass
 class _PeerState:
-    address: PeerAddress
+    address: Address
     node_id: str | None = None
     answered_once: bool = False
     misses: int = 0
@@ -138,7 +137,7 @@ class PeerTrainer:
     def __init__(
         self,
         learner: Learner,
-        peers: Sequence[PeerAddress],
+        peers: Sequence[Address],
         codec: Codec,
         *,
         node_id: str | None = None,

@@ -25,7 +25,8 @@ from typing import Any
 
 import msgpack
 
-from node.errors import NodeError
+from node.addresses import Address
+from node.errors import FrameError, PeerUnreachableError
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -33,13 +34,11 @@ __all__ = [
     "Envelope",
     "FrameError",
     "Handler",
-    "PeerAddress",
     "PeerUnreachableError",
     "TransportServer",
     "TransportStats",
     "decode_envelope",
     "encode_frame",
-    "parse_address",
     "read_frame",
     "request",
     "send",
@@ -57,34 +56,6 @@ KIND_KEY = "kind"
 ROUND_KEY = "round"
 META_KEY = "meta"
 PAYLOAD_KEY = "payload"
-
-
-class FrameError(NodeError):
-    """A frame that cannot be accepted: oversized, not msgpack, wrong version or shape."""
-
-
-class PeerUnreachableError(NodeError):
-    """A peer could not be connected to, or did not answer in time."""
-
-
-@dataclass(frozen=True)
-class PeerAddress:
-    """A peer's ``host:port``."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-def parse_address(text: str) -> PeerAddress:
-    """Parse ``host:port`` (``[v6]:port`` too); a bad one raises ValueError naming it."""
-    host, sep, port_text = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"Not a host:port address: {text!r}")
-    return PeerAddress(host, int(port_text))
 
 
 @dataclass(frozen=True)
@@ -269,7 +240,7 @@ class TransportServer:
 
 
 async def _exchange(
-    address: PeerAddress,
+    address: Address,
     envelope: Envelope,
     *,
     timeout: float,
@@ -307,7 +278,7 @@ async def _exchange(
 
 
 async def send(
-    address: PeerAddress,
+    address: Address,
     envelope: Envelope,
     *,
     timeout: float = 10.0,
@@ -326,7 +297,7 @@ async def send(
 
 
 async def request(
-    address: PeerAddress,
+    address: Address,
     envelope: Envelope,
     *,
     timeout: float = 10.0,

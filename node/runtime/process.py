@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
+from node.addresses import Address, advertised_host, free_port, parse_address
 from node.config import NodeConfig
 from node.federation.link import (
     GROUP_ID_KEY,
@@ -55,19 +55,15 @@ from node.runtime.agent import NodeAgent
 from node.runtime.policy import Migrate, PolicyConfig
 
 __all__ = [
-    "AUTO",
     "DataSpec",
     "NodeProcess",
     "ProcessOptions",
-    "advertised_host",
     "load_node_data",
     "registration_ordinal",
-    "split_address",
 ]
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
 _LOOP_STEP = 0.2
 
 
@@ -96,31 +92,6 @@ class ProcessOptions:
     round_pause: float = 0.0  # pause between a group's rounds
     host_retry: float = 0.5  # pause before looking for a host again
     warmup_epochs: int = 1  # local training before the first group choice
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` to its parts (IPv6 in brackets); ValueError when malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"address {address!r} is not host:port")
-    return host, int(port)
-
-
-def advertised_host(host: str) -> str:
-    """``auto`` becomes this machine's address as its own name resolves (a container's IP)."""
-    if host != AUTO:
-        return host
-    name = socket.gethostname()
-    try:
-        return socket.gethostbyname(name)
-    except OSError:
-        return name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def registration_ordinal(client: RegistryClient, node_id: str, domain: str) -> int:
@@ -339,13 +310,11 @@ class NodeProcess:
         self.node_id: str = config.node_id
         self.data_spec = data
         self.options = options or ProcessOptions()
-        host, port = split_address(config.node_address)
-        host = advertised_host(host)
-        if port == 0:
-            port = _free_port()
-        self.address = f"{host}:{port}"
-        listen_host, listen_port = split_address(self.options.listen or "0.0.0.0:0")
-        self.listen = f"{listen_host}:{listen_port or port}"  # port 0: the advertised one
+        advertised = parse_address(config.node_address, allow_port_zero=True)
+        port = advertised.port or free_port()
+        self.address = str(Address(advertised_host(advertised.host), port))
+        listen = parse_address(self.options.listen or "0.0.0.0:0", allow_port_zero=True)
+        self.listen = str(Address(listen.host, listen.port or port))  # port 0: the advertised one
         self.client = client or RegistryClient(config.registry_url, retries=4, backoff=0.25)
         self.partition_id = data.partition_id
         self.rounds_done = 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from node.addresses import free_port
 from node.registry_client import (
     ConflictError,
     ForbiddenError,
@@ -14,7 +15,7 @@ from node.registry_client import (
     RegistryUnavailableError,
     UnauthorizedError,
 )
-from tests.support.registry_proc import RegistryProcess, free_port
+from tests.support.registry_proc import RegistryProcess
 
 
 def test_client_covers_the_node_lifecycle(sqlite_registry: RegistryProcess) -> None:

@@ -11,6 +11,7 @@ import pytest
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
+from node.addresses import free_port
 from node.federation.link import (
     GROUP_ID_KEY,
     GroupServer,
@@ -18,7 +19,6 @@ from node.federation.link import (
     check_legacy_compat,
     run_client,
 )
-from tests.support.registry_proc import free_port
 
 
 class _Client(NumPyClient):

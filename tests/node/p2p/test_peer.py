@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from node.addresses import Address, free_port
 from node.p2p.codecs import DenseCodec
 from node.p2p.config import ConfigError, load_config
 from node.p2p.peer import UPDATE, PeerTrainer
-from node.p2p.transport import Envelope, PeerAddress, request
+from node.p2p.transport import (
+    Envelope,
+    request,
+)
 from tests.node.helpers import digits_learner
-from tests.support.registry_proc import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "run_peer_training.py"
@@ -151,7 +154,7 @@ def test_late_updates_never_mix_into_a_later_round(iid_digits_nodes: list) -> No
         await trainer.start()
         try:
             await trainer.run(2)  # rounds 1 and 2, no peers
-            address = PeerAddress("127.0.0.1", trainer.port)
+            address = Address("127.0.0.1", trainer.port)
             ack = await request(address, Envelope(sender="x", kind=UPDATE, round=1))
             await request(address, Envelope(sender="y", kind=UPDATE, round=99))
             return int(ack.meta["late"]), sorted(trainer._inbox)

@@ -10,16 +10,14 @@ import struct
 import msgpack
 import pytest
 
+from node.addresses import Address, parse_address
+from node.errors import FrameError, PeerUnreachableError
 from node.p2p.transport import (
     PROTOCOL_VERSION,
     Envelope,
-    FrameError,
-    PeerAddress,
-    PeerUnreachableError,
     TransportServer,
     decode_envelope,
     encode_frame,
-    parse_address,
     request,
     send,
 )
@@ -66,12 +64,12 @@ def test_a_large_model_crosses_in_one_message() -> None:
         try:
             payload = bytes(range(256)) * 3000  # 768 kB, far past any datagram
             await send(
-                PeerAddress("127.0.0.1", server.port),
+                Address("127.0.0.1", server.port),
                 Envelope(sender="a", kind="update", round=3, payload=payload, meta={"n": 7}),
                 max_message_bytes=MAX,
             )
             reply = await request(
-                PeerAddress("127.0.0.1", server.port),
+                Address("127.0.0.1", server.port),
                 Envelope(sender="a", kind="ping", round=4),
             )
             await asyncio.wait_for(recorder.arrived.wait(), 5)
@@ -113,7 +111,7 @@ def test_bad_frames_are_dropped_with_a_log_line_and_the_server_keeps_serving(
         try:
             await asyncio.to_thread(_raw_send, server.port, GARBAGE[name])
             reply = await request(
-                PeerAddress("127.0.0.1", server.port), Envelope(sender="b", kind="ping")
+                Address("127.0.0.1", server.port), Envelope(sender="b", kind="ping")
             )
             return len(recorder.got), reply, server.stats.frames_dropped
         finally:
@@ -154,12 +152,12 @@ def test_an_absent_peer_is_reported_not_raised_raw() -> None:
         port = s.getsockname()[1]  # closed again when the block ends
 
     with pytest.raises(PeerUnreachableError):
-        asyncio.run(send(PeerAddress("127.0.0.1", port), Envelope(sender="a", kind="k")))
+        asyncio.run(send(Address("127.0.0.1", port), Envelope(sender="a", kind="k")))
 
 
 def test_parse_address() -> None:
-    assert parse_address("10.1.2.3:5000") == PeerAddress("10.1.2.3", 5000)
-    assert parse_address("[::1]:80") == PeerAddress("::1", 80)
+    assert parse_address("10.1.2.3:5000") == Address("10.1.2.3", 5000)
+    assert parse_address("[::1]:80") == Address("::1", 80)
     for bad in ["nohost", ":5000", "h:0", "h:99999", "h:x"]:
         with pytest.raises(ValueError, match="host:port"):
             parse_address(bad)

@@ -1,17 +1,56 @@
 """Typed HTTP client for the registry, with the node's token, timeouts and retries.
 
 Its errors are the ``RegistryClientError`` branch of ``node.errors`` (re-exported here).
+
+Retry policy
+------------
+Every call states whether it is *idempotent* (``idempotent=`` of ``_request``): whether
+sending it twice leaves the registry as sending it once would.
+
+==========  =========================================  ================================
+idempotent  calls                                      why
+==========  =========================================  ================================
+yes         every GET: get_node, list_nodes,           reads
+            all_nodes, list_groups, get_group,
+            model_info, download_model, balance,
+            events, all_events
+yes         PUT upload_model                           the same bytes are a no-op
+yes         PUT report_performance                     reports are keyed by round
+yes         POST heartbeat                             sets liveness and metrics
+yes         POST claim_host (``/groups/{id}/host``)    the holder is granted it again
+yes         POST submit_contributions                  ledger keyed on node, group, round
+no          POST register, create_group, join, leave   a repeat is refused (401, 409) or
+                                                       hides the move the first one made
+==========  =========================================  ================================
+
+What is retried, and by what:
+
+- The connection could not be made (``ConnectError``, ``ConnectTimeout``): every call, since
+  the request never reached the registry. httpx's transport does it
+  (``httpx.HTTPTransport(retries=retries)``, waiting 0, 0.5, 1, 2 ... s) on the client this
+  class builds; an ``httpx.Client`` passed in is used as given, with its own transport.
+- 503: every call. This registry answers 503 only when its database was busy and nothing
+  was applied (it sets ``Retry-After``, which is honoured up to ``MAX_RETRY_AFTER_S``).
+- 502, 504, a timeout or a connection lost after the request was sent: idempotent calls
+  only, because the registry (or a proxy before it) may have applied a POST.
+- Anything else (4xx, 500): never; it raises the ``RegistryRequestError`` of its status.
+
+tenacity drives the retries: up to ``retries`` more tries, waiting ``backoff * 2**n`` s
+(n = 0, 1, ...; at most ``MAX_BACKOFF_S``, at least ``Retry-After``). When a call gives up it
+raises ``RegistryUnavailableError`` naming the method, the URL, the tries and the last failure.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import tenacity
 
 from node.errors import (
     ConflictError,
@@ -51,8 +90,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Statuses that mean "the registry (or a proxy before it) could not serve this now".
 RETRY_STATUSES = frozenset({502, 503, 504})
-
+# The registry's "database busy, nothing applied": safe to repeat for every call.
+NOTHING_APPLIED = 503
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 10.0
+PAGE = 1000  # the registry's largest page
 
 _BY_STATUS: dict[int, type[RegistryRequestError]] = {
     401: UnauthorizedError,
@@ -60,6 +104,7 @@ _BY_STATUS: dict[int, type[RegistryRequestError]] = {
     404: NotFoundError,
     409: ConflictError,
 }
+_NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 @dataclass(frozen=True)
@@ -71,8 +116,66 @@ class ModelBlob:
     sha256: str
 
 
+class _Failed(Exception):
+    """One try that found the registry unavailable; `retry` says whether another may follow."""
+
+    def __init__(
+        self,
+        failure: str,
+        *,
+        retry: bool,
+        retry_after_s: float | None = None,
+        connect: bool = False,
+    ) -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.retry = retry
+        self.retry_after_s = retry_after_s
+        self.connect = connect
+
+
+def _may_retry_status(status: int, *, idempotent: bool) -> bool:
+    """Whether a call that met `status` (one of RETRY_STATUSES) may be sent again."""
+    return status == NOTHING_APPLIED or idempotent
+
+
+def _may_retry_error(exc: httpx.RequestError, *, idempotent: bool) -> bool:
+    """Whether a call that met `exc` may be sent again by tenacity.
+
+    Connection failures are the transport's to retry (it already did); anything after the
+    request may have left (a timeout, a dropped connection) only for idempotent calls.
+    """
+    if isinstance(exc, _NOT_CONNECTED):
+        return False
+    if isinstance(exc, httpx.PoolTimeout):  # never left this process
+        return True
+    return idempotent and isinstance(exc, httpx.TransportError)
+
+
+def _parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent
+    or unreadable, never negative."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
+
+
 class RegistryClient:
-    """One node's view of the registry. Pass `client` to use your own httpx transport."""
+    """One node's view of the registry. Pass `client` to use your own httpx transport.
+
+    `retries` is how many more times a failed call may be tried (see the module's retry
+    policy), `backoff` the first wait in seconds, `timeout` each request's limit in seconds.
+    """
 
     def __init__(
         self,
@@ -91,7 +194,13 @@ class RegistryClient:
         self.retries = retries
         self.backoff = backoff
         self._own_client = client is None
-        self._http = client or httpx.Client(base_url=self.base_url, timeout=timeout)
+        if client is None:
+            transport = httpx.HTTPTransport(retries=retries)
+            client = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = client
+        # Connection attempts per try: the transport's retries on our client, unknown (one
+        # as far as this class can tell) on a client passed in.
+        self._connects_per_try = retries + 1 if self._own_client else 1
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -114,43 +223,99 @@ class RegistryClient:
         method: str,
         path: str,
         *,
+        idempotent: bool,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         content: bytes | None = None,
         ok: tuple[int, ...] = (200, 201),
     ) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                resp = self._http.request(
-                    method,
-                    path,
-                    json=json,
-                    params={k: v for k, v in (params or {}).items() if v is not None},
-                    content=content,
-                    headers=self._headers(),
-                )
-            except httpx.TransportError as exc:
-                failure: str = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code in ok:
-                    return resp
-                if resp.status_code not in RETRY_STATUSES:
-                    try:
-                        detail = resp.json().get("detail", resp.text)
-                    except ValueError:
-                        detail = resp.text
-                    cls = _BY_STATUS.get(resp.status_code, RegistryRequestError)
-                    raise cls(resp.status_code, detail, method, path)
-                failure = f"HTTP {resp.status_code}"
-            if attempt >= self.retries:
-                raise RegistryUnavailableError(
-                    f"{method} {self.base_url}{path} failed after {attempt + 1} tries: {failure}"
-                )
-            delay = self.backoff * (2**attempt)
-            log.debug("%s %s: %s; retrying in %.2fs", method, path, failure, delay)
-            time.sleep(delay)
-            attempt += 1
+        """Send one call under the module's retry policy; the response when its status is in
+        `ok`. Raises RegistryRequestError (by status) or RegistryUnavailableError."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        tries = 0
+
+        def once() -> httpx.Response:
+            nonlocal tries
+            tries += 1
+            return self._send_once(
+                method, path, idempotent=idempotent, json=json, params=query, content=content, ok=ok
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, _Failed) and exc.retry),
+            before_sleep=self._log_retry(method, path),
+            reraise=True,
+        )
+        try:
+            return retrying(once)
+        except _Failed as failed:
+            total = tries - 1 + (self._connects_per_try if failed.connect else 1)
+            applied = not (idempotent or failed.retry or failed.connect)
+            why = " (not retried: the registry may have applied it)" if applied else ""
+            raise RegistryUnavailableError(
+                f"{method} {self.base_url}{path} failed after {total} "
+                f"{'try' if total == 1 else 'tries'}: {failed.failure}{why}"
+            ) from failed.__cause__
+
+    def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        json: Any,
+        params: Mapping[str, Any],
+        content: bytes | None,
+        ok: tuple[int, ...],
+    ) -> httpx.Response:
+        try:
+            resp = self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                content=content,
+                headers=self._headers(),
+            )
+        except httpx.RequestError as exc:
+            raise _Failed(
+                f"{type(exc).__name__}: {exc}",
+                retry=_may_retry_error(exc, idempotent=idempotent),
+                connect=isinstance(exc, _NOT_CONNECTED),
+            ) from exc
+        if resp.status_code in ok:
+            return resp
+        if resp.status_code in RETRY_STATUSES:
+            raise _Failed(
+                f"HTTP {resp.status_code}",
+                retry=_may_retry_status(resp.status_code, idempotent=idempotent),
+                retry_after_s=_parse_retry_after(resp.headers.get("retry-after")),
+            )
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except (ValueError, AttributeError):
+            detail = resp.text
+        cls = _BY_STATUS.get(resp.status_code, RegistryRequestError)
+        raise cls(resp.status_code, detail, method, path)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Exponential backoff, stretched to the registry's Retry-After (bounded)."""
+        delay = float(tenacity.wait_exponential(multiplier=self.backoff, max=MAX_BACKOFF_S)(state))
+        failed = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failed, _Failed) and failed.retry_after_s is not None:
+            delay = max(delay, min(failed.retry_after_s, MAX_RETRY_AFTER_S))
+        return delay
+
+    @staticmethod
+    def _log_retry(method: str, path: str) -> Callable[[tenacity.RetryCallState], None]:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            failed = state.outcome.exception() if state.outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            log.debug("%s %s: %s; retrying in %.2fs", method, path, failed, wait)
+
+        return before_sleep
 
     # --- nodes ---------------------------------------------------------------------
 
@@ -168,9 +333,9 @@ class RegistryClient:
             "domain": domain,
             "capabilities": dict(capabilities or {}),
         }
-        out = NodeRegistered.model_validate(
-            self._request("POST", "/nodes/register", json=body).json()
-        )
+        # A repeat after a lost answer is refused (401): the token it returned is lost.
+        resp = self._request("POST", "/nodes/register", idempotent=False, json=body)
+        out = NodeRegistered.model_validate(resp.json())
         self.node_id = node_id
         if out.token:
             self.token = out.token
@@ -179,20 +344,46 @@ class RegistryClient:
     def heartbeat(self, metrics: Mapping[str, float] | None = None) -> NodePublic:
         """Tell the registry this node is alive, with its latest metrics."""
         path = f"/nodes/{self._me()}/heartbeat"
-        resp = self._request("POST", path, json={"metrics": dict(metrics or {})})
+        resp = self._request("POST", path, idempotent=True, json={"metrics": dict(metrics or {})})
         return NodePublic.model_validate(resp.json())
 
     def get_node(self, node_id: str | None = None) -> NodePublic:
         """One node (default: this one)."""
-        resp = self._request("GET", f"/nodes/{node_id or self._me()}")
+        resp = self._request("GET", f"/nodes/{node_id or self._me()}", idempotent=True)
         return NodePublic.model_validate(resp.json())
 
     def list_nodes(
         self, *, domain: str | None = None, group_id: int | None = None, limit: int = 1000
     ) -> NodesPublic:
-        """Nodes, optionally of one domain or group."""
+        """Nodes, optionally of one domain or group (the first `limit`; see all_nodes)."""
         params = {"domain": domain, "group_id": group_id, "limit": limit}
-        return NodesPublic.model_validate(self._request("GET", "/nodes", params=params).json())
+        resp = self._request("GET", "/nodes", idempotent=True, params=params)
+        return NodesPublic.model_validate(resp.json())
+
+    def all_nodes(
+        self,
+        *,
+        domain: str | None = None,
+        status: str | None = None,
+        group_id: int | None = None,
+        page_size: int = PAGE,
+    ) -> list[NodePublic]:
+        """Every registered node (of one domain, status ``active``/``inactive`` or group),
+        fetched page by page in the registry's order; one GET per `page_size` nodes."""
+        out: list[NodePublic] = []
+        while True:
+            params = {
+                "domain": domain,
+                "status": status,
+                "group_id": group_id,
+                "offset": len(out),
+                "limit": page_size,
+            }
+            resp = self._request("GET", "/nodes", idempotent=True, params=params)
+            page = NodesPublic.model_validate(resp.json())
+            out.extend(page.data)
+            if len(page.data) < page_size or len(out) >= page.count:
+                return out
 
     # --- groups --------------------------------------------------------------------
 
@@ -202,9 +393,8 @@ class RegistryClient:
         offset = 0
         while True:
             params = {"domain": domain, "offset": offset, "limit": limit}
-            page = GroupsPublic.model_validate(
-                self._request("GET", "/groups", params=params).json()
-            )
+            resp = self._request("GET", "/groups", idempotent=True, params=params)
+            page = GroupsPublic.model_validate(resp.json())
             out.extend(page.data)
             offset += len(page.data)
             if not page.data or offset >= page.count:
@@ -212,7 +402,8 @@ class RegistryClient:
 
     def get_group(self, group_id: int) -> GroupDetail:
         """One group with its members."""
-        return GroupDetail.model_validate(self._request("GET", f"/groups/{group_id}").json())
+        resp = self._request("GET", f"/groups/{group_id}", idempotent=True)
+        return GroupDetail.model_validate(resp.json())
 
     def create_group(
         self,
@@ -231,16 +422,21 @@ class RegistryClient:
             "description": description,
             "join": join,
         }
-        return GroupPublic.model_validate(self._request("POST", "/groups", json=body).json())
+        # A repeat after a lost answer is refused (409): its first try took the name.
+        resp = self._request("POST", "/groups", idempotent=False, json=body)
+        return GroupPublic.model_validate(resp.json())
 
     def join(self, group_id: int) -> MembershipPublic:
         """Join (or migrate to) a group; ConflictError when it is full."""
-        resp = self._request("POST", "/groups/join", json={"group_id": group_id})
+        # A repeat after a lost answer hides the move (previous group, migrated) it made.
+        resp = self._request("POST", "/groups/join", idempotent=False, json={"group_id": group_id})
         return MembershipPublic.model_validate(resp.json())
 
     def leave(self) -> int:
         """Leave the current group; returns its id."""
-        return int(self._request("POST", "/groups/leave", json={}).json()["group_id"])
+        # A repeat after a lost answer is refused (409): the node is in no group any more.
+        resp = self._request("POST", "/groups/leave", idempotent=False, json={})
+        return int(resp.json()["group_id"])
 
     def report_performance(
         self,
@@ -253,12 +449,14 @@ class RegistryClient:
     ) -> GroupPublic:
         """Report one figure for a round; returns the group with its recomputed performance."""
         body = {"metric": metric, "value": value, "round": round, "num_examples": num_examples}
-        resp = self._request("PUT", f"/groups/{group_id}/performance", json=body)
+        resp = self._request("PUT", f"/groups/{group_id}/performance", idempotent=True, json=body)
         return GroupPublic.model_validate(resp.json())
 
     def claim_host(self, group_id: int, address: str) -> GroupHost:
         """Try to host the group's aggregation; `claimed` says whether it was granted."""
-        resp = self._request("POST", f"/groups/{group_id}/host", json={"address": address})
+        resp = self._request(
+            "POST", f"/groups/{group_id}/host", idempotent=True, json={"address": address}
+        )
         return GroupHost.model_validate(resp.json())
 
     # --- models --------------------------------------------------------------------
@@ -266,14 +464,18 @@ class RegistryClient:
     def upload_model(self, group_id: int, round: int, data: bytes) -> ModelInfo:
         """Upload the group's model snapshot for a round (members only)."""
         resp = self._request(
-            "PUT", f"/groups/{group_id}/model", params={"round": round}, content=data
+            "PUT",
+            f"/groups/{group_id}/model",
+            idempotent=True,
+            params={"round": round},
+            content=data,
         )
         return ModelInfo.model_validate(resp.json())
 
     def model_info(self, group_id: int) -> ModelInfo | None:
         """Round, hash and size of the group's latest snapshot, without its bytes."""
         try:
-            resp = self._request("GET", f"/groups/{group_id}/model/info")
+            resp = self._request("GET", f"/groups/{group_id}/model/info", idempotent=True)
         except NotFoundError:
             return None
         return ModelInfo.model_validate(resp.json())
@@ -281,7 +483,9 @@ class RegistryClient:
     def download_model(self, group_id: int, round: int | None = None) -> ModelBlob | None:
         """The group's latest snapshot (or a given round's); None when it has none."""
         try:
-            resp = self._request("GET", f"/groups/{group_id}/model", params={"round": round})
+            resp = self._request(
+                "GET", f"/groups/{group_id}/model", idempotent=True, params={"round": round}
+            )
         except NotFoundError:
             return None
         return ModelBlob(
@@ -314,23 +518,42 @@ class RegistryClient:
                 for node_id, value in contributions.items()
             ],
         }
-        resp = self._request("POST", f"/groups/{group_id}/rounds/{round}/contributions", json=body)
+        resp = self._request(
+            "POST", f"/groups/{group_id}/rounds/{round}/contributions", idempotent=True, json=body
+        )
         return RoundRewards.model_validate(resp.json())
 
     def balance(self, node_id: str | None = None) -> Balance:
         """A node's token balance (default: this node's)."""
-        resp = self._request("GET", f"/nodes/{node_id or self._me()}/balance")
+        resp = self._request("GET", f"/nodes/{node_id or self._me()}/balance", idempotent=True)
         return Balance.model_validate(resp.json())
 
     # --- events --------------------------------------------------------------------
 
     def events(self, *, after_id: int = 0, limit: int = 1000, **filters: Any) -> EventsPublic:
-        """Events after an id, oldest first."""
+        """Events after an id, oldest first (one page of at most `limit`)."""
         params = {"after_id": after_id, "limit": limit, **filters}
-        return EventsPublic.model_validate(self._request("GET", "/events", params=params).json())
+        resp = self._request("GET", "/events", idempotent=True, params=params)
+        return EventsPublic.model_validate(resp.json())
+
+    def all_events(
+        self, *, after_id: int = 0, page_size: int = PAGE, **filters: Any
+    ) -> EventsPublic:
+        """Every event after `after_id`, oldest first, fetched page by page; `last_id` is the
+        cursor to pass next time (`after_id` when there were none). `filters` as for events:
+        ``type``, ``node_id``, ``group_id``."""
+        data = []
+        last_id = after_id
+        while True:
+            page = self.events(after_id=last_id, limit=page_size, **filters)
+            data.extend(page.data)
+            last_id = page.last_id
+            if len(page.data) < page_size:
+                return EventsPublic(data=data, last_id=last_id)
 
     def healthy(self) -> bool:
-        """True when the registry answers /healthz with 200 (no retries)."""
+        """True when the registry answers /healthz with 200 (no retries beyond the
+        transport's connection attempts)."""
         try:
             return self._http.get("/healthz").status_code == 200
         except httpx.TransportError:

@@ -11,19 +11,29 @@ from typing import IO
 
 import httpx
 
+from node.registry_client import RegistryClient, RegistryClientError
 from viz.snapshot import Snapshot, SnapshotFetcher, file_header, load_snapshots, save_snapshots
 
 __all__ = ["Recorder"]
 
 log = logging.getLogger(__name__)
 
+# A snapshot that could not be taken: the registry unreachable or refusing
+# (RegistryClientError), or an answer that does not fit its schema (pydantic's
+# ValidationError is a ValueError). The recorder logs it and polls again.
+_SKIPPED = (RegistryClientError, ValueError)
+
 
 class Recorder:
     """Takes a snapshot of the registry every `interval` seconds until stop().
 
-    Polling costs three small HTTP requests per snapshot and never draws, so it can run
-    next to training. With `path`, each snapshot is also appended to that JSON-lines file
-    as it is taken, so an interrupted run still leaves a replayable file.
+    Polling costs three small HTTP requests per snapshot (more past 1000 nodes, groups or
+    new events) and never draws, so it can run next to training. With `path`, each snapshot
+    is also appended to that JSON-lines file as it is taken, so an interrupted run still
+    leaves a replayable file. It reads through a RegistryClient with `retries` (short, so
+    polling keeps its pace) and `timeout` in seconds; `transport` replaces httpx's own.
+    When the registry is away the background thread counts the failure in `errors`, logs
+    it and tries again at the next interval.
     """
 
     def __init__(
@@ -35,6 +45,7 @@ class Recorder:
         on_snapshot: Callable[[Snapshot], None] | None = None,
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        retries: int = 1,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -47,10 +58,16 @@ class Recorder:
         self._lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._stop = threading.Event()
-        self._client = httpx.Client(
-            base_url=self.registry_url, timeout=timeout, transport=transport
+        http = (
+            None
+            if transport is None
+            else httpx.Client(base_url=self.registry_url, timeout=timeout, transport=transport)
         )
-        self._fetcher = SnapshotFetcher(self._client)
+        self._registry = RegistryClient(
+            self.registry_url, timeout=timeout, retries=retries, backoff=0.1, client=http
+        )
+        self._http = http
+        self._fetcher = SnapshotFetcher(self._registry)
         self._thread: threading.Thread | None = None
         self._file: IO[str] | None = None
 
@@ -89,7 +106,7 @@ class Recorder:
         while not self._stop.is_set():
             try:
                 self.snapshot()
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except _SKIPPED as exc:
                 # The registry may be starting or shutting down; keep the run going.
                 self.errors += 1
                 log.debug("snapshot failed: %s", exc)
@@ -103,13 +120,15 @@ class Recorder:
         if final:
             try:
                 self.snapshot()
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except _SKIPPED as exc:
                 log.debug("final snapshot failed: %s", exc)
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-        self._client.close()
+        self._registry.close()
+        if self._http is not None:
+            self._http.close()
         return self.snapshots
 
     def save(self, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -9,7 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from pydantic import TypeAdapter
+
+from node.registry_client import RegistryClient
+from registry.schemas import EventPublic, GroupPublic, NodePublic
 
 __all__ = [
     "FORMAT",
@@ -28,7 +32,8 @@ FORMAT = "mycelium-viz-snapshots"
 VERSION = 1
 ACCURACY = "accuracy"
 MIGRATED = "migrated"
-PAGE = 1000  # the registry's largest page
+# Timestamps are kept as the registry's JSON spells them (the schema's serializer).
+_DATETIME = TypeAdapter(dt.datetime)
 
 
 @dataclass(frozen=True)
@@ -43,16 +48,15 @@ class GroupState:
     capacity: int = 0
 
     @classmethod
-    def from_api(cls, data: dict[str, Any], members: Iterable[str]) -> GroupState:
-        """From a GroupPublic JSON object and the ids of its members."""
-        acc = data.get("accuracy")
+    def from_public(cls, group: GroupPublic, members: Iterable[str]) -> GroupState:
+        """From the registry's GroupPublic and the ids of its members."""
         return cls(
-            id=int(data["id"]),
-            name=str(data["name"]),
+            id=group.id,
+            name=group.name,
             members=tuple(sorted(members)),
-            accuracy=float(acc) if acc is not None else None,
-            round=int(data.get("round") or 0),
-            capacity=int(data.get("max_capacity") or 0),
+            accuracy=group.accuracy,
+            round=group.round,
+            capacity=group.max_capacity,
         )
 
 
@@ -71,14 +75,13 @@ class NodeState:
         return self.status == "active"
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> NodeState:
-        """From a NodePublic JSON object; accuracy is what the node sent in its heartbeats."""
-        acc = (data.get("metrics") or {}).get(ACCURACY)
-        gid = data.get("group_id")
+    def from_public(cls, node: NodePublic) -> NodeState:
+        """From the registry's NodePublic; accuracy is what the node sent in its heartbeats."""
+        acc = node.metrics.get(ACCURACY)
         return cls(
-            id=str(data["id"]),
-            group_id=int(gid) if gid is not None else None,
-            status=str(data.get("status") or "active"),
+            id=node.id,
+            group_id=node.group_id,
+            status=node.status,
             accuracy=float(acc) if isinstance(acc, int | float) else None,
         )
 
@@ -95,16 +98,15 @@ class EventRecord:
     created_at: str
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> EventRecord:
-        """From an EventPublic JSON object."""
-        gid = data.get("group_id")
+    def from_public(cls, event: EventPublic) -> EventRecord:
+        """From the registry's EventPublic; `created_at` as the registry's JSON wrote it."""
         return cls(
-            id=int(data["id"]),
-            type=str(data["type"]),
-            node_id=data.get("node_id"),
-            group_id=int(gid) if gid is not None else None,
-            data=dict(data.get("data") or {}),
-            created_at=str(data.get("created_at") or ""),
+            id=event.id,
+            type=event.type,
+            node_id=event.node_id,
+            group_id=event.group_id,
+            data=dict(event.data),
+            created_at=str(_DATETIME.dump_python(event.created_at, mode="json")),
         )
 
 
@@ -217,42 +219,23 @@ def load_snapshots(path: Path) -> list[Snapshot]:
 
 @dataclass
 class SnapshotFetcher:
-    """Builds snapshots from the registry's HTTP API, remembering which events it has seen."""
+    """Builds snapshots from the registry through `registry`, remembering which events it
+    has seen. A failed fetch raises the client's RegistryClientError and moves no cursor,
+    so the next fetch picks up the same events."""
 
-    client: httpx.Client
+    registry: RegistryClient
     after_id: int = 0
     started: float = field(default_factory=time.monotonic)
     count: int = 0
 
-    def _pages(self, path: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        while True:
-            r = self.client.get(path, params={"offset": len(items), "limit": PAGE})
-            r.raise_for_status()
-            body = r.json()
-            items.extend(body["data"])
-            if len(body["data"]) < PAGE or len(items) >= int(body["count"]):
-                return items
-
-    def _events(self) -> list[EventRecord]:
-        events: list[EventRecord] = []
-        while True:
-            r = self.client.get("/events", params={"after_id": self.after_id, "limit": PAGE})
-            r.raise_for_status()
-            body = r.json()
-            events.extend(EventRecord.from_api(e) for e in body["data"])
-            self.after_id = int(body["last_id"])
-            if len(body["data"]) < PAGE:
-                return events
-
     def fetch(self) -> Snapshot:
         """One snapshot: events first, so the state read after them is at least as new."""
-        events = self._events()
-        groups = self._pages("/groups")
-        nodes = [NodeState.from_api(n) for n in self._pages("/nodes")]
-        # Members come from the node list: one request instead of GET /groups/{id} per group.
+        events = self.registry.all_events(after_id=self.after_id)
+        groups = self.registry.list_groups()
+        # Members come from the node list: no GET /groups/{id} per group.
+        nodes = {n.id: NodeState.from_public(n) for n in self.registry.all_nodes()}
         members: dict[int, list[str]] = {}
-        for n in nodes:
+        for n in nodes.values():
             if n.group_id is not None:
                 members.setdefault(n.group_id, []).append(n.id)
         snap = Snapshot(
@@ -261,12 +244,13 @@ class SnapshotFetcher:
             wall_time=round(time.time(), 3),
             groups=tuple(
                 sorted(
-                    (GroupState.from_api(g, members.get(int(g["id"]), ())) for g in groups),
+                    (GroupState.from_public(g, members.get(g.id, ())) for g in groups),
                     key=lambda g: g.id,
                 )
             ),
-            nodes=tuple(sorted(nodes, key=lambda n: n.id)),
-            events=tuple(events),
+            nodes=tuple(sorted(nodes.values(), key=lambda n: n.id)),
+            events=tuple(EventRecord.from_public(e) for e in events.data),
         )
+        self.after_id = events.last_id
         self.count += 1
         return snap

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,3 +208,40 @@ def test_background_recorder_polls_until_stopped(
     assert load_snapshots(path) == snaps
     events = [e for s in snaps for e in s.events]
     assert len({e.id for e in events}) == len(events)  # every event exactly once
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_recorder_keeps_polling_through_a_registry_restart(tmp_path: Path) -> None:
+    # Prepare: a recorder polling a registry that will stop and come back on the same port
+    reg = RegistryProcess(tmp_path / "registry").start()
+    back = RegistryProcess(tmp_path / "registry", port=reg.port)
+    path = tmp_path / "snaps.jsonl"
+    rec = Recorder(reg.url, interval=0.1, path=path).start()
+    try:
+        _wait_for(lambda: len(rec.snapshots) >= 1, "a first snapshot")
+
+        # Execute: the registry goes away, then returns and a node registers
+        reg.stop()
+        _wait_for(lambda: rec.errors >= 2, "failed polls while the registry is away")
+        back.start()
+        with httpx.Client(base_url=back.url, timeout=10) as client:
+            node = Network(client, prefix="restart").register("late")
+        _wait_for(lambda: node in {n.id for n in rec.snapshots[-1].nodes}, "the late node")
+    finally:
+        snaps = rec.stop()
+        back.stop()
+        reg.stop()
+
+    # Assert: polling went on after the outage, with no event lost or repeated
+    assert rec.errors >= 2
+    assert [s.index for s in snaps] == list(range(len(snaps)))
+    events = [e for s in snaps for e in s.events]
+    assert len({e.id for e in events}) == len(events)
+    assert any(e.node_id == node and e.type == "registered" for e in events)
+    assert load_snapshots(path) == snaps

@@ -11,18 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mycelium.demo import DemoConfig, run_demo
+from node.cli.common import one_of
 from node.errors import NodeError
-from node.federation.inprocess import STRATEGIES
+from node.federation.strategies import STRATEGY_NAMES
 from node.learning.data import DATASET_NAMES
 from node.learning.partition import CLUSTER_MODES, SCHEMES
 from node.runtime.policy import POLICIES
-
-
-def one_of(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> str:
-    """`value` if it is allowed; otherwise a usage error naming the flag and the choices."""
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}", param_hint=flag)
-    return value
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
@@ -97,7 +91,7 @@ def demo(
     one_of(partition, SCHEMES, "--partition")
     one_of(cluster_mode, CLUSTER_MODES, "--cluster-mode")
     one_of(policy, list(POLICIES), "--policy")
-    one_of(strategy, list(STRATEGIES), "--strategy")
+    one_of(strategy, list(STRATEGY_NAMES), "--strategy")
     cfg = DemoConfig(
         nodes=nodes,
         rounds=rounds,

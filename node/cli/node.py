@@ -13,11 +13,11 @@ from typing import Annotated
 
 import typer
 
-from mycelium.demo_cli import one_of
 from node.addresses import AUTO, parse_address
-from node.config import ConfigError, NodeConfig, load_node_config
-from node.federation.inprocess import set_flower_log_level
-from node.federation.link import LEGACY_STRATEGIES
+from node.cli.common import one_of
+from node.config import load_node_config
+from node.errors import ConfigError
+from node.federation.strategies import STRATEGY_NAMES, set_flower_log_level
 from node.learning.data import DATASET_NAMES
 from node.learning.partition import CLUSTER_MODES, SCHEMES
 from node.runtime.policy import POLICIES
@@ -60,7 +60,8 @@ def node(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="YAML file of node settings (keys of NodeConfig).")
+        Path | None,
+        typer.Option(help="YAML file of node settings: keys of NodeConfig, or its node: section."),
     ] = None,
     domain: Annotated[str | None, typer.Option(help="Domain of groups to join.")] = None,
     dataset: Annotated[str | None, typer.Option(help="digits | fashion")] = None,
@@ -98,11 +99,23 @@ def node(
         int | None, typer.Option(min=1, help="Size of groups it creates.")
     ] = None,
     local_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per round.")] = None,
-    heartbeat_interval: Annotated[
-        float | None, typer.Option(min=0.01, help="Seconds between heartbeats.")
+    heartbeat_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--heartbeat-interval-s",
+            "--heartbeat-interval",  # the old spelling, for existing scripts
+            min=0.01,
+            help="Seconds between heartbeats.",
+        ),
     ] = None,
-    group_evaluation_interval: Annotated[
-        float | None, typer.Option(min=0.01, help="Seconds between group re-evaluations.")
+    group_evaluation_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--group-evaluation-interval-s",
+            "--group-evaluation-interval",  # the old spelling, for existing scripts
+            min=0.01,
+            help="Seconds between group re-evaluations.",
+        ),
     ] = None,
     listen: Annotated[
         str | None, typer.Option(help="Where the Flower server binds (default 0.0.0.0:<port>).")
@@ -135,8 +148,8 @@ def node(
             strategy=strategy,
             max_capacity=max_capacity,
             local_epochs=local_epochs,
-            heartbeat_interval=heartbeat_interval,
-            group_evaluation_interval=group_evaluation_interval,
+            heartbeat_interval_s=heartbeat_interval_s,
+            group_evaluation_interval_s=group_evaluation_interval_s,
             seed=seed,
         )
     except ConfigError as exc:
@@ -146,7 +159,7 @@ def node(
     one_of(partition, list(SCHEMES), "--partition")
     one_of(cluster_mode, list(CLUSTER_MODES), "--cluster-mode")
     one_of(cfg.policy, list(POLICIES), "--policy")
-    one_of(cfg.strategy, list(LEGACY_STRATEGIES), "--strategy")
+    one_of(cfg.strategy, list(STRATEGY_NAMES), "--strategy")
     part_id = parse_partition_id(partition_id)
     if part_id is not None and part_id >= num_partitions:
         raise typer.BadParameter(
@@ -163,7 +176,7 @@ def node(
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
     if cfg.node_id is None:
-        cfg = NodeConfig.model_construct(**{**cfg.model_dump(), "node_id": _default_node_id()})
+        cfg = cfg.model_copy(update={"node_id": _default_node_id()})
     spec = DataSpec(
         dataset=cfg.dataset,
         scheme=partition,

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 import typer
 
 from node.addresses import Address, parse_address
+from node.errors import ConfigError
 from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import partition
 from node.p2p.codecs import make_codec
-from node.p2p.config import DEFAULT_CONFIG_PATH, ConfigError, PeerConfig, load_config
+from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.peer import PeerTrainer
 
 __all__ = ["build_learner", "parse_peers", "peer", "run_peer_training"]
@@ -49,9 +50,9 @@ def build_learner(config: PeerConfig) -> Learner:
     return Learner(
         build_model(data_cfg.dataset, train_cfg.seed),
         share,
-        lr=train_cfg.learning_rate,
+        learning_rate=train_cfg.learning_rate,
         batch_size=train_cfg.batch_size,
-        epochs=train_cfg.epochs,
+        epochs=train_cfg.local_epochs,
         seed=train_cfg.seed + data_cfg.index,
     )
 
@@ -71,7 +72,7 @@ async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[st
         node_id=config.node_id,
         host=config.p2p.host,
         port=config.p2p.local_port,
-        listen_timeout=config.p2p.listen_timeout,
+        listen_timeout=config.p2p.listen_timeout_s,
         error_feedback=config.compression.error_feedback,
         max_message_bytes=config.p2p.max_message_bytes,
         down_after_misses=config.p2p.down_after_misses,
@@ -105,8 +106,13 @@ def peer(
     peers: Annotated[str, typer.Option(help="Comma-separated host:port of the other peers.")] = "",
     host: Annotated[str | None, typer.Option(help="Interface to listen on (p2p.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (p2p.local_port).")] = None,
-    listen_timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait for a round's updates.")
+    listen_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--listen-timeout-s",
+            "--listen-timeout",  # the old spelling, for existing scripts
+            help="Seconds to wait for a round's updates (p2p.listen_timeout_s).",
+        ),
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="Rounds to run (training.rounds).")] = None,
     node_id: Annotated[str | None, typer.Option(help="This peer's id (default host:port).")] = None,
@@ -133,7 +139,7 @@ def peer(
     overrides = {
         "p2p.host": host,
         "p2p.local_port": port,
-        "p2p.listen_timeout": listen_timeout,
+        "p2p.listen_timeout_s": listen_timeout_s,
         "training.rounds": rounds,
         "node_id": node_id,
         "data.index": index,

@@ -1,9 +1,10 @@
 """The peer-training config file (``configs/base.yaml``): data, training, p2p, compression, gossip.
 
-``load_config(path, overrides)`` reads the YAML, applies dotted-key overrides from
-the command line (``{"p2p.local_port": 5001}``), and validates everything at once.
-An unknown key, a wrong type or an out-of-range value raises ``ConfigError`` whose
-message names the key (``compression.mode: Input should be 'none', ...``).
+``load_config(path, overrides)`` layers defaults < the YAML file < ``MYCELIUM_PEER_*``
+environment variables < dotted-key overrides from the command line
+(``{"p2p.local_port": 5001}``), and validates everything at once. An unknown key, a wrong
+type or an out-of-range value raises ``ConfigError`` whose message names the key
+(``compression.mode: Input should be 'none', ...``). Names ending in ``_s`` are seconds.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from node.config import layered
 from node.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "RENAMED_KEYS",
     "CompressionSection",
     "ConfigError",
     "DataSection",
@@ -30,6 +33,13 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("configs/base.yaml")
+
+# Keys renamed to say their unit (or what they count), old -> new: named in the error.
+RENAMED_KEYS = {
+    "p2p.listen_timeout": "p2p.listen_timeout_s",
+    "gossip.period": "gossip.period_s",
+    "training.epochs": "training.local_epochs",
+}
 
 
 class _Section(BaseModel):
@@ -51,7 +61,7 @@ class TrainingSection(_Section):
     """Local training per round."""
 
     rounds: int = Field(default=10, ge=1, le=100_000)
-    epochs: int = Field(default=1, ge=0, le=1000)
+    local_epochs: int = Field(default=1, ge=0, le=1000, description="Epochs per round.")
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=0.05, gt=0, le=10)
     seed: int = 0
@@ -62,7 +72,7 @@ class P2PSection(_Section):
 
     host: str = "0.0.0.0"
     local_port: int = Field(default=5000, ge=0, le=65535)
-    listen_timeout: float = Field(default=30.0, gt=0, le=86_400)
+    listen_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31)
     down_after_misses: int = Field(default=2, ge=1)
 
@@ -87,7 +97,7 @@ class GossipSection(_Section):
 
     view_size: int = Field(default=4, ge=1, le=1000)
     shuffle_length: int = Field(default=2, ge=1, le=1000)
-    period: float = Field(default=0.2, gt=0, le=3600)
+    period_s: float = Field(default=0.2, gt=0, le=3600, description="Between gossip sends.")
     local_steps: int = Field(default=1, ge=0, le=1000)
 
     @model_validator(mode="after")
@@ -97,8 +107,12 @@ class GossipSection(_Section):
         return self
 
 
-class PeerConfig(_Section):
-    """The whole file."""
+class PeerConfig(BaseSettings):
+    """The whole file; ``MYCELIUM_PEER_<SECTION>__<KEY>`` variables override it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MYCELIUM_PEER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
@@ -123,34 +137,28 @@ def _format(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{key}: {err['msg']}")
+        hint = f" (renamed {RENAMED_KEYS[key]})" if key in RENAMED_KEYS else ""
+        lines.append(f"{key}: {err['msg']}{hint}")
     return "; ".join(lines)
 
 
-def parse_config(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> PeerConfig:
-    """Validate a config tree plus dotted overrides (``None`` values are skipped)."""
-    tree: dict[str, Any] = {
-        k: dict(v) if isinstance(v, Mapping) else v for k, v in dict(raw).items()
-    }
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> PeerConfig:
+    """Defaults < the YAML file ``path`` < ``MYCELIUM_PEER_*`` environment < ``overrides``.
+
+    ``path`` None means no file. ``overrides`` are dotted keys (``{"p2p.local_port": 5001}``);
+    ``None`` values are skipped, so a flag left unset keeps the file's value. The
+    environment names a key with ``__`` between section and field
+    (``MYCELIUM_PEER_P2P__LISTEN_TIMEOUT_S=5``). Raises ``ConfigError``: naming the file
+    when it is missing, unreadable or not a mapping; otherwise naming every invalid key
+    on one line (``compression.mode: Input should be ...; p2p.colour: ...``).
+    """
+    tree: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
     try:
-        return PeerConfig.model_validate(tree)
+        return layered(PeerConfig, path, tree)
     except ValidationError as exc:
         raise ConfigError(_format(exc)) from exc
-
-
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> PeerConfig:
-    """Read ``path`` (YAML; none means defaults only) and apply ``overrides``."""
-    raw: Any = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"Cannot read config {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"Config {path} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Config {path} must be a mapping of sections")
-    return parse_config(raw, overrides)
+    except SettingsError as exc:
+        raise ConfigError(f"invalid peer config: {exc}") from exc

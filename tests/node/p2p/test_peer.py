@@ -24,7 +24,7 @@ from node.p2p.transport import (
 )
 from tests.node.helpers import digits_learner
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "run_peer_training.py"
 
 
@@ -169,14 +169,14 @@ def test_late_updates_never_mix_into_a_later_round(iid_digits_nodes: list) -> No
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("compression:\n  mode: zip\np2p:\n  listen_timeout: -1\n  colour: red\n")
+    bad.write_text("compression:\n  mode: zip\np2p:\n  listen_timeout_s: -1\n  colour: red\n")
 
     with pytest.raises(ConfigError) as err:
         load_config(bad)
 
     message = str(err.value)
     assert "compression.mode" in message
-    assert "p2p.listen_timeout" in message
+    assert "p2p.listen_timeout_s" in message
     assert "p2p.colour" in message
 
 

@@ -1,0 +1,106 @@
+"""The peer config: defaults < YAML < MYCELIUM_PEER_* environment < dotted overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node.errors import ConfigError
+from node.p2p.config import load_config
+
+ROOT = Path(__file__).resolve().parents[3]
+BASE = ROOT / "configs" / "base.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _no_peer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the MYCELIUM_PEER_* variables it sets itself."""
+    for name in list(os.environ):
+        if name.upper().startswith("MYCELIUM_PEER_"):
+            monkeypatch.delenv(name)
+
+
+def test_base_yaml_uses_the_unit_names() -> None:
+    cfg = load_config(BASE)
+
+    assert cfg.p2p.listen_timeout_s == 30.0
+    assert cfg.gossip.period_s == 0.2
+    assert cfg.training.local_epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("in_env", "override", "expected"),
+    [
+        (None, None, 30.0),  # the file (base.yaml)
+        ("12", None, 12.0),  # the environment beats the file
+        ("12", 5.0, 5.0),  # an override beats the environment
+        (None, 5.0, 5.0),  # an override beats the file
+    ],
+)
+def test_each_layer_overrides_the_one_below(
+    monkeypatch: pytest.MonkeyPatch, in_env: str | None, override: float | None, expected: float
+) -> None:
+    # Prepare
+    if in_env is not None:
+        monkeypatch.setenv("MYCELIUM_PEER_P2P__LISTEN_TIMEOUT_S", in_env)
+
+    # Execute
+    cfg = load_config(BASE, {"p2p.listen_timeout_s": override})
+
+    # Assert: and the section's other keys still come from the file
+    assert cfg.p2p.listen_timeout_s == expected
+    assert cfg.p2p.local_port == 5000 and cfg.p2p.down_after_misses == 2
+
+
+def test_without_a_file_the_defaults_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MYCELIUM_PEER_COMPRESSION__MODE", "weights_quantize")
+
+    cfg = load_config(None, {"training.rounds": 2})
+
+    assert cfg.compression.mode == "weights_quantize" and cfg.compression.bits == 8
+    assert cfg.training.rounds == 2 and cfg.p2p.listen_timeout_s == 30.0
+
+
+def test_an_invalid_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MYCELIUM_PEER_COMPRESSION__MODE", "zip")
+
+    with pytest.raises(ConfigError, match=r"^compression\.mode: Input should be "):
+        load_config(BASE)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("p2p:\n  listen_timeout: 5\n", "p2p.listen_timeout_s"),
+        ("gossip:\n  period: 0.5\n", "gossip.period_s"),
+        ("training:\n  epochs: 2\n", "training.local_epochs"),
+    ],
+)
+def test_an_old_key_is_an_error_naming_the_new_one(tmp_path: Path, old: str, new: str) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(old)
+
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+
+    assert new in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["- p2p\n- data\n", "p2p: [1\n"], ids=["not-a-mapping", "invalid-yaml"]
+)
+def test_a_bad_file_is_an_error_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read config file .*missing\.yaml"):
+        load_config(tmp_path / "missing.yaml")

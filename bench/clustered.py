@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.federation.inprocess import train_in_memory
+from node.federation.strategies import set_flower_log_level
 from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
@@ -36,7 +37,7 @@ def _learners(data: list[NodeData], cfg: NetworkConfig) -> list[Learner]:
         Learner(
             build_model(cfg.dataset, seed=cfg.seed + i),
             nd,
-            lr=cfg.learning_rate,
+            learning_rate=cfg.learning_rate,
             batch_size=cfg.batch_size,
             epochs=cfg.local_epochs,
             seed=cfg.seed + i,
@@ -56,9 +57,9 @@ def _fixed_groups(
     for g in sorted(set(assignment)):
         members = [ln for ln, a in zip(learners, assignment, strict=True) if a == g]
         weights = members[0].get_weights()
-        for _ in range(rounds):
-            weights = run_group_round(
-                members, weights, strategy=cfg.strategy, local_epochs=cfg.local_epochs
+        for rnd in range(1, rounds + 1):
+            weights = train_in_memory(
+                members, weights, round_=rnd, strategy=cfg.strategy, local_epochs=cfg.local_epochs
             ).weights
         for m in members:
             m.set_weights(weights)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.federation.inprocess import train_in_memory
+from node.federation.strategies import set_flower_log_level
 from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.merge import age_weighted_merge
@@ -42,7 +43,8 @@ TARGET_LOSS_POINTS = 1.0
 def _learners(data: list[NodeData], dataset: str, seed: int, lr: float) -> list[Learner]:
     # One shared initial model, as in P2P training (every peer builds it from the seed).
     return [
-        Learner(build_model(dataset, seed), d, lr=lr, seed=seed + i) for i, d in enumerate(data)
+        Learner(build_model(dataset, seed), d, learning_rate=lr, seed=seed + i)
+        for i, d in enumerate(data)
     ]
 
 
@@ -103,10 +105,8 @@ def fedavg_curve(
     dense = _frame_bytes(DenseCodec().encode(weights).to_bytes())
     points, sent = [], 0
     for rnd in range(1, rounds + 1):
-        weights = run_group_round(learners, weights, server_round=rnd).weights
+        weights = train_in_memory(learners, weights, round_=rnd).weights
         sent += 2 * dense * len(learners)
-        for learner in learners:
-            learner.set_weights(weights)
         points.append({"round": rnd, "bytes": sent, "test_accuracy": _test_accuracy(learners)[0]})
     return points
 

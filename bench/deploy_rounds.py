@@ -7,8 +7,9 @@ Usage: python bench/deploy_rounds.py [--window S] [--ttl S] [--out FILE]
   wall time over the group's model rounds in a window of ``--window`` seconds, as the
   registry records them: Flower over gRPC plus the registry traffic of a round (host
   claim check, roster, snapshot upload, one performance report per member).
-- ``in_process``: ``run_group_round`` over 4 learners with the same shares and epochs
-  (Flower's message API on the in-memory grid, no registry): the same learning work.
+- ``in_process``: the group round (``train_in_memory``) over 4 learners with the same
+  shares and epochs (Flower's message API on the in-memory grid, no registry): the same
+  learning work.
 - CPU seconds per round (all processes, from /proc) are reported beside wall time: on a
   shared machine they drift less than wall time, which depends on who else is running.
 - ``host_death``: the host is SIGKILLed; the time until the group's next completed round
@@ -39,7 +40,8 @@ from typing import Any
 import httpx
 
 from node.addresses import free_port
-from node.federation.inprocess import run_group_round, set_flower_log_level
+from node.federation.inprocess import train_in_memory
+from node.federation.strategies import set_flower_log_level
 from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
@@ -88,7 +90,7 @@ def _group(url: str) -> dict[str, Any] | None:
 
 
 def in_process_round_seconds(rounds: int) -> dict[str, float]:
-    """Median seconds of ``run_group_round`` over 4 learners, after one warm-up round."""
+    """Median seconds of a group round in memory over 4 learners, after one warm-up round."""
     shares = partition(load_dataset("digits"), NODES, "iid", seed=0)
     learners = [Learner(build_model("digits", seed=i), s, seed=i) for i, s in enumerate(shares)]
     weights = learners[0].get_weights()
@@ -96,7 +98,7 @@ def in_process_round_seconds(rounds: int) -> dict[str, float]:
     cpu = 0.0
     for r in range(rounds + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = run_group_round(learners, weights, server_round=r + 1, local_epochs=LOCAL_EPOCHS)
+        result = train_in_memory(learners, weights, round_=r + 1, local_epochs=LOCAL_EPOCHS)
         if r:
             times.append(time.perf_counter() - start)
             cpu += time.process_time() - cpu_start

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from node.federation.inprocess import set_flower_log_level
+from node.federation.strategies import set_flower_log_level
 from node.learning.data import load_dataset
 from node.learning.partition import partition
 from node.runtime.network import InProcessNetwork, NetworkConfig, RoundStats, local_only_accuracy

@@ -104,7 +104,7 @@ def sim(
             areas=areas,
             step_ms=step_ms,
             codec=codec,
-            lr=learning_rate,
+            learning_rate=learning_rate,
             batch_size=batch_size,
             local_epochs=local_epochs,
             strategy=strategy,

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
-import numpy as np
 
-from node.learning.weights import weights_to_bytes
 from node.registry_client import ConflictError, RegistryClient, RegistryClientError
 from sim.scope import node_name
+from sim.state import GroupLink
 
 __all__ = ["RegistryMirror"]
 
@@ -154,30 +153,18 @@ class RegistryMirror:
 
         self._call(f"take {node_name(node)} out of its group", leave)
 
-    def publish_round(
-        self,
-        group: str,
-        members: Sequence[int],
-        round_: int,
-        weights: list[np.ndarray],
-        accuracy: Sequence[tuple[float, int]],
-    ) -> None:
-        """Upload the group's model (by its first member) and each member's accuracy."""
+    def group_link(self, group: str, members: Sequence[int]) -> GroupLink | None:
+        """Where the group round's registry calls go: the first member uploads and
+        submits, each member reports; every call is guarded (logged and counted)."""
         group_id = self._group_ids.get(group)
-        clients = [self._clients.get(m) for m in members]
-        if group_id is None or not members or clients[0] is None:
-            return
-        host = clients[0]
-        blob = weights_to_bytes(weights)
-        self._call(f"upload {group}'s model", lambda: host.upload_model(group_id, round_, blob))
-        for client, (value, n) in zip(clients, accuracy, strict=False):
-            if client is not None:
-                self._call(
-                    f"report {group}'s accuracy",
-                    lambda c=client, v=value, k=n: c.report_performance(  # type: ignore[misc]
-                        group_id, value=v, round=round_, num_examples=k
-                    ),
-                )
+        clients = {m: self._clients[m] for m in members if m in self._clients}
+        if group_id is None or not members or members[0] not in clients:
+            return None
+        return GroupLink(
+            group_id=group_id,
+            host=_Guarded(self, clients[members[0]], group),
+            reporters={m: _Guarded(self, c, group) for m, c in clients.items()},
+        )
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -197,3 +184,54 @@ class RegistryMirror:
         if self._heartbeats is not None:
             self._heartbeats.join(timeout=5)
         self._http.close()
+
+
+class _Guarded:
+    """A member's registry calls in a group round, through the mirror's ``_call``: a
+    failure is logged and counted, never raised (the registry is a side show here)."""
+
+    def __init__(self, mirror: RegistryMirror, client: RegistryClient, group: str) -> None:
+        self._mirror = mirror
+        self._client = client
+        self._group = group
+
+    def upload_model(self, group_id: int, round: int, data: bytes) -> object:
+        """Upload the group's snapshot."""
+        return self._mirror._call(
+            f"upload {self._group}'s model",
+            lambda: self._client.upload_model(group_id, round, data),
+        )
+
+    def submit_contributions(
+        self,
+        group_id: int,
+        round: int,
+        contributions: Mapping[str, float],
+        *,
+        num_examples: Mapping[str, int] | None = None,
+        method: str = "leave_one_out",
+    ) -> object:
+        """Submit the round's contributions."""
+        return self._mirror._call(
+            f"submit {self._group}'s contributions",
+            lambda: self._client.submit_contributions(
+                group_id, round, contributions, num_examples=num_examples, method=method
+            ),
+        )
+
+    def report_performance(
+        self,
+        group_id: int,
+        *,
+        value: float,
+        round: int,
+        num_examples: int = 1,
+        metric: str = "accuracy",
+    ) -> object:
+        """Report the member's accuracy on the group's model."""
+        return self._mirror._call(
+            f"report {self._group}'s accuracy",
+            lambda: self._client.report_performance(
+                group_id, value=value, round=round, num_examples=num_examples, metric=metric
+            ),
+        )

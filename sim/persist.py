@@ -166,7 +166,10 @@ def restore_simulation(path: Path, mirror: Mirror | None = None) -> Simulation:
     created and joined, ungrouped nodes out of any group.
     """
     state, arrays = _read(path)
-    sim = Simulation(SimConfig(**state["config"]), None, populate=False)
+    config = dict(state["config"])
+    if "lr" in config:  # saved before the field was named for what it is
+        config["learning_rate"] = config.pop("lr")
+    sim = Simulation(SimConfig(**config), None, populate=False)
     sim.next_index = int(state["next_index"])
     sim.flood_seq = int(state["flood_seq"])
     sim.schedules = Schedules(**state["schedules"])

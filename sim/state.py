@@ -1,10 +1,11 @@
 """The simulation: node Learners on partitioned data, groups, and the simulated network.
 
-Learning is the nodes' own code: ``Learner.train``/``evaluate``, ``node.learning.merge.average``
-to aggregate what a node received, ``node.federation.inprocess.run_group_round`` for a Flower
-round inside a group, and ``node.p2p.codecs`` for the real serialized size of every
-model sent. Nothing here prints; every operation returns plain data for the command
-layer to show. An optional ``Mirror`` (the registry) hears about nodes and groups.
+Learning is the nodes' own code: ``Learner.train``/``evaluate``,
+``node.learning.merge.weighted_mean`` to aggregate what a node received,
+``node.federation.round.run_group_round`` for a group round (over Flower, in memory),
+and ``node.p2p.codecs`` for the real serialized size of every model sent. Nothing here
+prints; every operation returns plain data for the command layer to show. An optional
+``Mirror`` (the registry) hears about nodes and groups.
 
 A node is in at most one group, as in the registry: adding it to another moves it.
 """
@@ -16,13 +17,13 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from node.learning.data import DATASET_NAMES, Dataset, load_dataset
 from node.learning.learner import Learner
-from node.learning.merge import average
+from node.learning.merge import weighted_mean
 from node.learning.models import build_model
 from node.learning.partition import (
     CLUSTER_MODES,
@@ -35,8 +36,12 @@ from node.p2p.codecs import Codec, DenseCodec, QuantizeCodec
 from sim.network import ConditionsOverride, Message, Network, Topology
 from sim.scope import GROUP_NAME_PATTERN, node_name
 
+if TYPE_CHECKING:
+    from node.federation.round import GroupRegistry, PerformanceReporter
+
 __all__ = [
     "CODECS",
+    "GroupLink",
     "GroupRound",
     "Mirror",
     "NeighbourRow",
@@ -85,7 +90,7 @@ class SimConfig:
     areas: int | None = None
     step_ms: float = 100.0
     codec: str = DENSE
-    lr: float = 0.05
+    learning_rate: float = 0.05
     batch_size: int = 32
     local_epochs: int = 1
     strategy: str = "fedavg"
@@ -156,15 +161,18 @@ class Mirror(Protocol):
     def leave(self, node: int) -> None:
         """A node left its group."""
 
-    def publish_round(
-        self,
-        group: str,
-        members: Sequence[int],
-        round_: int,
-        weights: list[np.ndarray],
-        accuracy: Sequence[tuple[float, int]],
-    ) -> None:
-        """A group finished a Flower round: its model and each member's (accuracy, n)."""
+    def group_link(self, group: str, members: Sequence[int]) -> GroupLink | None:
+        """The registry's side of a group round (None: the group is not mirrored)."""
+
+
+@dataclass(frozen=True)
+class GroupLink:
+    """Where a group round's registry calls go: the group's id at the registry, the
+    host's calls (upload, contributions) and each member's performance reports."""
+
+    group_id: int
+    host: GroupRegistry
+    reporters: dict[int, PerformanceReporter]
 
 
 @dataclass(frozen=True)
@@ -303,7 +311,7 @@ class Simulation:
         return Learner(
             copy.deepcopy(self._template),
             data,
-            lr=cfg.lr,
+            learning_rate=cfg.learning_rate,
             batch_size=cfg.batch_size,
             epochs=cfg.local_epochs,
             seed=cfg.seed + index,
@@ -375,7 +383,7 @@ class Simulation:
                 out.append((i, 0))
                 continue
             received = [node.inbox[src] for src in sorted(node.inbox)]
-            merged = average(
+            merged = weighted_mean(
                 [node.learner.get_weights()] + [p.weights for p in received],
                 [node.learner.num_train_examples] + [p.num_examples for p in received],
             )
@@ -576,51 +584,56 @@ class Simulation:
         return sent
 
     def group_train(self, name: str, epochs: int | None = None) -> GroupRound:
-        """One Flower round among the members, from the mean of their models.
+        """One group round among the members, from the mean of their models.
 
-        Flower runs in process, so the round is not delayed or lost by the network
-        model; its traffic (model out and back per member) is still counted.
+        The same group round as every runtime's (``node.federation.round``), over the
+        in-memory Flower transport, so it is not delayed or lost by the network model;
+        its traffic (model out and back per member) is still counted. With a mirror the
+        round's snapshot and reports go to the registry.
         """
         members = list(self._group(name))
         if not members:
             raise ValueError(f"group {name} has no members")
-        from node.federation.inprocess import run_group_round  # imports Flower: only when used
+        # Flower loads here, when a group first trains: the REPL starts without it.
+        from node.federation.inprocess import InMemoryFederation
+        from node.federation.round import GroupMember, run_group_round
 
         learners = [self.nodes[i].learner for i in members]
-        initial = average(
+        initial = weighted_mean(
             [learner.get_weights() for learner in learners],
             [learner.num_train_examples for learner in learners],
         )
         self.group_rounds[name] += 1
+        link = self.mirror.group_link(name, members) if self.mirror else None
+        group_members = [
+            GroupMember(
+                self.nodes[i].name,
+                self.nodes[i].learner,
+                reporter=link.reporters.get(i) if link else None,
+            )
+            for i in members
+        ]
         result = run_group_round(
-            learners,
+            InMemoryFederation(group_members, strategy=self.config.strategy),
             initial,
-            strategy=self.config.strategy,
-            server_round=self.group_rounds[name],
+            group_id=link.group_id if link else 0,
+            round_=self.group_rounds[name],
             local_epochs=self.config.local_epochs if epochs is None else epochs,
+            registry=link.host if link else None,
+            measure_contribution=False,
         )
-        for learner in learners:
-            learner.set_weights(result.weights)
         nbytes = self.codec.encode(result.weights).nbytes
         counters = self.network.counters
         counters.sent += 2 * len(members)
         counters.delivered += 2 * len(members)
         counters.bytes_sent += 2 * len(members) * nbytes
         counters.bytes_delivered += 2 * len(members) * nbytes
-        losses = [m.get("loss", 0.0) for m in result.train_metrics]
-        if self.mirror:
-            self.mirror.publish_round(
-                name,
-                members,
-                self.group_rounds[name],
-                result.weights,
-                [(v.accuracy, v.num_examples) for v in result.val],
-            )
+        losses = [u.train_loss for u in result.updates]
         return GroupRound(
             name,
             members,
             self.group_rounds[name],
-            result.val_accuracy,
+            result.accuracy if result.accuracy is not None else 0.0,
             float(np.mean(losses)) if losses else 0.0,
         )
 

@@ -1,47 +1,51 @@
 """Each member's contribution to a group round: leave-one-out on the FedAvg aggregate.
 
-For members with updates ``w_i`` and example counts ``n_i`` the round's model is the
-weighted mean ``w = sum(n_i w_i) / sum(n_i)``. Member i's contribution is how much
-worse the model would be without it::
+For members with updates ``w_i`` and example counts ``n_i`` the round's FedAvg model is
+``w = sum(n_i w_i) / sum(n_i)``. Member i's contribution is how much worse the model
+would be without it::
 
     contribution_i = loss(mean of the others' updates) - loss(w)
 
 positive when its update helped, zero or negative when it did not (noise, poisoned
-labels). With FedAvg every "without i" model is one subtraction away from the running
-sum, so measuring costs n + 1 evaluations of the group model per round, no training.
-A group of one is measured against the model the round started from.
+labels). Every "without i" model is one subtraction away from the weighted sum
+(``node.learning.merge.leave_one_out_means``), so measuring costs n + 1 evaluations
+per round, no training. A group of one is measured against the model the round
+started from.
+
+In a group round the losses are federated: every member evaluates the n + 1 models
+on its own validation split, and the host takes the example-weighted mean of the
+members' losses (Flower's ``weighted_loss_avg``), which is the loss on the union of
+the members' validation data, without any member's data leaving it.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from flwr.server.strategy.aggregate import weighted_loss_avg
 
-from node.learning.data import Dataset
-from node.learning.learner import Learner
-from node.learning.partition import NodeData
+from node.learning.merge import leave_one_out_means
 
 __all__ = [
-    "POOLED_VAL_CAP",
+    "LOSS_CAP",
     "ContributionReport",
     "Evaluate",
     "Weights",
+    "contributions_from_losses",
+    "federated_loss",
     "leave_one_out",
-    "pooled_val_loss",
-    "union_val_loss",
-    "weighted_mean",
+    "leave_one_out_models",
 ]
 
 Weights = list[np.ndarray]
-# Examples of pooled validation data a round's models are scored on, at most.
-POOLED_VAL_CAP = 512
 # A model's loss on the measurer's validation data; lower is better.
 Evaluate = Callable[[Weights], float]
+# A diverged model's loss is capped here, so its absence gives a large finite contribution.
+LOSS_CAP = 1e6
 
 
 @dataclass(frozen=True)
@@ -54,20 +58,32 @@ class ContributionReport:
     seconds: float
 
 
-def weighted_mean(updates: Sequence[Weights], num_examples: Sequence[int]) -> Weights:
-    """The example-weighted mean of the members' weights (FedAvg), in each array's dtype."""
-    if not updates or len(updates) != len(num_examples):
+def leave_one_out_models(
+    updates: Sequence[Weights], num_examples: Sequence[float], *, baseline: Weights | None = None
+) -> tuple[Weights, list[Weights | None]]:
+    """The FedAvg model of all ``updates`` and, per member, the FedAvg model without it.
+
+    ``baseline`` (the model the round started from) stands in for "without" when a
+    member carries all the weight (a group of one); otherwise that entry is None.
+    Raises ``ValueError`` for no updates or bad counts.
+    """
+    if not updates or len(num_examples) != len(updates):
         raise ValueError("need one example count per update, and at least one update")
-    total = float(sum(num_examples))
-    if total <= 0:
-        raise ValueError("the example counts must sum to more than zero")
-    out: Weights = []
-    for arrays in zip(*updates, strict=True):
-        acc = sum(
-            np.asarray(a, dtype=np.float64) * n for a, n in zip(arrays, num_examples, strict=True)
-        )
-        out.append(np.asarray(acc / total).astype(np.asarray(arrays[0]).dtype))
-    return out
+    with_all, without = leave_one_out_means(updates, [float(c) for c in num_examples])
+    return with_all, [w if w is not None else baseline for w in without]
+
+
+def contributions_from_losses(
+    loss_with_all: float, losses_without: Sequence[float | None]
+) -> list[float]:
+    """``loss without i - loss with all`` per member; a missing "without" (None) gives 0."""
+    base = _finite(loss_with_all)
+    return [0.0 if lw is None else _finite(lw) - base for lw in losses_without]
+
+
+def federated_loss(per_member: Sequence[tuple[int, float]]) -> float:
+    """Example-weighted mean of members' ``(num_examples, loss)`` on their own data."""
+    return float(weighted_loss_avg(list(per_member)))
 
 
 def leave_one_out(
@@ -77,105 +93,26 @@ def leave_one_out(
     *,
     baseline: Weights | None = None,
 ) -> ContributionReport:
-    """Each member's leave-one-out contribution: loss without it minus loss with everyone.
+    """Each member's leave-one-out contribution, scoring every model with ``evaluate``.
 
     ``baseline`` (the model the round started from) stands in for "without" in a group
-    of one; without it a lone member's contribution is 0.
+    of one; without it a lone member's contribution is 0. Raises ``ValueError`` for no
+    updates, negative counts, counts summing to zero, or an evaluation that is NaN.
     """
     start = time.perf_counter()
-    n = len(updates)
-    if n == 0 or len(num_examples) != n:
-        raise ValueError("need one example count per update, and at least one update")
-    counts = [float(c) for c in num_examples]
-    if any(c < 0 for c in counts) or sum(counts) <= 0:
-        raise ValueError("example counts must be non-negative and sum to more than zero")
-    sums = [
-        sum(np.asarray(a, dtype=np.float64) * c for a, c in zip(arrays, counts, strict=True))
-        for arrays in zip(*updates, strict=True)
-    ]
-    total = sum(counts)
-    dtypes = [np.asarray(a).dtype for a in updates[0]]
-    with_all = [np.asarray(s / total).astype(d) for s, d in zip(sums, dtypes, strict=True)]
+    with_all, without = leave_one_out_models(updates, num_examples, baseline=baseline)
     loss_all = _finite(evaluate(with_all))
-    losses: list[float] = []
-    for update, c in zip(updates, counts, strict=True):
-        rest = total - c
-        if rest > 0:
-            without = [
-                np.asarray((s - np.asarray(a, dtype=np.float64) * c) / rest).astype(d)
-                for s, a, d in zip(sums, update, dtypes, strict=True)
-            ]
-            losses.append(_finite(evaluate(without)))
-        elif baseline is not None:
-            losses.append(_finite(evaluate(baseline)))
-        else:  # nobody else and nothing to compare with
-            losses.append(loss_all)
+    losses = [loss_all if w is None else _finite(evaluate(w)) for w in without]
     return ContributionReport(
         loss_with_all=loss_all,
         losses_without=losses,
-        contributions=[lw - loss_all for lw in losses],
+        contributions=contributions_from_losses(loss_all, losses),
         seconds=time.perf_counter() - start,
     )
 
 
-def pooled_val_loss(
-    learners: Sequence[Learner], *, max_examples: int | None = POOLED_VAL_CAP, seed: int = 0
-) -> Evaluate:
-    """Loss on the union of the learners' validation splits, as one evaluation set.
-
-    Above ``max_examples`` each learner gives a share proportional to its split (drawn
-    once, so every model of the round is scored on the same examples): the cost of a
-    round's n + 1 evaluations then grows with n, not n squared. ``None``: no cap.
-    The evaluator is a private copy of the first learner's model.
-    """
-    if not learners:
-        raise ValueError("need at least one learner")
-    splits = [learner.data.val for learner in learners]
-    total = sum(len(d) for d in splits)
-    if total == 0:
-        raise ValueError("the learners have no validation examples")
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for d in splits:
-        take = len(d)
-        if max_examples is not None and total > max_examples:
-            take = max(1, round(max_examples * len(d) / total)) if len(d) else 0
-        idx = np.sort(rng.choice(len(d), size=take, replace=False)) if take < len(d) else None
-        xs.append(d.x if idx is None else d.x[idx])
-        ys.append(d.y if idx is None else d.y[idx])
-    pooled = Dataset(
-        x=np.concatenate(xs),
-        y=np.concatenate(ys),
-        num_classes=splits[0].num_classes,
-        name=f"{splits[0].name}-pooled-val",
-    )
-    first = learners[0]
-    with first._lock:  # a consistent copy, even if its owner is mid-step
-        model = copy.deepcopy(first.model)
-    evaluator = Learner(model, NodeData(pooled, pooled, pooled, cluster=0, index=-1))
-
-    def evaluate(weights: Weights) -> float:
-        return evaluator.evaluate("val", weights=weights).loss
-
-    return evaluate
-
-
-def union_val_loss(learners: Sequence[Learner]) -> Evaluate:
-    """Loss on the union of the learners' validation splits, each learner evaluating its
-    own split (exact, no cap; n evaluations per model)."""
-
-    def evaluate(weights: Weights) -> float:
-        results = [learner.evaluate("val", weights=weights) for learner in learners]
-        total = sum(r.num_examples for r in results)
-        return sum(r.loss * r.num_examples for r in results) / total
-
-    return evaluate
-
-
 def _finite(loss: float) -> float:
-    # A diverged model has an infinite loss: cap it, so a member whose absence diverges
-    # the model gets a large (finite) contribution instead of NaN arithmetic.
     loss = float(loss)
     if math.isnan(loss):
         raise ValueError("the evaluation returned NaN")
-    return min(loss, 1e6)
+    return min(loss, LOSS_CAP)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -44,6 +44,8 @@ FLOWER_VERSION_TESTED = "1.41.0"
 SERVER_NODE_ID = 1
 _TASK_ID = 1
 _RUN_ID = 1
+# Error code of a reply whose node refused the message's input.
+_REFUSED = 1
 _GRID_METHODS = {
     "set_run",
     "run",
@@ -75,16 +77,25 @@ def ensure_task_identity() -> None:
 class InMemoryGrid(Grid):
     """A ``Grid`` whose nodes are ``ClientApp`` callables in this process.
 
-    Messages are handled synchronously at push time, one node after another; an
-    exception raised by a ClientApp propagates to the caller (in-process, a failing
-    client is a bug to see, not a straggler to tolerate). Replies come back sorted
-    by node id, so aggregation order does not depend on the strategy's sampling.
+    Messages are handled synchronously at push time, one node after another. An
+    exception of a type in ``caught`` (bad input the node refused) becomes an error
+    reply, which Flower's strategies count as a failure; any other exception
+    propagates to the caller (in process, a crashing client is a bug to see, not a
+    straggler to tolerate). Replies come back sorted by node id, so aggregation order
+    does not depend on the strategy's sampling.
     """
 
-    def __init__(self, apps: Mapping[int, ClientApp], run_id: int = _RUN_ID) -> None:
+    def __init__(
+        self,
+        apps: Mapping[int, ClientApp],
+        run_id: int = _RUN_ID,
+        *,
+        caught: tuple[type[Exception], ...] = (),
+    ) -> None:
         if SERVER_NODE_ID in apps:
             raise ValueError(f"Node id {SERVER_NODE_ID} is the server's; number nodes from 2")
         self._apps = dict(apps)
+        self._caught = caught
         self._contexts = {
             node_id: Context(
                 run_id=run_id, node_id=node_id, node_config={}, state=RecordDict(), run_config={}
@@ -133,7 +144,16 @@ class InMemoryGrid(Grid):
             node_id = message.metadata.dst_node_id
             if node_id not in self._apps:
                 raise ValueError(f"No node {node_id} in this grid")
-            reply = self._apps[node_id](message, self._contexts[node_id])
+            try:
+                reply = self._apps[node_id](message, self._contexts[node_id])
+            except self._caught as exc:
+                logger.warning(
+                    "Node %s refused a %s message: %s", node_id, message.metadata.message_type, exc
+                )
+                reply = Message(
+                    error=Error(code=_REFUSED, reason=f"{type(exc).__name__}: {exc}"),
+                    reply_to=message,
+                )
             message_id = f"m{next(self._ids)}"
             self._replies[message_id] = reply
             message_ids.append(message_id)

@@ -13,6 +13,12 @@ registry's snapshot and uploading after each, so ``GroupServer`` assembles the s
 parts ``start_server`` does: ``start_grpc_server`` (internal), a public
 ``SimpleClientManager`` and ``Server.fit_round``/``evaluate_round``.
 ``check_legacy_compat`` fails loudly when a Flower upgrade moves them.
+
+``LinkFederation`` makes a ``GroupServer`` the transport of ``node.federation.round``'s
+group round; ``LinkMember`` is a member's Flower client around its ``GroupMember``.
+An evaluation instruction carries every model to evaluate as one list of tensors
+(the models concatenated, ``models`` in the config says how many); the member
+answers with ``loss-<j>``/``accuracy-<j>`` metrics per model.
 """
 
 from __future__ import annotations
@@ -22,8 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -32,45 +37,38 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 import grpc
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.common import Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import NDArrays, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Server, SimpleClientManager
-from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+from flwr.server.client_proxy import ClientProxy
 
-from node.errors import FlowerCompatError, SessionEnded
-from node.federation.inprocess import FLOWER_LOGGER_NAME
+from node.errors import FlowerCompatError, RemoteInputError, SessionEnded
+from node.federation.keys import (
+    ACCURACY_KEY,
+    EXTRA_SECONDS_KEY,
+    GROUP_ID_KEY,
+    LOCAL_EPOCHS_KEY,
+    MODELS_KEY,
+    NODE_ID_KEY,
+    ROUND_KEY,
+    TRAIN_LOSS_KEY,
+)
+from node.federation.round import FitOutcome, GroupMember, MemberEvaluation, MemberUpdate
+from node.federation.strategies import FLOWER_LOGGER_NAME, check_strategy, make_legacy_strategy
+from node.learning.weights import Weights
 
 __all__ = [
-    "ACCURACY_KEY",
-    "GROUP_ID_KEY",
-    "LEGACY_STRATEGIES",
-    "LOCAL_EPOCHS_KEY",
-    "ROUND_KEY",
-    "EvaluateOutcome",
-    "FitOutcome",
-    "FlowerCompatError",
     "GroupServer",
+    "LinkFederation",
+    "LinkMember",
     "RpcError",
-    "SessionEnded",
     "check_legacy_compat",
-    "make_legacy_strategy",
     "run_client",
 ]
 
 log = logging.getLogger(__name__)
 
-# Keys of the config a host sends with every instruction, and of the metrics sent back.
-ROUND_KEY = "round"
-GROUP_ID_KEY = "group-id"
-LOCAL_EPOCHS_KEY = "local-epochs"
-ACCURACY_KEY = "accuracy"
-TRAIN_LOSS_KEY = "train-loss"
-
-LEGACY_STRATEGIES: dict[str, type[FedAvg]] = {
-    "fedavg": FedAvg,
-    "fedmedian": FedMedian,
-    "fedtrimmedavg": FedTrimmedAvg,
-    "krum": Krum,
-}
+LOSS_KEY = "loss-{}"
+ACCURACY_OF_KEY = "accuracy-{}"
 _WAIT_STEP = 0.05
 
 
@@ -99,60 +97,6 @@ def _install_quiet_filter() -> None:
             _quiet_installed = True
 
 
-def _weighted_accuracy(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
-    total = sum(n for n, _ in pairs)
-    if not total:
-        return {}
-    acc = sum(n * float(m.get(ACCURACY_KEY, 0.0)) for n, m in pairs) / total
-    return {ACCURACY_KEY: acc}
-
-
-def make_legacy_strategy(
-    name: str,
-    config: Callable[[int], dict[str, Scalar]],
-    options: Mapping[str, Any] | None = None,
-) -> Strategy:
-    """A legacy Flower strategy over every connected client that tolerates failures.
-
-    ``config(round)`` is sent with each fit and evaluate instruction.
-    """
-    if name not in LEGACY_STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; choose one of {', '.join(LEGACY_STRATEGIES)}")
-    kwargs: dict[str, Any] = {
-        "fraction_fit": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_fit_clients": 1,
-        "min_evaluate_clients": 1,
-        "min_available_clients": 1,
-        "accept_failures": True,
-        "on_fit_config_fn": config,
-        "on_evaluate_config_fn": config,
-        "evaluate_metrics_aggregation_fn": _weighted_accuracy,
-    }
-    kwargs.update(options or {})
-    return LEGACY_STRATEGIES[name](**kwargs)
-
-
-@dataclass(frozen=True)
-class FitOutcome:
-    """One training phase: the aggregated weights (None when no client answered)."""
-
-    weights: list[np.ndarray] | None
-    clients: int
-    failures: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class EvaluateOutcome:
-    """One evaluation phase: example-weighted accuracy of the members that answered."""
-
-    accuracy: float | None
-    clients: int
-    failures: int
-    seconds: float
-
-
 class GroupServer:
     """A group's Flower server, listening on ``listen`` (``host:port``) until ``stop()``.
 
@@ -170,12 +114,8 @@ class GroupServer:
     ) -> None:
         from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
-        if strategy not in LEGACY_STRATEGIES:
-            raise ValueError(
-                f"Unknown strategy {strategy!r}; choose one of {', '.join(LEGACY_STRATEGIES)}"
-            )
         self.listen = listen
-        self.strategy = strategy
+        self.strategy = check_strategy(strategy)
         self.strategy_options = dict(strategy_options or {})
         self.round_timeout = round_timeout
         _install_quiet_filter()
@@ -205,38 +145,48 @@ class GroupServer:
         )
         return Server(client_manager=self._manager, strategy=strategy)
 
-    def fit(
-        self, weights: list[np.ndarray], round_: int, config: Mapping[str, Scalar]
-    ) -> FitOutcome:
-        """Send ``weights`` to every connected member to train; aggregate what comes back."""
+    def fit(self, weights: Weights, round_: int, config: Mapping[str, Scalar]) -> FitOutcome:
+        """Send ``weights`` to every connected member to train; aggregate what comes back.
+
+        Each update is attributed to the ``node-id`` its member reports (else to the
+        connection's id).
+        """
         start = time.perf_counter()
         server = self._server(dict(config))
-        server.parameters = ndarrays_to_parameters(weights)
+        server.parameters = ndarrays_to_parameters(list(weights))
         result = server.fit_round(server_round=round_, timeout=self.round_timeout)
         if result is None:
-            return FitOutcome(None, 0, 0, time.perf_counter() - start)
+            return FitOutcome(None, [], 0, time.perf_counter() - start)
         parameters, _, (ok, failed) = result
+        updates = [
+            MemberUpdate(
+                member=_member_id(proxy, res.metrics),
+                weights=parameters_to_ndarrays(res.parameters),
+                num_examples=int(res.num_examples),
+                train_loss=float(res.metrics.get(TRAIN_LOSS_KEY, 0.0)),
+            )
+            for proxy, res in ok
+        ]
         aggregated = parameters_to_ndarrays(parameters) if parameters is not None else None
-        return FitOutcome(aggregated, len(ok), len(failed), time.perf_counter() - start)
+        return FitOutcome(aggregated, updates, len(failed), time.perf_counter() - start)
 
     def evaluate(
-        self, weights: list[np.ndarray], round_: int, config: Mapping[str, Scalar]
-    ) -> EvaluateOutcome:
-        """Send the aggregated ``weights`` to every member to evaluate on its own data."""
-        start = time.perf_counter()
-        server = self._server(dict(config))
-        server.parameters = ndarrays_to_parameters(weights)
+        self, models: Sequence[Weights], round_: int, config: Mapping[str, Scalar]
+    ) -> list[MemberEvaluation]:
+        """Send ``models`` to every connected member to evaluate on its own data."""
+        server = self._server({**config, MODELS_KEY: len(models)})
+        server.parameters = ndarrays_to_parameters([t for m in models for t in m])
         result = server.evaluate_round(server_round=round_, timeout=self.round_timeout)
         if result is None:
-            return EvaluateOutcome(None, 0, 0, time.perf_counter() - start)
-        _, metrics, (ok, failed) = result
-        accuracy = metrics.get(ACCURACY_KEY)
-        return EvaluateOutcome(
-            float(accuracy) if isinstance(accuracy, int | float) else None,
-            len(ok),
-            len(failed),
-            time.perf_counter() - start,
-        )
+            return []
+        _, _, (ok, _failed) = result
+        out = []
+        for proxy, res in ok:
+            try:
+                out.append(_evaluation(_member_id(proxy, res.metrics), res, len(models)))
+            except RemoteInputError as exc:
+                log.warning("An evaluation reply was unusable: %s", exc)
+        return out
 
     def stop(self, grace: float = 0.5) -> None:
         """Close every member's stream and stop listening (idempotent)."""
@@ -257,6 +207,120 @@ def run_client(address: str, client: NumPyClient) -> None:
 
     _install_quiet_filter()
     start_client(server_address=address, client=client.to_client())
+
+
+class LinkFederation:
+    """A ``GroupServer`` as the transport of a group round (``node.federation.round``)."""
+
+    def __init__(self, server: GroupServer, *, group_id: int) -> None:
+        self.server = server
+        self.group_id = group_id
+
+    @property
+    def strategy(self) -> str:
+        """Name of the Flower strategy that aggregates."""
+        return self.server.strategy
+
+    def fit(self, weights: Weights, round_: int, local_epochs: int) -> FitOutcome:
+        """Every connected member trains from ``weights``; the strategy aggregates."""
+        config: dict[str, Scalar] = {GROUP_ID_KEY: self.group_id, LOCAL_EPOCHS_KEY: local_epochs}
+        return self.server.fit(weights, round_, config)
+
+    def evaluate(
+        self, models: Sequence[Weights], round_: int, group_id: int
+    ) -> list[MemberEvaluation]:
+        """Every connected member evaluates ``models`` on its own data."""
+        return self.server.evaluate(models, round_, {GROUP_ID_KEY: group_id})
+
+
+class LinkMember(NumPyClient):
+    """A member's Flower client: ``GroupMember`` behind Flower's legacy ``NumPyClient``.
+
+    ``check(config)`` runs before every instruction and may raise ``SessionEnded`` to
+    leave (the node migrated or is shutting down). ``on_evaluated(group_id, result)``
+    runs after each evaluation (the node counts its rounds). A bad instruction (weights
+    that do not fit, a wrong model count) raises ``RemoteInputError``: Flower reports
+    the failure to the host and the member stays connected.
+    """
+
+    def __init__(
+        self,
+        member: GroupMember,
+        *,
+        check: Callable[[Mapping[str, Scalar]], None] | None = None,
+        on_evaluated: Callable[[int, MemberEvaluation], None] | None = None,
+    ) -> None:
+        self.member = member
+        self.check = check
+        self.on_evaluated = on_evaluated
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        """This member's current weights."""
+        return self.member.learner.get_weights()
+
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Train the group model on local data."""
+        if self.check is not None:
+            self.check(config)
+        epochs = int(config.get(LOCAL_EPOCHS_KEY, self.member.learner.epochs))
+        update = self.member.train(list(parameters), epochs)
+        metrics: dict[str, Scalar] = {
+            TRAIN_LOSS_KEY: update.train_loss,
+            NODE_ID_KEY: self.member.node_id,
+        }
+        return update.weights, update.num_examples, metrics
+
+    def evaluate(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        """Adopt the group's new model, evaluate every model sent, report."""
+        if self.check is not None:
+            self.check(config)
+        models = _split_models(list(parameters), int(config.get(MODELS_KEY, 1)))
+        group_id = int(config.get(GROUP_ID_KEY, 0))
+        result = self.member.evaluate(models, group_id=group_id, round_=int(config[ROUND_KEY]))
+        if self.on_evaluated is not None:
+            self.on_evaluated(group_id, result)
+        metrics: dict[str, Scalar] = {
+            NODE_ID_KEY: self.member.node_id,
+            ACCURACY_KEY: result.accuracies[0],
+            EXTRA_SECONDS_KEY: result.extra_seconds,
+        }
+        for j, (loss, acc) in enumerate(zip(result.losses, result.accuracies, strict=True)):
+            metrics[LOSS_KEY.format(j)] = loss
+            metrics[ACCURACY_OF_KEY.format(j)] = acc
+        return result.losses[0], result.num_examples, metrics
+
+
+def _split_models(tensors: list[np.ndarray], count: int) -> list[list[np.ndarray]]:
+    if count < 1 or len(tensors) % count:
+        raise RemoteInputError(f"{len(tensors)} tensors cannot be {count} models")
+    size = len(tensors) // count
+    return [tensors[j * size : (j + 1) * size] for j in range(count)]
+
+
+def _member_id(proxy: ClientProxy, metrics: Mapping[str, Scalar]) -> str:
+    node_id = metrics.get(NODE_ID_KEY)
+    return node_id if isinstance(node_id, str) else str(proxy.cid)
+
+
+def _evaluation(member: str, res: Any, count: int) -> MemberEvaluation:
+    """A member's evaluation reply as a ``MemberEvaluation``; RemoteInputError when malformed."""
+    try:
+        losses = [float(res.metrics[LOSS_KEY.format(j)]) for j in range(count)]
+        accuracies = [float(res.metrics[ACCURACY_OF_KEY.format(j)]) for j in range(count)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteInputError(f"{member}'s evaluation lacks per-model metrics: {exc}") from exc
+    extra = res.metrics.get(EXTRA_SECONDS_KEY, 0.0)
+    return MemberEvaluation(
+        member,
+        int(res.num_examples),
+        losses,
+        accuracies,
+        extra_seconds=float(extra) if isinstance(extra, int | float) else 0.0,
+    )
 
 
 def check_legacy_compat() -> None:

@@ -16,7 +16,15 @@ from node.errors import WeightsMismatchError
 from node.learning.data import Dataset
 from node.learning.partition import NodeData
 
-__all__ = ["LOSS", "NUM_EXAMPLES", "EvalResult", "Learner", "Split"]
+__all__ = [
+    "LOSS",
+    "NUM_EXAMPLES",
+    "EvalResult",
+    "Learner",
+    "Split",
+    "load_weights",
+    "model_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ class Learner:
         model: nn.Module,
         data: NodeData,
         *,
-        lr: float = 0.05,
+        learning_rate: float = 0.05,
         batch_size: int = 32,
         epochs: int = 1,
         seed: int = 0,
@@ -64,7 +72,7 @@ class Learner:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.data = data
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.epochs = epochs
         self.seed = seed
@@ -87,12 +95,12 @@ class Learner:
     def get_weights(self) -> list[np.ndarray]:
         """Return copies of the model's state, in ``state_dict`` order."""
         with self._lock:
-            return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
+            return model_weights(self.model)
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Load ``weights`` (``state_dict`` order) into the model."""
         with self._lock:
-            _load(self.model, self.weight_names, weights)
+            load_weights(self.model, weights)
 
     def train(self, epochs: int | None = None) -> dict[str, float]:
         """Run SGD for ``epochs`` (default: the learner's) and return loss and num_examples.
@@ -105,7 +113,9 @@ class Learner:
         n = len(y)
         with self._lock:
             self.model.train()
-            optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+            optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=self.learning_rate, momentum=self.momentum
+            )
             loss_fn = nn.CrossEntropyLoss()
             total_loss, seen = 0.0, 0
             for _ in range(epochs):
@@ -140,13 +150,24 @@ class Learner:
             if weights is not None:
                 if self._scratch is None:
                     self._scratch = copy.deepcopy(self.model)
-                _load(self._scratch, self.weight_names, weights)
+                load_weights(self._scratch, weights)
                 model = self._scratch
             return _evaluate(model, x, y)
 
 
-def _load(model: nn.Module, names: list[str], weights: list[np.ndarray]) -> None:
+def model_weights(model: nn.Module) -> list[np.ndarray]:
+    """Copies of ``model``'s state as arrays, in ``state_dict`` order."""
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+
+
+def load_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
+    """Load ``weights`` (one array per ``state_dict`` entry, in order) into ``model``.
+
+    Each array is cast to its tensor's dtype. Raises ``WeightsMismatchError`` when the
+    count or a shape differs; the model is then unchanged.
+    """
     state = model.state_dict()
+    names = list(state)
     if len(weights) != len(names):
         raise WeightsMismatchError(
             f"Got {len(weights)} arrays for a model with {len(names)} tensors"

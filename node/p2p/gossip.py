@@ -34,15 +34,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from torch import nn
 
 from node.addresses import parse_address
-from node.errors import NodeError, PeerUnreachableError, SerializationError
-from node.learning.learner import Learner
+from node.errors import PeerUnreachableError, RemoteInputError
+from node.learning.learner import Learner, load_weights, model_weights
 from node.learning.merge import age_weighted_merge
 from node.learning.partition import NodeData
-from node.learning.weights import bytes_to_weights, weights_to_bytes
+from node.learning.weights import (
+    WeightsSignature,
+    check_count,
+    check_weights,
+    decode_weights,
+    weights_to_bytes,
+)
 from node.p2p.codecs import Codec, DenseCodec, EncodedUpdate, TopKCodec
 from node.p2p.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -308,6 +313,7 @@ class GossipNode:
         self.age = 0
         self.stats = GossipStats()
         self.learner: Learner | None = None
+        self.signature = WeightsSignature.of(model_weights(model))
         self._bootstrap = list(bootstrap_peers)
         self._model_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -351,11 +357,9 @@ class GossipNode:
 
     def _adopt_snapshot(self, blob: bytes, age: int) -> None:
         try:
-            weights = bytes_to_weights(blob)
-            names = list(self.model.state_dict().keys())
-            _load_state(self.model, names, weights)
-        except (SerializationError, NodeError, KeyError, RuntimeError, ValueError) as exc:
-            logger.warning("Gossip %s: the group's snapshot does not fit: %s", self.node_id, exc)
+            load_weights(self.model, decode_weights(blob, self.signature))
+        except RemoteInputError as exc:
+            logger.warning("Gossip %s: the group's snapshot is unusable: %s", self.node_id, exc)
             return
         self.age = max(self.age, age)
         logger.info(
@@ -381,7 +385,7 @@ class GossipNode:
         return Learner(
             self.model,
             data,
-            lr=cfg.learning_rate,
+            learning_rate=cfg.learning_rate,
             batch_size=cfg.batch_size,
             epochs=cfg.epochs,
             seed=self.seed,
@@ -498,22 +502,18 @@ class GossipNode:
         if learner is None or self._stopping.is_set():
             return
         try:
-            other = self.codec.decode(EncodedUpdate.from_bytes(envelope.payload))
-            other_age = int(envelope.meta.get(AGE_META, 0))
-        except (SerializationError, ValueError, TypeError) as exc:
+            other = check_weights(
+                self.codec.decode(EncodedUpdate.from_bytes(envelope.payload)), self.signature
+            )
+            other_age = check_count(envelope.meta.get(AGE_META, 0), what="age")
+        except (RemoteInputError, ValueError, TypeError) as exc:
             logger.warning(
                 "Gossip %s: unusable model from %s: %s", self.node_id, envelope.sender, exc
             )
             return
         async with self._model_lock:
             own = await asyncio.to_thread(learner.get_weights)
-            try:
-                merged, age = age_weighted_merge(own, self.age, other, max(0, other_age))
-            except NodeError as exc:
-                logger.warning(
-                    "Gossip %s: model from %s does not fit: %s", self.node_id, envelope.sender, exc
-                )
-                return
+            merged, age = age_weighted_merge(own, self.age, other, other_age)
             await asyncio.to_thread(learner.set_weights, merged)
             await asyncio.to_thread(learner.train)
             self.age = age + 1
@@ -569,16 +569,4 @@ class GossipNode:
         """A copy of the member's current weights."""
         if self.learner is not None:
             return self.learner.get_weights()
-        return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
-
-
-def _load_state(model: nn.Module, names: list[str], weights: list[np.ndarray]) -> None:
-    state = model.state_dict()
-    if len(weights) != len(names):
-        raise NodeError(f"Snapshot has {len(weights)} tensors, the model {len(names)}")
-    model.load_state_dict(
-        {
-            n: torch.as_tensor(np.asarray(w)).to(state[n].dtype)
-            for n, w in zip(names, weights, strict=True)
-        }
-    )
+        return model_weights(self.model)

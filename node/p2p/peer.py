@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from node.addresses import Address
-from node.errors import NodeError, PeerUnreachableError, SerializationError
+from node.errors import PeerUnreachableError, RemoteInputError
 from node.learning.learner import Learner
-from node.learning.merge import add_update, average, subtract
+from node.learning.merge import add_update, subtract, weighted_mean
+from node.learning.weights import WeightsSignature, check_count, check_weights
 from node.p2p.codecs import Codec, EncodedUpdate, ErrorFeedback, compress_with_feedback
 from node.p2p.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -86,7 +87,7 @@ def combine_updates(
     start: list[np.ndarray], updates: Sequence[list[np.ndarray]], num_examples: Sequence[float]
 ) -> list[np.ndarray]:
     """The next round's model: ``start`` plus the example-weighted mean of the updates."""
-    return add_update(start, average(list(updates), list(num_examples)))
+    return add_update(start, weighted_mean(list(updates), list(num_examples)))
 
 
 # --- the networked peer -------------------------------------------------------------
@@ -307,19 +308,20 @@ class PeerTrainer:
         self.current_round = rnd + 1
         arrived = self._inbox.pop(rnd, {})
         updates, weights, received = [own_update], [float(self.learner.num_train_examples)], []
+        signature = WeightsSignature.of(own_update)
         for sender, env in sorted(arrived.items()):
             try:
-                updates.append(self.codec.decode(EncodedUpdate.from_bytes(env.payload)))
-                weights.append(float(env.meta.get(NUM_EXAMPLES_META, 1)))
-                received.append(sender)
-            except (SerializationError, NodeError, ValueError) as exc:
+                decoded = self.codec.decode(EncodedUpdate.from_bytes(env.payload))
+                update = check_weights(decoded, signature)
+                count = check_count(env.meta.get(NUM_EXAMPLES_META, 1), what="example count")
+            except (RemoteInputError, ValueError) as exc:
                 logger.warning("Peer %s: update from %s unusable: %s", self.node_id, sender, exc)
+                continue
+            updates.append(update)
+            weights.append(float(count))
+            received.append(sender)
         missing = self._note_misses(arrived)
-        try:
-            new_weights = combine_updates(start, updates, weights)
-        except NodeError as exc:
-            logger.warning("Peer %s: peers' updates do not fit, keeping own: %s", self.node_id, exc)
-            new_weights = combine_updates(start, [own_update], [1.0])
+        new_weights = combine_updates(start, updates, weights)
         await asyncio.to_thread(self.learner.set_weights, new_weights)
         val = await asyncio.to_thread(self.learner.evaluate, "val")
         report = RoundReport(

@@ -11,10 +11,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from node.errors import RemoteInputError
 from node.learning.learner import Learner
-from node.learning.weights import bytes_to_weights, weights_to_bytes
+from node.learning.weights import SnapshotCache, WeightsSignature, weights_to_bytes
 from node.registry_client import (
     ConflictError,
     RegistryClient,
@@ -33,27 +32,9 @@ from node.runtime.policy import (
     rank_candidates,
 )
 
-__all__ = ["Move", "NodeAgent", "SnapshotCache"]
+__all__ = ["Move", "NodeAgent"]
 
 log = logging.getLogger(__name__)
-
-
-class SnapshotCache:
-    """Deserialised snapshots by content hash, so N nodes do not each decode the same bytes."""
-
-    def __init__(self, limit: int = 64) -> None:
-        self._items: dict[str, list[np.ndarray]] = {}
-        self._limit = limit
-
-    def weights(self, sha256: str, data: bytes) -> list[np.ndarray]:
-        """The weights encoded in `data` (cached by its hash)."""
-        hit = self._items.get(sha256)
-        if hit is None:
-            if len(self._items) >= self._limit:
-                self._items.pop(next(iter(self._items)))
-            hit = bytes_to_weights(data)
-            self._items[sha256] = hit
-        return hit
 
 
 @dataclass
@@ -84,6 +65,10 @@ class NodeAgent:
     rounds_since_move: int = 0
     registered: bool = False
     moves: list[Move] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.signature = WeightsSignature.of(self.learner.get_weights())
+        self._unusable: set[int] = set()
 
     # --- registry presence -----------------------------------------------------------
 
@@ -121,16 +106,26 @@ class NodeAgent:
     # --- evaluating groups -------------------------------------------------------------
 
     def score_group(self, group_id: int) -> float | None:
-        """The group's latest snapshot evaluated on this node's validation data."""
+        """The group's latest snapshot evaluated on this node's validation data.
+
+        None when the group has no snapshot or its snapshot is unusable (corrupt, of
+        another architecture, not finite): that is logged, and the group is no
+        candidate until it stores a usable one. Raises ``RegistryClientError`` when the
+        download fails.
+        """
         blob = self.client.download_model(group_id)
         if blob is None:
             return None
-        weights = self.snapshots.weights(blob.sha256, blob.data)
         try:
-            return self.learner.evaluate("val", weights=weights).accuracy
-        except ValueError as exc:  # a snapshot of another architecture: not a candidate
-            log.warning("%s: snapshot of group %s does not fit: %s", self.node_id, group_id, exc)
+            weights = self.snapshots.weights(blob.sha256, blob.data, self.signature)
+        except RemoteInputError as exc:
+            log.warning(
+                "%s: snapshot of group %s (round %s) skipped: %s",
+                self.node_id, group_id, blob.round, exc,
+            )  # fmt: skip
+            self._unusable.add(group_id)
             return None
+        return self.learner.evaluate("val", weights=weights).accuracy
 
     def candidates(self, *, exclude: int | None = None) -> list[Candidate]:
         """The domain's groups; the top K by reported performance are scored on local data."""
@@ -144,7 +139,8 @@ class NodeAgent:
         to_score = {
             c.group_id for c in rank_candidates(plain, self.policy_config.top_k) if c.has_room
         }
-        return [
+        self._unusable.clear()
+        scored = [
             Candidate(
                 c.group_id,
                 c.name,
@@ -155,6 +151,7 @@ class NodeAgent:
             )
             for c in plain
         ]
+        return [c for c in scored if c.group_id not in self._unusable]
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -176,6 +173,9 @@ class NodeAgent:
         except RegistryUnavailableError as exc:
             log.warning("%s: registry unavailable while choosing a group: %s", self.node_id, exc)
             self.registered = False
+            return None
+        except RegistryClientError as exc:
+            log.warning("%s: registry refused while choosing a group: %s", self.node_id, exc)
             return None
 
     def reconsider(self, round_: int) -> Stay | Migrate | None:
@@ -203,6 +203,9 @@ class NodeAgent:
         except RegistryUnavailableError as exc:
             log.warning("%s: registry unavailable while re-evaluating: %s", self.node_id, exc)
             self.registered = False
+            return None
+        except RegistryClientError as exc:
+            log.warning("%s: registry refused while re-evaluating: %s", self.node_id, exc)
             return None
 
     def leave(self) -> None:

@@ -1,9 +1,11 @@
 """In-process runtime: N nodes in one process against a real registry over HTTP.
 
-Time is counted in rounds, so a demo is fast: every round each group runs one Flower
-round among its current members, its host (first member) uploads the new snapshot and
-every member reports how the group model does on its own data. Nodes heartbeat every
-`heartbeat_every` rounds and re-evaluate their group every `evaluate_every` rounds.
+Time is counted in rounds, so a demo is fast: every round each group runs one group
+round (``node.federation.round.run_group_round`` over the in-memory Flower transport)
+among its current members: its host (first member) uploads the new snapshot and submits
+contributions, every member reports how the group model does on its own data. Nodes
+heartbeat every ``heartbeat_every_rounds`` rounds and re-evaluate their group every
+``evaluate_every_rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from node.federation.contribution import leave_one_out, pooled_val_loss
-from node.federation.inprocess import RoundResult, run_group_round
+from node.federation.inprocess import InMemoryFederation
+from node.federation.round import GroupMember, latest_group_model, run_group_round
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import NodeData
-from node.learning.weights import weights_to_bytes
-from node.registry_client import RegistryClient, RegistryClientError
-from node.runtime.agent import NodeAgent, SnapshotCache
+from node.learning.weights import SnapshotCache
+from node.registry_client import RegistryClient
+from node.runtime.agent import NodeAgent
 from node.runtime.policy import Migrate, PolicyConfig
 
 __all__ = ["InProcessNetwork", "NetworkConfig", "RoundStats", "local_only_accuracy"]
@@ -49,8 +51,8 @@ class NetworkConfig:
     switch_threshold: float = 0.05
     cooldown_rounds: int = 3
     top_k: int = 3
-    evaluate_every: int = 2
-    heartbeat_every: int = 1
+    evaluate_every_rounds: int = 2
+    heartbeat_every_rounds: int = 1
     seed: int = 0
     # Leave-one-out contribution of every member per group round, sent to the ledger.
     measure_contribution: bool = True
@@ -92,6 +94,7 @@ class InProcessNetwork:
     model_factory: Callable[[int], Any] | None = None
     node_prefix: str = "node"
     agents: list[NodeAgent] = field(default_factory=list, init=False)
+    members: dict[str, GroupMember] = field(default_factory=dict, init=False)
     history: list[RoundStats] = field(default_factory=list, init=False)
     _groups: dict[int, _GroupState] = field(default_factory=dict, init=False)
     _round: int = field(default=0, init=False)
@@ -100,7 +103,7 @@ class InProcessNetwork:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        cache = SnapshotCache()
+        self._cache = SnapshotCache()
         policy_cfg = PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k)
         for i, nd in enumerate(self.data):
             model = (
@@ -111,7 +114,7 @@ class InProcessNetwork:
             learner = Learner(
                 model,
                 nd,
-                lr=cfg.learning_rate,
+                learning_rate=cfg.learning_rate,
                 batch_size=cfg.batch_size,
                 epochs=cfg.local_epochs,
                 seed=cfg.seed + i,
@@ -128,9 +131,10 @@ class InProcessNetwork:
                     policy_config=policy_cfg,
                     max_capacity=cfg.max_capacity,
                     cluster=nd.cluster,
-                    snapshots=cache,
+                    snapshots=self._cache,
                 )
             )
+            self.members[node_id] = GroupMember(node_id, learner, reporter=self.agents[-1].client)
 
     @property
     def round(self) -> int:
@@ -161,16 +165,18 @@ class InProcessNetwork:
         rosters = self._rosters()
         group_acc: dict[int, float] = {}
         for gid, members in sorted(rosters.items()):
-            group_acc[gid] = self._train_group(gid, members, rnd)
+            accuracy = self._train_group(gid, members, rnd)
+            if accuracy is not None:
+                group_acc[gid] = accuracy
         for agent in self.agents:
             if agent.group_id is None:  # registry away or no group: keep learning alone
                 agent.learner.train()
-        if rnd % cfg.evaluate_every == 0:
+        if rnd % cfg.evaluate_every_rounds == 0:
             for agent in self.agents:
                 if isinstance(agent.reconsider(rnd), Migrate):
                     migrations += 1
         node_acc = {a.node_id: a.learner.evaluate("val").accuracy for a in self.agents}
-        if rnd % cfg.heartbeat_every == 0:
+        if rnd % cfg.heartbeat_every_rounds == 0:
             for agent in self.agents:
                 if agent.registered:
                     agent.heartbeat({"accuracy": node_acc[agent.node_id]})
@@ -198,87 +204,44 @@ class InProcessNetwork:
                 rosters.setdefault(agent.group_id, []).append(agent)
         return rosters
 
-    def _group_weights(self, gid: int, host: NodeAgent) -> list[np.ndarray]:
-        """The group's current model: the host's copy, else the registry's snapshot."""
+    def _group_model(self, gid: int, host: NodeAgent) -> _GroupState:
+        """The group's current model: the network's copy, or a newer registry snapshot
+        (another host stored it), or, for a new group, the host's own model."""
         state = self._groups.get(gid)
-        blob = None
-        try:
-            # Usually the host's copy is the latest (it uploaded it): ask for the round
-            # first and fetch the bytes only when someone else stored a newer one.
-            info = host.client.model_info(gid)
-            if info is not None and (state is None or info.round > state.round):
-                blob = host.client.download_model(gid, round=info.round)
-        except RegistryClientError:
-            blob = None
-        if blob is not None and (state is None or blob.round > state.round):
-            weights = host.snapshots.weights(blob.sha256, blob.data)
-            self._groups[gid] = _GroupState([w.copy() for w in weights], blob.round)
-        elif state is None:
-            self._groups[gid] = _GroupState(host.learner.get_weights(), 0)
-        return self._groups[gid].weights
+        newer = latest_group_model(
+            host.client,
+            gid,
+            self.members[host.node_id].signature,
+            newer_than=state.round if state is not None else -1,
+            cache=self._cache,
+        )
+        if state is None:
+            state = _GroupState(host.learner.get_weights(), 0)
+        if newer is not None:  # resume from it, or past it when it is unusable
+            state = _GroupState(newer.weights or state.weights, newer.round)
+        self._groups[gid] = state
+        return state
 
-    def _train_group(self, gid: int, members: list[NodeAgent], rnd: int) -> float:
-        """One Flower round among the members; upload and report; returns group accuracy."""
-        host = members[0]
-        initial = self._group_weights(gid, host)
+    def _train_group(self, gid: int, agents: list[NodeAgent], rnd: int) -> float | None:
+        """One group round among the members; returns the group model's accuracy."""
+        host = agents[0]
+        state = self._group_model(gid, host)
         result = run_group_round(
-            [m.learner for m in members],
-            initial,
-            strategy=self.config.strategy,
-            server_round=rnd,
+            InMemoryFederation(
+                [self.members[a.node_id] for a in agents], strategy=self.config.strategy
+            ),
+            state.weights,
+            group_id=gid,
+            round_=state.round + 1,
             local_epochs=self.config.local_epochs,
+            registry=host.client,
+            measure_contribution=self.config.measure_contribution,
         )
-        state = self._groups[gid]
-        state.weights = result.weights
-        state.round += 1
-        for m in members:
-            m.learner.set_weights(result.weights)
-        try:
-            host.client.upload_model(gid, state.round, weights_to_bytes(result.weights))
-        except RegistryClientError as exc:
-            log.warning("group %s: snapshot upload failed: %s", gid, exc)
-        if self.config.measure_contribution and len(result.updates) == len(members):
-            self._measure_contribution(gid, state.round, members, result, initial)
-        total = sum(v.num_examples for v in result.val) or 1
-        for m, val in zip(members, result.val, strict=False):
-            try:
-                m.client.report_performance(
-                    gid, value=val.accuracy, round=state.round, num_examples=val.num_examples
-                )
-            except RegistryClientError as exc:
-                log.warning("%s: performance report failed: %s", m.node_id, exc)
-        return float(sum(v.accuracy * v.num_examples for v in result.val) / total)
-
-    def _measure_contribution(
-        self,
-        gid: int,
-        round_: int,
-        members: list[NodeAgent],
-        result: RoundResult,
-        initial: list[np.ndarray],
-    ) -> None:
-        """Leave-one-out contributions on the members' pooled validation data (capped at
-        512 examples); the host submits them for the whole round, the registry pays."""
-        report = leave_one_out(
-            result.updates,
-            result.num_examples,
-            pooled_val_loss([m.learner for m in members], seed=round_),
-            baseline=initial,
-        )
-        self._contribution_seconds += report.seconds
-        contributions = {m.node_id: c for m, c in zip(members, report.contributions, strict=True)}
-        self._contributions.update(contributions)
-        try:
-            members[0].client.submit_contributions(
-                gid,
-                round_,
-                contributions,
-                num_examples=dict(
-                    zip((m.node_id for m in members), result.num_examples, strict=True)
-                ),
-            )
-        except RegistryClientError as exc:
-            log.warning("group %s: contribution report failed: %s", gid, exc)
+        if result.aggregated:
+            state.weights, state.round = result.weights, result.round
+        self._contributions.update(result.contributions)
+        self._contribution_seconds += result.contribution_seconds
+        return result.accuracy
 
     def test_accuracy(self) -> dict[str, float]:
         """Each node's current model on its own test split."""
@@ -312,7 +275,7 @@ def local_only_accuracy(
         learner = Learner(
             build_model(config.dataset, seed=config.seed + i),
             nd,
-            lr=config.learning_rate,
+            learning_rate=config.learning_rate,
             batch_size=config.batch_size,
             seed=config.seed + i,
         )

@@ -3,8 +3,8 @@
 Threads, each with one job:
 
 - main: the decisions (register, choose or create a group, re-evaluate every
-  ``group_evaluation_interval`` seconds, migrate) through ``NodeAgent``;
-- heartbeat: every ``heartbeat_interval`` seconds;
+  ``group_evaluation_interval_s`` seconds, migrate) through ``NodeAgent``;
+- heartbeat: every ``heartbeat_interval_s`` seconds;
 - member: the Flower client of the node's current group. Before each connection it
   asks the registry for the host with an atomic claim: when the group has no live
   host the claim is granted and this node starts hosting, else it connects to the
@@ -13,7 +13,9 @@ Threads, each with one job:
 - host (only on the group's host): the group's Flower server. It resumes from the
   group's latest snapshot in the registry, runs one round at a time among the
   members connected, uploads each aggregated model as round ``previous + 1`` and
-  re-checks its claim before every round. Members report their own evaluation.
+  re-checks its claim before every round. Each round is
+  ``node.federation.round.run_group_round`` over Flower's gRPC link: members report
+  their own evaluation, the host uploads the snapshot and submits contributions.
 """
 
 from __future__ import annotations
@@ -22,35 +24,33 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar
+from flwr.common import Scalar
 
 from node.addresses import Address, advertised_host, free_port, parse_address
 from node.config import NodeConfig
-from node.federation.link import (
-    GROUP_ID_KEY,
-    LOCAL_EPOCHS_KEY,
-    ROUND_KEY,
-    GroupServer,
-    RpcError,
-    SessionEnded,
-    run_client,
-)
-from node.learning.data import load_dataset
-from node.learning.learner import LOSS, Learner
-from node.learning.models import build_model
-from node.learning.partition import NodeData, partition
-from node.learning.weights import bytes_to_weights, weights_to_bytes
-from node.registry_client import (
-    ConflictError,
+from node.errors import (
     ForbiddenError,
     NotFoundError,
-    RegistryClient,
     RegistryClientError,
+    RemoteInputError,
+    SessionEnded,
 )
+from node.federation.keys import GROUP_ID_KEY
+from node.federation.link import GroupServer, LinkFederation, LinkMember, RpcError, run_client
+from node.federation.round import (
+    GroupMember,
+    MemberEvaluation,
+    latest_group_model,
+    run_group_round,
+)
+from node.learning.data import load_dataset
+from node.learning.learner import Learner
+from node.learning.models import build_model
+from node.learning.partition import NodeData, partition
+from node.registry_client import RegistryClient
 from node.runtime.agent import NodeAgent
 from node.runtime.policy import Migrate, PolicyConfig
 
@@ -92,6 +92,7 @@ class ProcessOptions:
     round_pause: float = 0.0  # pause between a group's rounds
     host_retry: float = 0.5  # pause before looking for a host again
     warmup_epochs: int = 1  # local training before the first group choice
+    measure_contribution: bool = True  # as host: leave-one-out contributions, to the ledger
 
 
 def registration_ordinal(client: RegistryClient, node_id: str, domain: str) -> int:
@@ -143,45 +144,6 @@ class _Session:
     host: _Host | None = None
 
 
-class _MemberClient(NumPyClient):
-    """Trains and evaluates this node's learner for the group's host."""
-
-    def __init__(self, proc: NodeProcess, session: _Session) -> None:
-        self.proc = proc
-        self.session = session
-
-    def _check(self, config: dict[str, Scalar]) -> None:
-        if self.session.stop.is_set() or config.get(GROUP_ID_KEY) != self.session.group_id:
-            raise SessionEnded(f"no longer in group {self.session.group_id}")
-
-    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        """This node's current weights."""
-        return self.proc.learner.get_weights()
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        """Train the group model on local data."""
-        self._check(config)
-        learner = self.proc.learner
-        learner.set_weights(list(parameters))
-        metrics = learner.train(epochs=int(config.get(LOCAL_EPOCHS_KEY, learner.epochs)))
-        return learner.get_weights(), learner.num_train_examples, {"train-loss": metrics[LOSS]}
-
-    def evaluate(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, int, dict[str, Scalar]]:
-        """Take the aggregated model as this node's own, evaluate it, report it."""
-        self._check(config)
-        learner = self.proc.learner
-        learner.set_weights(list(parameters))
-        result = learner.evaluate("val")
-        round_ = int(config.get(ROUND_KEY, 0))
-        self.proc.round_done(self.session.group_id, result.accuracy)
-        self.proc.report(self.session.group_id, round_, result.accuracy, result.num_examples)
-        return result.loss, result.num_examples, {"accuracy": result.accuracy}
-
-
 class _Host:
     """The group's Flower server and its round loop, in a thread of their own."""
 
@@ -209,27 +171,19 @@ class _Host:
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout=self.proc.options.round_timeout + 5)
 
-    def _latest(self) -> tuple[list[np.ndarray], int]:
-        blob = self.proc.client.download_model(self.session.group_id)
-        if blob is None:
-            return self.proc.learner.get_weights(), 0
-        return bytes_to_weights(blob.data), blob.round
-
     def _run(self) -> None:
         proc, gid = self.proc, self.session.group_id
-        try:
-            weights, round_ = self._latest()
-        except RegistryClientError as exc:
-            log.warning("%s: cannot fetch group %s's snapshot: %s", proc.node_id, gid, exc)
-            weights, round_ = proc.learner.get_weights(), 0
+        member = proc.member
+        latest = latest_group_model(proc.client, gid, member.signature)
+        weights = proc.learner.get_weights()
+        round_ = 0
+        if latest is not None:  # resume from it, or past it when it is unusable
+            weights, round_ = latest.weights or weights, latest.round
         log.info(
             "%s: hosting group %s at %s (epoch %s), resuming from round %s",
             proc.node_id, gid, proc.address, self.epoch, round_,
         )  # fmt: skip
-        config: dict[str, Scalar] = {
-            GROUP_ID_KEY: gid,
-            LOCAL_EPOCHS_KEY: proc.config.local_epochs,
-        }
+        federation = LinkFederation(self.server, group_id=gid)
         while not self.stop.is_set():
             try:
                 claim = proc.client.claim_host(gid, proc.address)
@@ -252,45 +206,38 @@ class _Host:
                 break
             if connected == 0:
                 continue
-            fit = self.server.fit(weights, round_ + 1, config)
+            result = run_group_round(
+                federation,
+                weights,
+                group_id=gid,
+                round_=round_ + 1,
+                local_epochs=proc.config.local_epochs,
+                registry=proc.client,
+                measure_contribution=proc.options.measure_contribution,
+            )
+            if result.refused is not None:  # another host stored a newer round, or we left
+                log.info("%s: stops hosting group %s: %s", proc.node_id, gid, result.refused)
+                break
             if self.stop.is_set():
                 break  # the round in flight is the only thing lost
-            if fit.weights is None:
+            if not result.aggregated:
                 log.info("%s: group %s round %s: no results", proc.node_id, gid, round_ + 1)
                 self.stop.wait(proc.options.host_retry)
                 continue
-            weights, round_ = fit.weights, round_ + 1
-            if not self._upload(weights, round_):
-                break
-            ev = self.server.evaluate(weights, round_, config)
-            acc = f"{ev.accuracy:.3f}" if ev.accuracy is not None else "-"
+            weights, round_ = result.weights, result.round
+            acc = f"{result.accuracy:.3f}" if result.accuracy is not None else "-"
             # Rounds can run many times a second: every one at DEBUG, every tenth (and
             # any with failures) at INFO, so decisions stay readable in the log.
-            level = logging.INFO if round_ % 10 == 0 or fit.failures else logging.DEBUG
+            level = logging.INFO if round_ % 10 == 0 or result.failures else logging.DEBUG
             log.log(
                 level,
                 "%s: group %s round %s: %s trained (%s failed), accuracy %s, %.2f s",
-                proc.node_id, gid, round_, fit.clients, fit.failures, acc,
-                fit.seconds + ev.seconds,
+                proc.node_id, gid, round_, len(result.updates), result.failures, acc,
+                result.fit_seconds + result.evaluate_seconds,
             )  # fmt: skip
             if proc.options.round_pause:
                 self.stop.wait(proc.options.round_pause)
         self.server.stop()
-
-    def _upload(self, weights: list[np.ndarray], round_: int) -> bool:
-        """Store the round's model; False when this node must stop hosting."""
-        proc, gid = self.proc, self.session.group_id
-        try:
-            proc.client.upload_model(gid, round_, weights_to_bytes(weights))
-        except ConflictError as exc:  # another host stored a newer round: step down
-            log.info("%s: group %s has a newer snapshot (%s)", proc.node_id, gid, exc)
-            return False
-        except ForbiddenError as exc:
-            log.info("%s: may no longer upload for group %s: %s", proc.node_id, gid, exc)
-            return False
-        except RegistryClientError as exc:
-            log.warning("%s: snapshot upload failed: %s", proc.node_id, exc)
-        return True
 
 
 class NodeProcess:
@@ -325,6 +272,7 @@ class NodeProcess:
         self._choices = 0
         self._learner: Learner | None = None
         self._agent: NodeAgent | None = None
+        self._group_member: GroupMember | None = None
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -334,6 +282,13 @@ class NodeProcess:
         if self._learner is None:
             raise RuntimeError("call prepare() first")
         return self._learner
+
+    @property
+    def member(self) -> GroupMember:
+        """This node's part in its group's rounds (after ``prepare``)."""
+        if self._group_member is None:
+            raise RuntimeError("call prepare() first")
+        return self._group_member
 
     @property
     def agent(self) -> NodeAgent:
@@ -363,7 +318,7 @@ class NodeProcess:
         self._learner = Learner(
             build_model(self.data_spec.dataset, seed=cfg.seed + self.partition_id),
             data,
-            lr=cfg.learning_rate,
+            learning_rate=cfg.learning_rate,
             batch_size=cfg.batch_size,
             epochs=cfg.local_epochs,
             seed=cfg.seed + self.partition_id,
@@ -375,10 +330,11 @@ class NodeProcess:
             domain=cfg.domain,
             address=self.address,
             policy=cfg.policy,
-            policy_config=PolicyConfig(cfg.switch_threshold, cfg.cooldown, cfg.top_k),
+            policy_config=PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k),
             max_capacity=cfg.max_capacity,
             cluster=data.cluster,
         )
+        self._group_member = GroupMember(self.node_id, self._learner, reporter=self.client)
         if self.options.warmup_epochs:
             self._learner.train(self.options.warmup_epochs)
         self.last_accuracy = self._learner.evaluate("val").accuracy
@@ -392,12 +348,12 @@ class NodeProcess:
         beat = threading.Thread(target=self._heartbeats, args=(stop,), name="heartbeat")
         beat.daemon = True
         beat.start()
-        next_evaluation = time.monotonic() + self.config.group_evaluation_interval
+        next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
         try:
             while not stop.is_set():
                 self._decide(time.monotonic() >= next_evaluation)
                 if time.monotonic() >= next_evaluation:
-                    next_evaluation = time.monotonic() + self.config.group_evaluation_interval
+                    next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
                 self._follow_group()
                 stop.wait(_LOOP_STEP)
         finally:
@@ -423,7 +379,7 @@ class NodeProcess:
                 log.warning("%s: registry refused a decision: %s", self.node_id, exc)
 
     def _heartbeats(self, stop: threading.Event) -> None:
-        while not stop.wait(self.config.heartbeat_interval):
+        while not stop.wait(self.config.heartbeat_interval_s):
             metrics: dict[str, float] = {"rounds": float(self.rounds_done)}
             if self.last_accuracy is not None:
                 metrics["accuracy"] = self.last_accuracy
@@ -495,10 +451,17 @@ class NodeProcess:
             level = logging.DEBUG if address == failing else logging.INFO
             log.log(level, "%s: training with group %s, hosted at %s", self.node_id, gid, address)
             rounds = self.rounds_done
+            client = LinkMember(
+                self.member,
+                check=lambda config, s=session: self._check_session(s, config),  # type: ignore[misc]
+                on_evaluated=self.round_done,
+            )
             try:
-                run_client(address, _MemberClient(self, session))
+                run_client(address, client)
             except SessionEnded:
                 break
+            except RemoteInputError as exc:  # the host sent something unusable: reconnect
+                log.warning("%s: group %s's host sent bad input: %s", self.node_id, gid, exc)
             except RpcError as exc:
                 code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
                 if not session.stop.is_set():
@@ -513,21 +476,17 @@ class NodeProcess:
 
     # --- callbacks from the member client ----------------------------------------------
 
-    def round_done(self, group_id: int, accuracy: float) -> None:
+    def _check_session(self, session: _Session, config: Mapping[str, Scalar]) -> None:
+        """Leave a federation this node no longer belongs to (it migrated or is stopping)."""
+        if session.stop.is_set() or config.get(GROUP_ID_KEY) != session.group_id:
+            raise SessionEnded(f"no longer in group {session.group_id}")
+
+    def round_done(self, group_id: int, result: MemberEvaluation) -> None:
         """Count a completed round of the current group."""
         self.rounds_done += 1
-        self.last_accuracy = accuracy
+        self.last_accuracy = result.accuracies[0]
         if self.agent.group_id == group_id:
             self.agent.rounds_since_move += 1
-
-    def report(self, group_id: int, round_: int, accuracy: float, num_examples: int) -> None:
-        """Report the group model's accuracy on this node's data to the registry."""
-        try:
-            self.client.report_performance(
-                group_id, value=accuracy, round=round_, num_examples=num_examples
-            )
-        except RegistryClientError as exc:
-            log.debug("%s: performance report failed: %s", self.node_id, exc)
 
     # --- shutdown ----------------------------------------------------------------------
 

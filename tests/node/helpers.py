@@ -8,9 +8,9 @@ from node.learning.models import build_model
 from node.learning.partition import NodeData
 
 
-def digits_learner(data: NodeData, seed: int = 0, lr: float = 0.05) -> Learner:
+def digits_learner(data: NodeData, seed: int = 0, learning_rate: float = 0.05) -> Learner:
     """A learner with the digits MLP initialised from ``seed``."""
-    return Learner(build_model("digits", seed), data, seed=seed, lr=lr)
+    return Learner(build_model("digits", seed), data, seed=seed, learning_rate=learning_rate)
 
 
 def indexed_dataset(n: int = 400, num_classes: int = 4, side: int = 4) -> Dataset:

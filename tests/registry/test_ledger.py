@@ -225,7 +225,7 @@ def test_a_member_with_poisoned_labels_earns_less_than_honest_members(tmp_path: 
     # Prepare: four nodes in one group over real HTTP; node 3's labels are random
     data = partition(load_digits(), 4, "iid", seed=5)
     data[3] = _poisoned(data[3])
-    cfg = NetworkConfig(seed=5, local_epochs=1, warmup_epochs=1, evaluate_every=10_000)
+    cfg = NetworkConfig(seed=5, local_epochs=1, warmup_epochs=1, evaluate_every_rounds=10_000)
     with RegistryProcess(tmp_path / "r") as reg:
         net = InProcessNetwork(reg.url, data, cfg, node_prefix="poison")
         net.start()

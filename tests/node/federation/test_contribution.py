@@ -7,33 +7,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from node.federation.contribution import (
-    leave_one_out,
-    pooled_val_loss,
-    union_val_loss,
-    weighted_mean,
-)
-from node.federation.inprocess import run_group_round
+from node.federation.contribution import federated_loss, leave_one_out
+from node.federation.inprocess import train_in_memory
 from node.learning.data import Dataset
+from node.learning.learner import Learner
 from node.learning.partition import NodeData, partition
 from tests.node.helpers import digits_learner
 
 
 def _distance_loss(target: np.ndarray):  # a loss that is the distance to a known optimum
     return lambda weights: float(np.abs(weights[0] - target).sum())
-
-
-def test_weighted_mean_is_fedavg_and_keeps_dtypes() -> None:
-    # Prepare
-    a = [np.array([0.0, 0.0], dtype=np.float32), np.array([2], dtype=np.int64)]
-    b = [np.array([4.0, 8.0], dtype=np.float32), np.array([6], dtype=np.int64)]
-
-    # Execute
-    mean = weighted_mean([a, b], [3, 1])
-
-    # Assert
-    np.testing.assert_allclose(mean[0], [1.0, 2.0])
-    assert mean[0].dtype == np.float32 and mean[1].dtype == np.int64 and mean[1][0] == 3
 
 
 def test_a_member_that_pulls_away_from_the_optimum_contributes_negatively() -> None:
@@ -86,23 +69,58 @@ def test_bad_input_is_refused() -> None:
         leave_one_out([[np.zeros(1)]], [0], _distance_loss(np.zeros(1)))
 
 
-def test_pooled_validation_loss_is_the_union_and_caps_its_size(
+def _union_loss(learners: list[Learner]):  # the loss on all members' val data at once
+    nodes = [learner.data for learner in learners]
+    union = Dataset(
+        x=np.concatenate([nd.val.x for nd in nodes]),
+        y=np.concatenate([nd.val.y for nd in nodes]),
+        num_classes=nodes[0].val.num_classes,
+        name="union",
+    )
+    evaluator = digits_learner(NodeData(union, union, union, cluster=0, index=-1))
+    return lambda weights: evaluator.evaluate("val", weights=weights).loss
+
+
+def test_the_federated_loss_is_the_loss_on_the_union_of_the_members_data(
     iid_digits_nodes: list[NodeData],
 ) -> None:
     # Prepare
     learners = [digits_learner(nd, seed=i) for i, nd in enumerate(iid_digits_nodes)]
     weights = learners[1].get_weights()
-    total = sum(len(nd.val) for nd in iid_digits_nodes)
 
-    # Execute
-    exact = union_val_loss(learners)(weights)
-    pooled = pooled_val_loss(learners, max_examples=None)(weights)
-    capped = pooled_val_loss(learners, max_examples=total // 2, seed=3)
+    # Execute: each member on its own split, combined by example counts
+    per_member = [learner.evaluate("val", weights=weights) for learner in learners]
+    federated = federated_loss([(r.num_examples, r.loss) for r in per_member])
 
-    # Assert: the same loss uncapped; capped, a stable estimate close to it
-    assert pooled == pytest.approx(exact, rel=1e-5)
-    assert capped(weights) == capped(weights)
-    assert capped(weights) == pytest.approx(exact, rel=0.25)
+    # Assert
+    assert federated == pytest.approx(_union_loss(learners)(weights), rel=1e-5)
+
+
+def test_a_group_round_pays_what_central_leave_one_out_measures(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare: two copies of the same four learners
+    def learners() -> list[Learner]:
+        return [digits_learner(nd, seed=i) for i, nd in enumerate(iid_digits_nodes)]
+
+    group, central = learners(), learners()
+    start = group[0].get_weights()
+
+    # Execute: the round's federated contributions, and leave-one-out on the union
+    result = train_in_memory(group, start, measure_contribution=True)
+    for learner in central:
+        learner.set_weights(start)
+        learner.train(epochs=1)
+    report = leave_one_out(
+        [learner.get_weights() for learner in central],
+        [learner.num_train_examples for learner in central],
+        _union_loss(central),
+        baseline=start,
+    )
+
+    # Assert
+    assert list(result.contributions) == [f"learner-{i}" for i in range(4)]
+    assert list(result.contributions.values()) == pytest.approx(report.contributions, abs=1e-6)
 
 
 def _poisoned(nd: NodeData, seed: int = 7) -> NodeData:
@@ -125,13 +143,10 @@ def test_a_member_with_poisoned_labels_contributes_least_on_real_digits(digits: 
     weights = learners[0].get_weights()
     totals = np.zeros(4)
 
-    # Execute: three FedAvg rounds, contributions measured on the pooled validation data
+    # Execute: three FedAvg rounds, contributions measured on the members' validation data
     for rnd in range(1, 4):
-        result = run_group_round(learners, weights, server_round=rnd, local_epochs=1)
-        report = leave_one_out(
-            result.updates, result.num_examples, pooled_val_loss(learners), baseline=weights
-        )
-        totals += np.maximum(0.0, report.contributions)
+        result = train_in_memory(learners, weights, round_=rnd, measure_contribution=True)
+        totals += np.maximum(0.0, list(result.contributions.values()))
         weights = result.weights
 
     # Assert: the poisoned member earns nothing; every honest member earns something

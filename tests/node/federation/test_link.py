@@ -12,13 +12,9 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
 from node.addresses import free_port
-from node.federation.link import (
-    GROUP_ID_KEY,
-    GroupServer,
-    SessionEnded,
-    check_legacy_compat,
-    run_client,
-)
+from node.errors import SessionEnded
+from node.federation.keys import GROUP_ID_KEY
+from node.federation.link import GroupServer, check_legacy_compat, run_client
 
 
 class _Client(NumPyClient):
@@ -39,7 +35,7 @@ class _Client(NumPyClient):
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
-        return 0.0, 10, {"accuracy": 0.5}
+        return 0.0, 10, {"loss-0": 0.0, "accuracy-0": 0.5}
 
 
 @pytest.fixture
@@ -83,16 +79,16 @@ def test_a_round_goes_on_without_a_member_that_leaves_or_hangs(server: GroupServ
     started = time.monotonic()
     second = server.fit([np.zeros(2)], 2, config)
     waited = time.monotonic() - started
-    evaluated = server.evaluate([np.zeros(2)], 2, config)
+    evaluated = server.evaluate([[np.zeros(2)]], 2, config)
 
     # Assert
-    assert (first.clients, first.failures) == (2, 1)
+    assert (len(first.updates), first.failures) == (2, 1)
     assert first.weights is not None and np.allclose(first.weights[0], 3.0)  # mean of 1 and 5
     assert "left" in outcomes
-    assert (second.clients, second.failures) == (1, 1)
+    assert (len(second.updates), second.failures) == (1, 1)
     assert second.weights is not None and np.allclose(second.weights[0], 1.0)
     assert waited < 2.5  # the round deadline, not the hung member, decided
-    assert evaluated.accuracy == pytest.approx(0.5)
+    assert evaluated and all(e.accuracies == [pytest.approx(0.5)] for e in evaluated)
     server.stop()
     for t in threads:
         t.join(timeout=10)

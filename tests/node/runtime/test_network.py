@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from node.learning.data import load_digits
 from node.learning.partition import partition
 from node.runtime.network import InProcessNetwork, NetworkConfig, local_only_accuracy
 from tests.support.registry_proc import RegistryProcess
+from tests.support.stranger import Stranger
 
 ROUNDS = 20
 
@@ -96,3 +98,26 @@ def test_registry_restart_during_a_run_loses_no_node(tmp_path: Path) -> None:
     assert {nid: n["group_id"] for nid, n in nodes.items()} == groups_before
     for gid, before in rounds_before.items():
         assert groups[gid]["round"] > before  # learning went on from where it was
+
+
+def test_a_corrupt_candidate_snapshot_is_skipped_and_the_network_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the best-looking group in the domain holds bytes that are not a model
+    data = partition(load_digits(), 4, "clustered", seed=2, clusters=2)
+    with RegistryProcess(tmp_path / "r") as reg, Stranger(reg.url) as stranger:
+        net = InProcessNetwork(reg.url, data, NetworkConfig(seed=2))
+        net.start()
+
+        # Execute: placement and two re-evaluations score the bad snapshot
+        with caplog.at_level(logging.WARNING, logger="node.runtime.agent"):
+            stats = [net.run_round() for _ in range(4)]
+        placed = {a.node_id: a.group_id for a in net.agents}
+        net.shutdown()
+
+    # Assert: every node scored and skipped it, none joined it, and the groups trained
+    skipped = [r for r in caplog.records if f"snapshot of group {stranger.group_id}" in r.message]
+    assert {r.message.split(":")[0] for r in skipped} == {a.node_id for a in net.agents}
+    assert all(stranger.group_id not in s.groups for s in stats)
+    assert all(gid is not None and gid != stranger.group_id for gid in placed.values())
+    assert stats[-1].mean_accuracy > stats[0].mean_accuracy

@@ -17,6 +17,7 @@ import pytest
 from node.config import NodeConfig
 from node.runtime.process import DataSpec, NodeProcess, ProcessOptions
 from tests.support.registry_proc import RegistryProcess
+from tests.support.stranger import Stranger
 
 pytestmark = pytest.mark.slow
 
@@ -224,3 +225,67 @@ def test_auto_partition_ids_follow_registration_order(sqlite_registry: RegistryP
     assert first.index == third.index == 0 and second.index == 1
     for proc in procs:
         proc.client.close()
+
+
+def test_a_process_deployment_measures_and_pays_contributions(
+    network: tuple[RegistryProcess, NodeProcs],
+) -> None:
+    # Prepare: three node processes that fit one group (capacity 3, one hidden cluster);
+    # the first creates it, and the others follow the best reported group into it
+    registry, nodes = network
+    url = registry.url
+    flags = ("--max-capacity", "3", "--clusters", "1", "--policy", "reported")
+    ids = [nodes.start(0, *flags)]
+    wait_until(lambda: node_info(url, "n0").get("group_id"), 90, "n0 placed", nodes)
+    ids += [nodes.start(i, *flags) for i in (1, 2)]
+
+    def paid_rounds() -> dict[int, set[str]] | None:
+        entries = httpx.get(f"{url}/ledger", params={"limit": 1000}, timeout=5).json()["data"]
+        by_round: dict[int, set[str]] = {}
+        for e in entries:
+            by_round.setdefault(e["round"], set()).add(e["node_id"])
+        full = {r: who for r, who in by_round.items() if len(who) == 3}
+        return full if len(full) >= 2 else None
+
+    # Execute: wait until two rounds have paid every member of a three-member group
+    rounds = wait_until(paid_rounds, 120, "two rounds with ledger entries for all three", nodes)
+
+    # Assert: the entries name the three processes, and the registry knows the host paid them
+    assert all(who == set(ids) for who in rounds.values())
+    balances = {n: httpx.get(f"{url}/nodes/{n}/balance", timeout=5).json() for n in ids}
+    assert all(b["entries"] >= 2 for b in balances.values())
+    events = httpx.get(f"{url}/events", params={"limit": 1000}, timeout=5).json()["data"]
+    assert any(e["type"] == "reward" for e in events)
+
+
+def test_a_corrupt_candidate_snapshot_leaves_a_node_process_alive(
+    network: tuple[RegistryProcess, NodeProcs],
+) -> None:
+    # Prepare: the best-looking group in the domain holds bytes that are not a model
+    registry, nodes = network
+    url = registry.url
+    with Stranger(url) as stranger:
+        bad = stranger.group_id
+
+        # Execute: a node process scores the candidates, then re-scores them every second
+        node_id = nodes.start(0, "--group-evaluation-interval", "1")
+        log_path = nodes.tmp / f"{node_id}.log"
+        _wait_for_the_node(url, nodes, node_id, log_path, bad)
+
+        # Assert: the process lives on in a group of its own; nobody joined the bad group
+        assert nodes.procs[node_id].poll() is None, nodes.logs()
+        assert node_info(url, node_id)["group_id"] != bad
+        assert groups(url)[bad]["member_ids"] == ["stranger"]
+        assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+def _wait_for_the_node(url: str, nodes: NodeProcs, node_id: str, log_path: Path, bad: int) -> None:
+    """Until the node has skipped the bad snapshot twice and its own group trained 2 rounds."""
+
+    def scored_twice_and_trained() -> bool:
+        text = log_path.read_text(errors="replace")
+        own = node_info(url, node_id).get("group_id")
+        trained = bool(own) and groups(url).get(own, {}).get("model_round", 0) >= 2
+        return text.count(f"snapshot of group {bad}") >= 2 and trained
+
+    wait_until(scored_twice_and_trained, 120, "the bad snapshot skipped twice, rounds", nodes)

@@ -15,6 +15,7 @@ from registry.settings import RegistrySettings
 from registry.storage import ModelStore
 
 __all__ = [
+    "BEARER",
     "AdminDep",
     "BusDep",
     "DatabaseDep",
@@ -25,7 +26,8 @@ __all__ = [
     "TokenDep",
 ]
 
-_bearer = HTTPBearer(auto_error=False, description="The node's token from /nodes/register.")
+# The one bearer scheme of /docs; the fast heartbeat route names it too.
+BEARER = HTTPBearer(auto_error=False, description="The node's token from /nodes/register.")
 
 
 async def get_settings(request: Request) -> RegistrySettings:
@@ -53,7 +55,7 @@ async def get_store(request: Request) -> ModelStore:
 
 
 async def bearer_token(
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> str | None:
     """The bearer token, if any (checked by the handler against the database)."""
     return creds.credentials if creds else None

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.openapi.constants import REF_TEMPLATE
+from fastapi.openapi.utils import (
+    validation_error_definition,
+    validation_error_response_definition,
+)
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
 from registry import crud
-from registry.api.deps import DatabaseDep, PageDep, TokenDep
+from registry.api.deps import BEARER, DatabaseDep, PageDep, TokenDep
 from registry.api.validation import invalid_response
 from registry.db import Database, GroupCommit
 from registry.schemas import (
@@ -47,11 +53,9 @@ def register_node(
 # Heartbeats are the registry's hottest path (every node, every interval). They are
 # served by `heartbeat_fast`, a plain Starlette route placed first in the route table:
 # FastAPI's per-request machinery (handler rebuild, dependency solving, content-type
-# parsing) cost several times the work itself (bench/registry_throughput.py). The
-# FastAPI route below documents the endpoint in /docs and shares the same core.
-_heartbeat_bearer = HTTPBearer(
-    auto_error=False, description="The node's token from /nodes/register."
-)
+# parsing) cost several times the work itself (bench/registry_throughput.py). FastAPI
+# documents only its own routes, so `document_fast_routes` adds this one to the schema.
+HEARTBEAT_PATH = "/nodes/{node_id}/heartbeat"
 _NODE_ID = re.compile(NODE_ID_PATTERN)
 
 
@@ -67,18 +71,6 @@ async def _beat(
     return Response(node.model_dump_json(), media_type="application/json")
 
 
-@router.post("/{node_id}/heartbeat", response_model=NodePublic, responses={401: {}, 403: {}})
-async def heartbeat(
-    request: Request,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_heartbeat_bearer)],
-    node_id: NodeIdPath,
-    body: Heartbeat | None = None,
-) -> NodePublic:
-    """Liveness plus the node's own latest metrics; only the node itself may send it."""
-    token = creds.credentials if creds else None
-    return await _beat(request, token, node_id, body.metrics if body else {})  # type: ignore[return-value]
-
-
 def _bearer_token(request: Request) -> str | None:
     """What HTTPBearer(auto_error=False) yields: the credentials of a Bearer header."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
@@ -86,7 +78,7 @@ def _bearer_token(request: Request) -> str | None:
 
 
 async def heartbeat_fast(request: Request) -> Response:
-    """POST /nodes/{node_id}/heartbeat without FastAPI's per-request overhead."""
+    """Liveness plus the node's own latest metrics; only the node itself may send it."""
     node_id: str = request.path_params["node_id"]
     if not _NODE_ID.fullmatch(node_id):
         mismatch = {
@@ -106,7 +98,81 @@ async def heartbeat_fast(request: Request) -> Response:
     return await _beat(request, _bearer_token(request), node_id, metrics)
 
 
-FAST_ROUTES = [Route("/nodes/{node_id}/heartbeat", heartbeat_fast, methods=["POST"])]
+FAST_ROUTES = [Route(HEARTBEAT_PATH, heartbeat_fast, methods=["POST"])]
+
+
+def _heartbeat_operation(body: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI operation of `heartbeat_fast`, given the `$ref`s of its body and answer."""
+    return {
+        "tags": list(router.tags),
+        "summary": "Heartbeat",
+        "description": inspect.getdoc(heartbeat_fast),
+        # The id FastAPI derived when it served this route; generated clients name calls by it.
+        "operationId": "heartbeat_nodes__node_id__heartbeat_post",
+        "security": [{BEARER.scheme_name: []}],
+        "parameters": [
+            {
+                "name": "node_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": NODE_ID_PATTERN, "title": "Node Id"},
+            }
+        ],
+        # Optional: an empty body is a beat without metrics.
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": {"anyOf": [body, {"type": "null"}], "title": "Body"}}
+            }
+        },
+        "responses": {
+            "200": {
+                "description": "Successful Response",
+                "content": {"application/json": {"schema": node}},
+            },
+            "401": {"description": "Unauthorized"},
+            "403": {"description": "Forbidden"},
+            "422": {
+                "description": "Validation Error",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": REF_TEMPLATE.format(model="HTTPValidationError")}
+                    }
+                },
+            },
+        },
+    }
+
+
+def document_fast_routes(openapi: dict[str, Any]) -> None:
+    """Add `FAST_ROUTES`, which FastAPI cannot see, to the OpenAPI document it built.
+
+    Adds the heartbeat's path item right after /nodes/register (the order of this module,
+    hence of /docs), and the schemas and security scheme it names that are not there yet.
+    """
+    refs, defs = models_json_schema(
+        [(Heartbeat, "validation"), (NodePublic, "serialization")], ref_template=REF_TEMPLATE
+    )
+    components = openapi.setdefault("components", {})
+    schemas = {
+        **defs.get("$defs", {}),
+        "ValidationError": validation_error_definition,
+        "HTTPValidationError": validation_error_response_definition,
+        **components.get("schemas", {}),
+    }
+    components["schemas"] = dict(sorted(schemas.items()))
+    components.setdefault("securitySchemes", {}).setdefault(
+        BEARER.scheme_name, BEARER.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
+    operation = _heartbeat_operation(
+        refs[(Heartbeat, "validation")], refs[(NodePublic, "serialization")]
+    )
+    paths: dict[str, Any] = {}
+    for path, item in openapi.get("paths", {}).items():
+        paths[path] = item
+        if path == f"{router.prefix}/register":
+            paths[HEARTBEAT_PATH] = {"post": operation}
+    paths.setdefault(HEARTBEAT_PATH, {"post": operation})
+    openapi["paths"] = paths
 
 
 @router.get("", response_model=NodesPublic)

@@ -32,6 +32,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check mycelium registry node viz sim tests bench
 	$(BIN)/ruff format --check mycelium registry node viz sim tests bench
 	$(BIN)/mypy
+	# Dead code vulture is sure of (unused imports, variables, unreachable code).
+	$(BIN)/vulture mycelium registry node viz sim --min-confidence 61
 
 test: system-deps lint
 	$(BIN)/python -m pytest $(ARGS)

@@ -131,8 +131,9 @@ def deployed(window: float, ttl: float, tmp: Path) -> dict[str, Any]:
                 "--address", "127.0.0.1:0", "--listen", "127.0.0.1:0",
                 "--partition", "iid", "--num-partitions", str(NODES), "--partition-id", str(i),
                 "--policy", "reported", "--max-capacity", str(NODES),
-                "--local-epochs", str(LOCAL_EPOCHS), "--heartbeat-interval", "0.5",
-                "--group-evaluation-interval", "3600", "--join-wait", "2",
+                "--local-epochs", str(LOCAL_EPOCHS), "--heartbeat-interval-s", "0.5",
+                "--group-evaluation-interval-s", "3600", "--join-wait-s", "2",
+                "--no-contributions",  # the in-process baseline measures none either
             ]  # fmt: skip
             with (tmp / f"n{i}.log").open("ab") as out:
                 procs[f"n{i}"] = subprocess.Popen(

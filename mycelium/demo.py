@@ -20,8 +20,7 @@ import torch
 from tqdm import tqdm
 
 from node.federation.strategies import set_flower_log_level
-from node.learning.data import load_dataset
-from node.learning.partition import partition
+from node.learning.partition import PartitionSpec
 from node.runtime.network import InProcessNetwork, NetworkConfig, RoundStats, local_only_accuracy
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -106,16 +105,16 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
     set_flower_log_level(logging.WARNING)
     torch.set_num_threads(1)  # small models: one thread per process is fastest here
     cfg.output.mkdir(parents=True, exist_ok=True)
-    data = partition(
-        load_dataset(cfg.dataset),
-        cfg.nodes,
-        cfg.partition,  # type: ignore[arg-type]
-        seed=cfg.seed,
-        alpha=cfg.alpha,
+    data = PartitionSpec(
+        dataset=cfg.dataset,
+        scheme=cfg.partition,
+        num_partitions=cfg.nodes,
         clusters=cfg.clusters,
-        cluster_mode=cfg.cluster_mode,  # type: ignore[arg-type]
+        cluster_mode=cfg.cluster_mode,
+        alpha=cfg.alpha,
         samples_per_node=cfg.samples_per_node,
-    )
+        seed=cfg.seed,
+    ).split()
     net_cfg = NetworkConfig(
         dataset=cfg.dataset,
         domain=cfg.dataset,

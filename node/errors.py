@@ -15,7 +15,8 @@
      ├── TransportError               a peer or a group's host could not be reached
      │    └── PeerUnreachableError    no connection, or no answer in time
      ├── RegistryClientError          the registry could not serve a call
-     │    ├── RegistryUnavailableError  connection failed or 5xx, after retries
+     │    ├── RegistryUnavailableError  unreachable or 5xx after retries (or at once, for a
+     │    │                             call not safe to repeat: 502/504/timeout)
      │    └── RegistryRequestError      the registry answered 4xx/5xx (status, detail)
      │         ├── UnauthorizedError    401: missing or unknown token
      │         ├── ForbiddenError       403: not allowed

@@ -45,7 +45,10 @@ class RegistryMirror:
         self.domain = domain
         self.prefix = prefix
         self.failures = 0
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        # Connection failures are retried by the transport (nothing reached the registry).
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=httpx.HTTPTransport(retries=1)
+        )
         self._clients: dict[int, RegistryClient] = {}
         self._group_ids: dict[str, int] = {}
         self._active: set[int] = set()

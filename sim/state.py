@@ -30,7 +30,7 @@ from node.learning.partition import (
     MIN_SAMPLES_PER_NODE,
     SCHEMES,
     NodeData,
-    partition,
+    PartitionSpec,
 )
 from node.p2p.codecs import Codec, DenseCodec, QuantizeCodec
 from sim.network import ConditionsOverride, Message, Network, Topology
@@ -70,7 +70,6 @@ SHARE = "share"
 EXCHANGE = "exchange"
 FLOOD = "flood"
 GROUP = "group"
-FLOWER = "flower"
 
 DEFAULT_AREA_SIZE = 8
 
@@ -267,16 +266,16 @@ class Simulation:
                 f"{config.nodes} disjoint nodes of {MIN_SAMPLES_PER_NODE}; set samples per "
                 "node (--samples-per-node) and nodes' samples overlap"
             )
-        self.base: list[NodeData] = partition(
-            self.dataset,
-            config.nodes,
-            config.partition,  # type: ignore[arg-type]
-            seed=config.seed,
-            alpha=config.alpha,
+        self.base: list[NodeData] = PartitionSpec(
+            dataset=config.dataset,
+            scheme=config.partition,
+            num_partitions=config.nodes,
             clusters=config.clusters,
-            cluster_mode=config.cluster_mode,  # type: ignore[arg-type]
+            cluster_mode=config.cluster_mode,
+            alpha=config.alpha,
             samples_per_node=config.samples_per_node,
-        )
+            seed=config.seed,
+        ).split(self.dataset)
         self._template = build_model(config.dataset, seed=config.seed)
         self.codec = CODECS[config.codec]
         self.nodes: dict[int, SimNode] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -199,13 +198,6 @@ class Renderer:
         out = np.ascontiguousarray(rgba[..., :3])
         self.timings.append(time.perf_counter() - t0)
         return out
-
-    def save_png(self, frame: Frame, path: Path) -> None:
-        """Write the frame as a PNG."""
-        import imageio.v3 as iio
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(path, self.render(frame))
 
     def draw(self, frame: Frame) -> None:
         """Put `frame` on the figure (without rasterising)."""

@@ -19,9 +19,9 @@ from node.config import load_node_config
 from node.errors import ConfigError
 from node.federation.strategies import STRATEGY_NAMES, set_flower_log_level
 from node.learning.data import DATASET_NAMES
-from node.learning.partition import CLUSTER_MODES, SCHEMES
+from node.learning.partition import CLUSTER_MODES, SCHEMES, PartitionSpec
 from node.runtime.policy import POLICIES
-from node.runtime.process import DataSpec, NodeProcess, ProcessOptions
+from node.runtime.process import NodeProcess, ProcessOptions
 
 __all__ = ["node", "parse_partition_id"]
 
@@ -120,13 +120,40 @@ def node(
     listen: Annotated[
         str | None, typer.Option(help="Where the Flower server binds (default 0.0.0.0:<port>).")
     ] = None,
-    round_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds a host waits for a member's reply.")
+    round_timeout_s: Annotated[
+        float,
+        typer.Option(
+            "--round-timeout-s",
+            "--round-timeout",  # the old spelling, for existing scripts
+            min=0.1,
+            help="Seconds a host waits for a member's reply.",
+        ),
     ] = 30.0,
-    join_wait: Annotated[
-        float, typer.Option(min=0.0, help="Seconds a host waits for members before a round.")
+    join_wait_s: Annotated[
+        float,
+        typer.Option(
+            "--join-wait-s",
+            "--join-wait",  # the old spelling, for existing scripts
+            min=0.0,
+            help="Seconds a host waits for members before a round.",
+        ),
     ] = 2.0,
-    round_pause: Annotated[float, typer.Option(min=0.0, help="Seconds between rounds.")] = 0.0,
+    round_pause_s: Annotated[
+        float,
+        typer.Option(
+            "--round-pause-s",
+            "--round-pause",  # the old spelling, for existing scripts
+            min=0.0,
+            help="Seconds between rounds.",
+        ),
+    ] = 0.0,
+    contributions: Annotated[
+        bool,
+        typer.Option(
+            help="As a group's host, measure members' contributions each round and submit "
+            "them to the registry's ledger (costs n + 1 evaluations per member).",
+        ),
+    ] = True,
     warmup_epochs: Annotated[
         int, typer.Option(min=0, help="Local epochs before choosing a group.")
     ] = 1,
@@ -177,11 +204,10 @@ def node(
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
     if cfg.node_id is None:
         cfg = cfg.model_copy(update={"node_id": _default_node_id()})
-    spec = DataSpec(
+    spec = PartitionSpec(
         dataset=cfg.dataset,
         scheme=partition,
         num_partitions=num_partitions,
-        partition_id=part_id,
         clusters=clusters,
         cluster_mode=cluster_mode,
         alpha=alpha,
@@ -190,15 +216,16 @@ def node(
     )
     options = ProcessOptions(
         listen=listen,
-        round_timeout=round_timeout,
-        join_wait=join_wait,
-        round_pause=round_pause,
+        round_timeout_s=round_timeout_s,
+        join_wait_s=join_wait_s,
+        round_pause_s=round_pause_s,
         warmup_epochs=warmup_epochs,
+        measure_contribution=contributions,
     )
     if dry_run:
         typer.echo(f"node {cfg.node_id}: settings are valid")
         typer.echo(f"  config:  {cfg.model_dump()}")
-        typer.echo(f"  data:    {spec}")
+        typer.echo(f"  data:    {spec}, partition {part_id if part_id is not None else AUTO}")
         typer.echo(f"  process: {options}")
         return
     logging.basicConfig(level=level, format=LOG_FORMAT)
@@ -213,7 +240,7 @@ def node(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    proc = NodeProcess(cfg, spec, options)
+    proc = NodeProcess(cfg, spec, options, partition_id=part_id)
     log.info("%s: starting, registry %s, address %s", cfg.node_id, cfg.registry_url, proc.address)
     try:
         proc.run(stop)

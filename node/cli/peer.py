@@ -14,10 +14,9 @@ import typer
 
 from node.addresses import Address, parse_address
 from node.errors import ConfigError
-from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
-from node.learning.partition import partition
+from node.learning.partition import PartitionSpec
 from node.p2p.codecs import make_codec
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.peer import PeerTrainer
@@ -39,14 +38,13 @@ def build_learner(config: PeerConfig) -> Learner:
         raise ConfigError(
             f"data.index: {data_cfg.index} is out of range for {data_cfg.partitions} partitions"
         )
-    dataset = load_dataset(data_cfg.dataset)
-    share = partition(
-        dataset,
-        data_cfg.partitions,
-        data_cfg.scheme,
-        seed=data_cfg.seed,
+    share = PartitionSpec(
+        dataset=data_cfg.dataset,
+        scheme=data_cfg.scheme,
+        num_partitions=data_cfg.partitions,
         samples_per_node=data_cfg.samples_per_node,
-    )[data_cfg.index]
+        seed=data_cfg.seed,
+    ).share(data_cfg.index)
     return Learner(
         build_model(data_cfg.dataset, train_cfg.seed),
         share,

@@ -21,6 +21,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.serverapp.exception import InconsistentMessageReplies
 
 from node.errors import RemoteInputError
 from node.federation.grid import SERVER_NODE_ID, InMemoryGrid
@@ -149,7 +150,10 @@ class InMemoryFederation:
             self.grid,
         )
         replies = list(self.grid.send_and_receive(messages))
-        arrays, _ = strategy.aggregate_train(round_, replies)
+        try:
+            arrays, _ = strategy.aggregate_train(round_, replies)
+        except InconsistentMessageReplies as exc:
+            raise RemoteInputError(f"round {round_}: replies cannot be aggregated: {exc}") from exc
         updates = []
         for reply in replies:
             if reply.has_error():

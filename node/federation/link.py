@@ -100,7 +100,7 @@ def _install_quiet_filter() -> None:
 class GroupServer:
     """A group's Flower server, listening on ``listen`` (``host:port``) until ``stop()``.
 
-    Safe to drive from any thread. Each phase waits at most ``round_timeout`` seconds
+    Safe to drive from any thread. Each phase waits at most ``round_timeout_s`` seconds
     for a member: one that died or hangs is counted as a failure, not waited for.
     """
 
@@ -110,14 +110,14 @@ class GroupServer:
         *,
         strategy: str = "fedavg",
         strategy_options: Mapping[str, Any] | None = None,
-        round_timeout: float = 30.0,
+        round_timeout_s: float = 30.0,
     ) -> None:
         from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
         self.listen = listen
         self.strategy = check_strategy(strategy)
         self.strategy_options = dict(strategy_options or {})
-        self.round_timeout = round_timeout
+        self.round_timeout_s = round_timeout_s
         _install_quiet_filter()
         self._manager = SimpleClientManager()
         self._grpc = start_grpc_server(client_manager=self._manager, server_address=listen)
@@ -154,19 +154,29 @@ class GroupServer:
         start = time.perf_counter()
         server = self._server(dict(config))
         server.parameters = ndarrays_to_parameters(list(weights))
-        result = server.fit_round(server_round=round_, timeout=self.round_timeout)
+        try:
+            result = server.fit_round(server_round=round_, timeout=self.round_timeout_s)
+        except (ValueError, TypeError) as exc:  # Flower could not decode or combine a reply
+            raise RemoteInputError(f"round {round_}: replies cannot be aggregated: {exc}") from exc
         if result is None:
             return FitOutcome(None, [], 0, time.perf_counter() - start)
         parameters, _, (ok, failed) = result
-        updates = [
-            MemberUpdate(
-                member=_member_id(proxy, res.metrics),
-                weights=parameters_to_ndarrays(res.parameters),
-                num_examples=int(res.num_examples),
-                train_loss=float(res.metrics.get(TRAIN_LOSS_KEY, 0.0)),
-            )
-            for proxy, res in ok
-        ]
+        updates = []
+        for proxy, res in ok:
+            try:
+                train_loss = res.metrics.get(TRAIN_LOSS_KEY, 0.0)
+                updates.append(
+                    MemberUpdate(
+                        member=_member_id(proxy, res.metrics),
+                        weights=parameters_to_ndarrays(res.parameters),
+                        num_examples=int(res.num_examples),
+                        train_loss=float(train_loss)
+                        if isinstance(train_loss, int | float)
+                        else 0.0,
+                    )
+                )
+            except (ValueError, TypeError) as exc:
+                log.warning("A training reply was unusable: %s", exc)
         aggregated = parameters_to_ndarrays(parameters) if parameters is not None else None
         return FitOutcome(aggregated, updates, len(failed), time.perf_counter() - start)
 
@@ -176,7 +186,10 @@ class GroupServer:
         """Send ``models`` to every connected member to evaluate on its own data."""
         server = self._server({**config, MODELS_KEY: len(models)})
         server.parameters = ndarrays_to_parameters([t for m in models for t in m])
-        result = server.evaluate_round(server_round=round_, timeout=self.round_timeout)
+        try:
+            result = server.evaluate_round(server_round=round_, timeout=self.round_timeout_s)
+        except (ValueError, TypeError) as exc:  # Flower could not combine the replies' losses
+            raise RemoteInputError(f"round {round_}: evaluations unusable: {exc}") from exc
         if result is None:
             return []
         _, _, (ok, _failed) = result
@@ -280,7 +293,8 @@ class LinkMember(NumPyClient):
             self.check(config)
         models = _split_models(list(parameters), int(config.get(MODELS_KEY, 1)))
         group_id = int(config.get(GROUP_ID_KEY, 0))
-        result = self.member.evaluate(models, group_id=group_id, round_=int(config[ROUND_KEY]))
+        round_ = int(config.get(ROUND_KEY, 0))
+        result = self.member.evaluate(models, group_id=group_id, round_=round_)
         if self.on_evaluated is not None:
             self.on_evaluated(group_id, result)
         metrics: dict[str, Scalar] = {

@@ -118,12 +118,18 @@ class Federation(Protocol):
         """Name of the Flower strategy that aggregates (``fedavg``, ``fedmedian``, ...)."""
 
     def fit(self, weights: Weights, round_: int, local_epochs: int) -> FitOutcome:
-        """Send ``weights`` to every member to train; aggregate the replies with the strategy."""
+        """Send ``weights`` to every member to train; aggregate the replies with the strategy.
+
+        Raises ``RemoteInputError`` when the replies cannot be aggregated at all.
+        """
 
     def evaluate(
         self, models: Sequence[Weights], round_: int, group_id: int
     ) -> list[MemberEvaluation]:
-        """Send ``models`` to every member to evaluate on its own data; the replies."""
+        """Send ``models`` to every member to evaluate on its own data; the usable replies.
+
+        Raises ``RemoteInputError`` when no reply can be read at all.
+        """
 
 
 class GroupRegistry(Protocol):
@@ -263,7 +269,11 @@ def run_group_round(
     a bad aggregate is logged and the round keeps ``initial``.
     """
     result = GroupRoundResult(round=round_, weights=initial)
-    fit = federation.fit(initial, round_, local_epochs)
+    try:
+        fit = federation.fit(initial, round_, local_epochs)
+    except RemoteInputError as exc:
+        log.warning("group %s round %s: members' replies unusable: %s", group_id, round_, exc)
+        return result
     result.updates, result.failures, result.fit_seconds = fit.updates, fit.failures, fit.seconds
     if fit.weights is None:
         log.info("group %s round %s: no member trained", group_id, round_)
@@ -291,7 +301,10 @@ def run_group_round(
             log.warning("group %s round %s: snapshot upload failed: %s", group_id, round_, exc)
     result.weights, result.aggregated = new, True
     started = time.perf_counter()
-    result.evaluations = federation.evaluate(models, round_, group_id)
+    try:
+        result.evaluations = federation.evaluate(models, round_, group_id)
+    except RemoteInputError as exc:
+        log.warning("group %s round %s: evaluations unusable: %s", group_id, round_, exc)
     result.evaluate_seconds = time.perf_counter() - started
     if result.evaluations:
         result.accuracy = federated_loss(

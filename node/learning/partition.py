@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from node.learning.data import Dataset
+from node.learning.data import Dataset, load_dataset
 
 __all__ = [
     "CLUSTER_MODES",
@@ -16,6 +16,7 @@ __all__ = [
     "SCHEMES",
     "ClusterMode",
     "NodeData",
+    "PartitionSpec",
     "Scheme",
     "partition",
 ]
@@ -249,3 +250,45 @@ def _split_node(
         cluster=cluster,
         index=index,
     )
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How a data set is split across nodes: everyone holding the same spec (the demo,
+    each node process, a peer, the simulator) computes the same shares from the seed.
+
+    ``dataset`` is a name for ``load_dataset``; the rest are ``partition``'s arguments.
+    """
+
+    dataset: str = "digits"
+    scheme: str = IID
+    num_partitions: int = 4
+    clusters: int = 2
+    cluster_mode: str = ROTATION
+    alpha: float = 0.5
+    samples_per_node: int | None = None
+    seed: int = 0
+
+    def split(self, dataset: Dataset | None = None) -> list[NodeData]:
+        """Every share, in order; ``dataset`` when given, else loaded by name.
+
+        Raises ``ValueError`` for bad arguments and ``DatasetError`` for missing files.
+        """
+        return partition(
+            dataset if dataset is not None else load_dataset(self.dataset),
+            self.num_partitions,
+            self.scheme,  # type: ignore[arg-type]  # checked by partition()
+            seed=self.seed,
+            alpha=self.alpha,
+            clusters=self.clusters,
+            cluster_mode=self.cluster_mode,  # type: ignore[arg-type]
+            samples_per_node=self.samples_per_node,
+        )
+
+    def share(self, index: int) -> NodeData:
+        """Share ``index`` of ``num_partitions``; ``ValueError`` when out of range."""
+        if not 0 <= index < self.num_partitions:
+            raise ValueError(
+                f"partition id {index} is out of range for {self.num_partitions} partitions"
+            )
+        return self.split()[index]

@@ -87,11 +87,6 @@ class WeightsSignature:
         arrays = [np.asarray(w) for w in weights]
         return cls(tuple(a.shape for a in arrays), tuple(a.dtype.kind for a in arrays))
 
-    @property
-    def num_values(self) -> int:
-        """Scalars in all tensors together."""
-        return int(sum(int(np.prod(s)) for s in self.shapes))
-
 
 def check_weights(weights: Sequence[object], signature: WeightsSignature) -> Weights:
     """``weights`` as arrays, once they fit ``signature`` and hold only finite values.

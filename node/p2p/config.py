@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from node.config import layered
 from node.errors import ConfigError
+from node.p2p.codecs import CompressionMode
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -80,7 +81,7 @@ class P2PSection(_Section):
 class CompressionSection(_Section):
     """What is sent: the dense update, its top-k (with error feedback), or its quantization."""
 
-    mode: Literal["none", "gradients_topk", "weights_quantize"] = "none"
+    mode: CompressionMode = "none"
     topk_ratio: float = Field(default=0.01, gt=0, le=1)
     bits: Literal[4, 8, 32] = 8
     error_feedback: bool = True

@@ -37,7 +37,12 @@ import numpy as np
 from torch import nn
 
 from node.addresses import parse_address
-from node.errors import PeerUnreachableError, RemoteInputError
+from node.errors import (
+    ConflictError,
+    PeerUnreachableError,
+    RegistryClientError,
+    RemoteInputError,
+)
 from node.learning.learner import Learner, load_weights, model_weights
 from node.learning.merge import age_weighted_merge
 from node.learning.partition import NodeData
@@ -527,11 +532,10 @@ class GossipNode:
         """Call the registry in a thread; failures are logged, never fatal to gossip."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except Exception as exc:  # the registry being down must not stop learning
-            if getattr(exc, "status", None) == 409:
-                # e.g. a member uploaded a newer snapshot first: normal in gossip
-                logger.info("Gossip %s: registry %s refused: %s", self.node_id, what, exc)
-                return None
+        except ConflictError as exc:  # e.g. a member stored a newer snapshot: normal in gossip
+            logger.info("Gossip %s: registry %s refused: %s", self.node_id, what, exc)
+            return None
+        except RegistryClientError as exc:  # the registry being away must not stop learning
             logger.warning("Gossip %s: registry %s failed: %s", self.node_id, what, exc)
             if self._registration is not None:
                 self._registration.errors.append(f"{what}: {exc}")

@@ -46,19 +46,16 @@ from node.federation.round import (
     latest_group_model,
     run_group_round,
 )
-from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
-from node.learning.partition import NodeData, partition
+from node.learning.partition import PartitionSpec
 from node.registry_client import RegistryClient
 from node.runtime.agent import NodeAgent
 from node.runtime.policy import Migrate, PolicyConfig
 
 __all__ = [
-    "DataSpec",
     "NodeProcess",
     "ProcessOptions",
-    "load_node_data",
     "registration_ordinal",
 ]
 
@@ -68,29 +65,14 @@ _LOOP_STEP = 0.2
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    """Which share of which data set this node holds; ``partition_id`` None means auto."""
-
-    dataset: str = "digits"
-    scheme: str = "iid"
-    num_partitions: int = 4
-    partition_id: int | None = 0
-    clusters: int = 2
-    cluster_mode: str = "rotation"
-    alpha: float = 0.5
-    samples_per_node: int | None = None
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class ProcessOptions:
-    """Timing of a node process, in seconds."""
+    """How a node process runs its group's federation; ``_s`` fields are seconds."""
 
     listen: str | None = None  # where the host's Flower server binds; default 0.0.0.0:<port>
-    round_timeout: float = 30.0  # a member slower than this is dropped from the round
-    join_wait: float = 2.0  # how long a host waits for the group's members before a round
-    round_pause: float = 0.0  # pause between a group's rounds
-    host_retry: float = 0.5  # pause before looking for a host again
+    round_timeout_s: float = 30.0  # a member slower than this is dropped from the round
+    join_wait_s: float = 2.0  # how long a host waits for the group's members before a round
+    round_pause_s: float = 0.0  # pause between a group's rounds
+    host_retry_s: float = 0.5  # pause before looking for a host again
     warmup_epochs: int = 1  # local training before the first group choice
     measure_contribution: bool = True  # as host: leave-one-out contributions, to the ledger
 
@@ -112,25 +94,6 @@ def registration_ordinal(client: RegistryClient, node_id: str, domain: str) -> i
 def hashed_ordinal(node_id: str) -> int:
     """A stable number from a node id (used when the registry cannot be asked)."""
     return int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:4], "big")
-
-
-def load_node_data(spec: DataSpec, partition_id: int) -> NodeData:
-    """This node's share: partition ``partition_id`` of ``spec.num_partitions``, from the seed."""
-    if not 0 <= partition_id < spec.num_partitions:
-        raise ValueError(
-            f"partition id {partition_id} is out of range for {spec.num_partitions} partitions"
-        )
-    shares = partition(
-        load_dataset(spec.dataset),
-        spec.num_partitions,
-        spec.scheme,  # type: ignore[arg-type]
-        seed=spec.seed,
-        alpha=spec.alpha,
-        clusters=spec.clusters,
-        cluster_mode=spec.cluster_mode,  # type: ignore[arg-type]
-        samples_per_node=spec.samples_per_node,
-    )
-    return shares[partition_id]
 
 
 @dataclass
@@ -155,7 +118,7 @@ class _Host:
         self.server = GroupServer(
             proc.listen,
             strategy=proc.config.strategy,
-            round_timeout=proc.options.round_timeout,
+            round_timeout_s=proc.options.round_timeout_s,
         )
         self.thread = threading.Thread(
             target=self._run, name=f"host-g{session.group_id}", daemon=True
@@ -169,7 +132,7 @@ class _Host:
         self.stop.set()
         self.server.stop()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout=self.proc.options.round_timeout + 5)
+            self.thread.join(timeout=self.proc.options.round_timeout_s + 5)
 
     def _run(self) -> None:
         proc, gid = self.proc, self.session.group_id
@@ -199,9 +162,9 @@ class _Host:
                 break
             except RegistryClientError as exc:
                 log.warning("%s: registry unavailable while hosting: %s", proc.node_id, exc)
-                self.stop.wait(proc.options.host_retry)
+                self.stop.wait(proc.options.host_retry_s)
                 continue
-            connected = self.server.wait_for_clients(members, proc.options.join_wait, self.stop)
+            connected = self.server.wait_for_clients(members, proc.options.join_wait_s, self.stop)
             if self.stop.is_set():
                 break
             if connected == 0:
@@ -222,7 +185,7 @@ class _Host:
                 break  # the round in flight is the only thing lost
             if not result.aggregated:
                 log.info("%s: group %s round %s: no results", proc.node_id, gid, round_ + 1)
-                self.stop.wait(proc.options.host_retry)
+                self.stop.wait(proc.options.host_retry_s)
                 continue
             weights, round_ = result.weights, result.round
             acc = f"{result.accuracy:.3f}" if result.accuracy is not None else "-"
@@ -235,8 +198,8 @@ class _Host:
                 proc.node_id, gid, round_, len(result.updates), result.failures, acc,
                 result.fit_seconds + result.evaluate_seconds,
             )  # fmt: skip
-            if proc.options.round_pause:
-                self.stop.wait(proc.options.round_pause)
+            if proc.options.round_pause_s:
+                self.stop.wait(proc.options.round_pause_s)
         self.server.stop()
 
 
@@ -246,9 +209,10 @@ class NodeProcess:
     def __init__(
         self,
         config: NodeConfig,
-        data: DataSpec,
+        data: PartitionSpec,
         options: ProcessOptions | None = None,
         *,
+        partition_id: int | None = 0,
         client: RegistryClient | None = None,
     ) -> None:
         if not config.node_id:
@@ -263,7 +227,7 @@ class NodeProcess:
         listen = parse_address(self.options.listen or "0.0.0.0:0", allow_port_zero=True)
         self.listen = str(Address(listen.host, listen.port or port))  # port 0: the advertised one
         self.client = client or RegistryClient(config.registry_url, retries=4, backoff=0.25)
-        self.partition_id = data.partition_id
+        self.partition_id = partition_id  # None: the registry's order decides
         self.rounds_done = 0
         self.last_accuracy: float | None = None
         self._agent_lock = threading.RLock()
@@ -314,7 +278,7 @@ class NodeProcess:
         """Load this node's data share, build its model and agent, warm up locally."""
         cfg = self.config
         self.partition_id = self._resolve_partition()
-        data = load_node_data(self.data_spec, self.partition_id)
+        data = self.data_spec.share(self.partition_id)
         self._learner = Learner(
             build_model(self.data_spec.dataset, seed=cfg.seed + self.partition_id),
             data,
@@ -446,7 +410,7 @@ class NodeProcess:
         while not session.stop.is_set():
             address = self._find_host(session)
             if address is None or session.stop.is_set():
-                session.stop.wait(self.options.host_retry)
+                session.stop.wait(self.options.host_retry_s)
                 continue
             level = logging.DEBUG if address == failing else logging.INFO
             log.log(level, "%s: training with group %s, hosted at %s", self.node_id, gid, address)
@@ -472,7 +436,7 @@ class NodeProcess:
             except Exception:
                 log.exception("%s: Flower client failed", self.node_id)
             failing = address if self.rounds_done == rounds else None
-            session.stop.wait(self.options.host_retry)
+            session.stop.wait(self.options.host_retry_s)
 
     # --- callbacks from the member client ----------------------------------------------
 

@@ -40,7 +40,7 @@ class _Client(NumPyClient):
 
 @pytest.fixture
 def server() -> Iterator[GroupServer]:
-    srv = GroupServer(f"127.0.0.1:{free_port()}", round_timeout=1.0)
+    srv = GroupServer(f"127.0.0.1:{free_port()}", round_timeout_s=1.0)
     try:
         yield srv
     finally:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from node.config import NodeConfig
-from node.runtime.process import DataSpec, NodeProcess, ProcessOptions
+from node.learning.partition import PartitionSpec
+from node.runtime.process import NodeProcess, ProcessOptions
 from tests.support.registry_proc import RegistryProcess
 from tests.support.stranger import Stranger
 
@@ -44,9 +45,9 @@ class NodeProcs:
             "--partition", "clustered", "--clusters", "2",
             "--num-partitions", str(NODES), "--partition-id", str(index),
             "--max-capacity", "2",
-            "--heartbeat-interval", "0.5",
-            "--group-evaluation-interval", "60",
-            "--round-pause", "0.3", "--join-wait", "1", "--round-timeout", "5",
+            "--heartbeat-interval-s", "0.5",
+            "--group-evaluation-interval-s", "60",
+            "--round-pause-s", "0.3", "--join-wait-s", "1", "--round-timeout-s", "5",
             *extra,
         ]  # fmt: skip
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -209,8 +210,9 @@ def test_auto_partition_ids_follow_registration_order(sqlite_registry: RegistryP
                 node_address="127.0.0.1:0",
                 domain=domain,
             ),
-            DataSpec(partition_id=None, num_partitions=2),
+            PartitionSpec(num_partitions=2),
             ProcessOptions(warmup_epochs=0),
+            partition_id=None,
         )
         for i in range(3)
     ]
@@ -268,7 +270,7 @@ def test_a_corrupt_candidate_snapshot_leaves_a_node_process_alive(
         bad = stranger.group_id
 
         # Execute: a node process scores the candidates, then re-scores them every second
-        node_id = nodes.start(0, "--group-evaluation-interval", "1")
+        node_id = nodes.start(0, "--group-evaluation-interval-s", "1")
         log_path = nodes.tmp / f"{node_id}.log"
         _wait_for_the_node(url, nodes, node_id, log_path, bad)
 

@@ -10,7 +10,7 @@ import struct
 import msgpack
 import pytest
 
-from node.addresses import Address, parse_address
+from node.addresses import Address, free_port, parse_address
 from node.errors import FrameError, PeerUnreachableError
 from node.p2p.transport import (
     PROTOCOL_VERSION,
@@ -147,9 +147,7 @@ def test_senders_refuse_what_receivers_would_drop() -> None:
 
 
 def test_an_absent_peer_is_reported_not_raised_raw() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends
+    port = free_port()  # nobody listens there
 
     with pytest.raises(PeerUnreachableError):
         asyncio.run(send(Address("127.0.0.1", port), Envelope(sender="a", kind="k")))

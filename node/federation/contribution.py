@@ -36,7 +36,7 @@ __all__ = [
     "Evaluate",
     "Weights",
     "contributions_from_losses",
-    "federated_loss",
+    "example_weighted_mean",
     "leave_one_out",
     "leave_one_out_models",
 ]
@@ -81,8 +81,14 @@ def contributions_from_losses(
     return [0.0 if lw is None else _finite(lw) - base for lw in losses_without]
 
 
-def federated_loss(per_member: Sequence[tuple[int, float]]) -> float:
-    """Example-weighted mean of members' ``(num_examples, loss)`` on their own data."""
+def example_weighted_mean(per_member: Sequence[tuple[int, float]]) -> float:
+    """Example-weighted mean of members' ``(num_examples, value)`` measured on their own
+    data (Flower's ``weighted_loss_avg``): a loss or accuracy on the union of their data.
+
+    Raises ``ValueError`` when the counts do not sum to more than zero.
+    """
+    if sum(n for n, _ in per_member) <= 0:
+        raise ValueError("the example counts must sum to more than zero")
     return float(weighted_loss_avg(list(per_member)))
 
 

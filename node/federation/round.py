@@ -24,6 +24,7 @@ round, so the caller can step down.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from node.errors import (
 )
 from node.federation.contribution import (
     contributions_from_losses,
-    federated_loss,
+    example_weighted_mean,
     leave_one_out_models,
 )
 from node.federation.strategies import FEDAVG
@@ -284,11 +285,13 @@ def run_group_round(
         log.warning("group %s round %s: aggregate rejected, model kept: %s", group_id, round_, exc)
         return result
     started = time.perf_counter()
-    models, loo = (
-        _models_to_evaluate(federation.strategy, new, fit.updates, initial)
-        if measure_contribution
-        else ([new], None)
-    )
+    models: list[Weights] = [new]
+    loo = None
+    if measure_contribution:
+        try:
+            models, loo = _models_to_evaluate(federation.strategy, new, fit.updates, initial)
+        except ValueError as exc:  # e.g. example counts that cannot weigh a mean
+            log.warning("group %s round %s: contributions not measured: %s", group_id, round_, exc)
     loo_seconds = time.perf_counter() - started
     if registry is not None:
         try:
@@ -302,12 +305,12 @@ def run_group_round(
     result.weights, result.aggregated = new, True
     started = time.perf_counter()
     try:
-        result.evaluations = federation.evaluate(models, round_, group_id)
+        result.evaluations = _usable(federation.evaluate(models, round_, group_id), len(models))
     except RemoteInputError as exc:
         log.warning("group %s round %s: evaluations unusable: %s", group_id, round_, exc)
     result.evaluate_seconds = time.perf_counter() - started
     if result.evaluations:
-        result.accuracy = federated_loss(
+        result.accuracy = example_weighted_mean(
             [(e.num_examples, e.accuracies[0]) for e in result.evaluations]
         )
     if loo is not None and result.evaluations and fit.updates:
@@ -316,6 +319,22 @@ def run_group_round(
         if registry is not None:
             _submit(registry, group_id, round_, result.contributions, fit.updates)
     return result
+
+
+def _usable(evaluations: Sequence[MemberEvaluation], count: int) -> list[MemberEvaluation]:
+    """The evaluations that answer for every model with finite figures and examples."""
+    out = []
+    for e in evaluations:
+        figures = [*e.losses, *e.accuracies]
+        if (
+            len(e.losses) == len(e.accuracies) == count
+            and e.num_examples > 0
+            and all(math.isfinite(v) for v in figures)
+        ):
+            out.append(e)
+        else:
+            log.warning("%s's evaluation does not answer for the %d models sent", e.member, count)
+    return out
 
 
 @dataclass(frozen=True)
@@ -355,7 +374,7 @@ def _contributions(
     loo: _LeaveOneOut, updates: Sequence[MemberUpdate], evaluations: Sequence[MemberEvaluation]
 ) -> dict[str, float]:
     def loss(index: int) -> float:
-        return federated_loss([(e.num_examples, e.losses[index]) for e in evaluations])
+        return example_weighted_mean([(e.num_examples, e.losses[index]) for e in evaluations])
 
     without = [None if i is None else loss(i) for i in loo.without]
     values = contributions_from_losses(loss(loo.with_all), without)

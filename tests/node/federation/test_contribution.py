@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from node.federation.contribution import federated_loss, leave_one_out
+from node.federation.contribution import example_weighted_mean, leave_one_out
 from node.federation.inprocess import train_in_memory
 from node.learning.data import Dataset
 from node.learning.learner import Learner
@@ -81,7 +81,7 @@ def _union_loss(learners: list[Learner]):  # the loss on all members' val data a
     return lambda weights: evaluator.evaluate("val", weights=weights).loss
 
 
-def test_the_federated_loss_is_the_loss_on_the_union_of_the_members_data(
+def test_the_example_weighted_mean_is_the_loss_on_the_union_of_the_members_data(
     iid_digits_nodes: list[NodeData],
 ) -> None:
     # Prepare
@@ -90,7 +90,7 @@ def test_the_federated_loss_is_the_loss_on_the_union_of_the_members_data(
 
     # Execute: each member on its own split, combined by example counts
     per_member = [learner.evaluate("val", weights=weights) for learner in learners]
-    federated = federated_loss([(r.num_examples, r.loss) for r in per_member])
+    federated = example_weighted_mean([(r.num_examples, r.loss) for r in per_member])
 
     # Assert
     assert federated == pytest.approx(_union_loss(learners)(weights), rel=1e-5)

@@ -268,3 +268,41 @@ def test_member_apps_report_every_model_they_were_sent(iid_digits_nodes: list[No
     # Assert
     assert evaluation.member == "solo" and len(evaluation.losses) == 2
     assert evaluation.losses[1] == pytest.approx(learner.evaluate("val", weights=other).loss)
+
+
+def test_a_member_with_a_bogus_evaluation_is_left_out_of_the_figures(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare: member 1 trains honestly but answers evaluations with a NaN and too few losses
+    learners = [digits_learner(node, seed=i) for i, node in enumerate(iid_digits_nodes[:2])]
+    members = _members(learners)
+
+    def factory(member: GroupMember, node_id: int) -> ClientApp:
+        if member.node_id != "m1":
+            return member_app(member)
+        app = ClientApp()
+
+        @app.train()
+        def train(msg: Message, context: Context) -> Message:
+            return member_app(member)(msg, context)
+
+        @app.evaluate()
+        def evaluate(msg: Message, context: Context) -> Message:
+            bogus = {"num-examples": 10, "losses": [float("nan")], "accuracies": [1.0]}
+            return Message(content=RecordDict({"metrics": MetricRecord(bogus)}), reply_to=msg)
+
+        return app
+
+    # Execute
+    result = run_group_round(
+        InMemoryFederation(members, app_factory=factory),
+        learners[0].get_weights(),
+        group_id=1,
+        round_=1,
+    )
+
+    # Assert: the round went on; only the honest evaluation counts, and it pays both members
+    assert result.aggregated
+    assert [e.member for e in result.evaluations] == ["m0"]
+    assert result.accuracy == result.evaluations[0].accuracies[0]
+    assert set(result.contributions) == {"m0", "m1"}

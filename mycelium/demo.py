@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from node.errors import RegistryUnavailableError
 from node.federation.strategies import set_flower_log_level
 from node.learning.partition import PartitionSpec
+from node.registry_client import RegistryClient
 from node.runtime.network import InProcessNetwork, NetworkConfig, RoundStats, local_only_accuracy
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -63,6 +65,9 @@ class _TqdmHandler(logging.Handler):
 def _registry(cfg: DemoConfig) -> Iterator[str]:
     """The registry to use: the given URL, or one started here on a free port."""
     if cfg.registry_url:
+        with RegistryClient(cfg.registry_url, retries=0) as client:
+            if not client.healthy():
+                raise RegistryUnavailableError(f"no registry answers at {client.base_url}/healthz")
         yield cfg.registry_url
         return
     from registry.server import BackgroundRegistry

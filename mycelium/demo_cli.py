@@ -123,4 +123,7 @@ def demo(
     except (NodeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except OSError as exc:  # e.g. --output names a file, or a folder that cannot be made
+        typer.echo(f"error: cannot write the results to {output}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
     print_summary(summary)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-__all__ = ["AUTO", "Address", "advertised_host", "free_port", "parse_address"]
+__all__ = ["AUTO", "Address", "advertised_host", "check_url", "free_port", "parse_address"]
 
 # ``auto`` as a host: this machine's own address, as its name resolves (a container's IP).
 AUTO = "auto"
@@ -33,9 +33,26 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
     host, sep, port_text = text.strip().rpartition(":")
     host = host.strip("[]")
     lowest = 0 if allow_port_zero else 1
-    if not sep or not host or not port_text.isdigit() or not lowest <= int(port_text) <= _MAX_PORT:
+    if (
+        not sep
+        or not host
+        or any(c.isspace() for c in host)
+        or not port_text.isdigit()
+        or not lowest <= int(port_text) <= _MAX_PORT
+    ):
         raise ValueError(f"{text!r} is not a host:port address")
     return Address(host, int(port_text))
+
+
+def check_url(text: str) -> str:
+    """``text`` without a trailing slash, when it is an ``http://`` or ``https://`` URL with
+    a host (a registry's base URL); ``ValueError`` naming it otherwise."""
+    url = text.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme.lower() not in ("http", "https") or not sep or not host or " " in url:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    return url
 
 
 def free_port(host: str = "127.0.0.1") -> int:

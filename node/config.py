@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -21,7 +21,9 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources import DefaultSettingsSource
 
+from node.addresses import check_url, parse_address
 from node.errors import ConfigError
+from registry.schemas import Domain, NodeId
 
 __all__ = [
     "NODE_SECTION",
@@ -52,9 +54,9 @@ class NodeConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MYCELIUM_NODE_", extra="forbid")
 
     registry_url: str = "http://127.0.0.1:8000"
-    node_id: str | None = None
+    node_id: NodeId | None = None
     node_address: str = "127.0.0.1:0"
-    domain: str = "digits"
+    domain: Domain = "digits"
     dataset: str = "digits"
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Between heartbeats.")
     group_evaluation_interval_s: float = Field(
@@ -72,6 +74,17 @@ class NodeConfig(BaseSettings):
     seed: int = 0
     policy: str = "local"
     strategy: str = "fedavg"
+
+    @field_validator("registry_url")
+    @classmethod
+    def _an_http_url(cls, value: str) -> str:
+        return check_url(value)
+
+    @field_validator("node_address")
+    @classmethod
+    def _a_host_and_port(cls, value: str) -> str:
+        parse_address(value, allow_port_zero=True)
+        return value
 
 
 class YamlFileSource(YamlConfigSettingsSource):
@@ -104,6 +117,8 @@ class YamlFileSource(YamlConfigSettingsSource):
         except OSError as exc:
             reason = exc.strerror or exc
             raise ConfigError(f"cannot read config file {file_path}: {reason}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {file_path} is not text (UTF-8): {exc}") from exc
         except yaml.YAMLError as exc:
             one_line = " ".join(str(exc).split())
             raise ConfigError(f"config file {file_path} is not valid YAML: {one_line}") from exc
@@ -158,7 +173,8 @@ def load_node_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
         err = exc.errors()[0]
         key = ".".join(str(part) for part in err["loc"]) or "?"
         hint = f" (renamed '{RENAMED_KEYS[key]}')" if key in RENAMED_KEYS else ""
-        raise ConfigError(f"invalid node config key '{key}': {err['msg']}{hint}") from exc
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid node config key '{key}': {message}{hint}") from exc
     except SettingsError as exc:
         raise ConfigError(f"invalid node config: {exc}") from exc
 

@@ -52,7 +52,9 @@ from typing import Any
 import httpx
 import tenacity
 
+from node.addresses import check_url
 from node.errors import (
+    ConfigError,
     ConflictError,
     ForbiddenError,
     NotFoundError,
@@ -188,7 +190,10 @@ class RegistryClient:
         backoff: float = 0.2,
         client: httpx.Client | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        try:
+            self.base_url = check_url(base_url)
+        except ValueError as exc:
+            raise ConfigError(f"registry URL: {exc}") from exc
         self.token = token
         self.node_id = node_id
         self.retries = retries

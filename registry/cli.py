@@ -78,10 +78,17 @@ def registry(
         settings = build_settings(**overrides)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        typer.echo(
+            f"error: cannot use data dir {settings.data_dir}: {exc.strerror or exc}", err=True
+        )
+        raise typer.Exit(2) from exc
     try:
         upgrade(settings.effective_database_url)
     except Exception as exc:  # a bad URL or unreachable database: say so, no traceback

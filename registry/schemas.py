@@ -5,7 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "DEFAULT_METRIC",
@@ -44,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_METRIC = "accuracy"
+# Metrics that are fractions of examples: a report outside [0, 1] is refused.
+FRACTION_METRICS = frozenset({"accuracy"})
 MAX_ID = 2**31 - 1
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -117,6 +126,12 @@ class PerformanceReportIn(_In):
         if abs(v) > 1e12:
             raise ValueError("value must be within ±1e12")
         return v
+
+    @model_validator(mode="after")
+    def _a_fraction_for_accuracy(self) -> PerformanceReportIn:
+        if self.metric in FRACTION_METRICS and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"{self.metric} is a fraction: 0 to 1, got {self.value}")
+        return self
 
 
 class HostClaim(_In):

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from node.errors import NodeError
+from node.errors import ConfigError, NodeError
 from node.registry_client import RegistryClient
 from sim.commands import Session
 from sim.mirror import RegistryMirror
@@ -112,11 +112,22 @@ def sim(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if script is not None:  # checked before the (slow) simulation is built
+        try:
+            script.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            typer.echo(f"error: cannot read script {script}: {exc}", err=True)
+            raise typer.Exit(2) from exc
     with ExitStack() as stack:
         mirror: RegistryMirror | None = None
         if registry:
             url = registry_url or _start_registry(stack, registry_port)
-            with RegistryClient(url, retries=0) as probe:
+            try:
+                probe = RegistryClient(url, retries=0)
+            except ConfigError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from exc
+            with probe:
                 if not probe.healthy():
                     typer.echo(
                         f"error: no registry answers at {url} (or use --no-registry)", err=True

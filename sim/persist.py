@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,22 @@ def save_simulation(sim: Simulation, path: Path) -> None:
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a bare array, not an .npz archive")
             arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a saved simulation: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy's own message advises allow_pickle=True: never pass that on.
+        raise ValueError(f"{path} is not a saved simulation (not an .npz archive)") from exc
     if STATE_KEY not in arrays:
         raise ValueError(f"{path} is not a saved simulation")
-    state = json.loads(arrays[STATE_KEY].tobytes().decode())
+    try:
+        state = json.loads(arrays[STATE_KEY].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a saved simulation (its state is unreadable)") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a saved simulation")
     if state.get("format") != SAVE_FORMAT:
         raise ValueError(f"{path}: unknown format {state.get('format')!r}")
     return state, arrays

@@ -33,7 +33,11 @@ def _drain(session: Session) -> None:
 
 def run_script(session: Session, path: Path) -> int:
     """Run a script's lines and return 0, or 1 when any line failed."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        session.out(f"error: cannot read script {path}: {exc}")
+        return 1
     session.queue.extend(line for line in lines if split_line_or_keep(line))
     _drain(session)
     return 1 if session.errors else 0

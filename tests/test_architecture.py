@@ -102,11 +102,3 @@ def test_no_unit_imports_another_in_a_circle() -> None:
 
     # Assert
     assert not cycles, cycles
-
-
-def test_node_reaches_the_registry_only_through_its_client() -> None:
-    # Execute
-    files = _imports()["node"].get("registry.schemas", set())
-
-    # Assert
-    assert files == {"node/registry_client.py"}

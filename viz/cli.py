@@ -82,7 +82,11 @@ def viz(
         output=output, fps=fps, interval=interval, size=size, max_mb=max_mb, live=live
     )
     if replay is not None:
-        snapshots = load_snapshots(replay)
+        try:
+            snapshots = load_snapshots(replay)
+        except (ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
         if not snapshots:
             typer.echo(f"error: {replay} holds no snapshots", err=True)
             raise typer.Exit(1)

@@ -193,18 +193,27 @@ def save_snapshots(
             fh.write(json.dumps(snap.to_json(), separators=(",", ":")) + "\n")
 
 
-def _iter_lines(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_lines(path: Path) -> Iterator[Any]:
+    """Each non-blank line parsed as JSON; a line that is not JSON (an interrupted write)
+    or not text ends the file."""
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+        try:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return
 
 
 def load_snapshots(path: Path) -> list[Snapshot]:
-    """Read a file written by save_snapshots (or by a Recorder as it went)."""
+    """Read a file written by save_snapshots (or by a Recorder as it went).
+
+    Raises ``ValueError`` naming the file when it is not a snapshot file; a file cut
+    short by an interrupted run keeps the snapshots before the cut.
+    """
     lines = _iter_lines(path)
     header = next(lines, None)
-    if not header or header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     if int(header.get("version", 0)) > VERSION:
         raise ValueError(f"{path} has format version {header['version']}; this reads {VERSION}")
@@ -212,7 +221,7 @@ def load_snapshots(path: Path) -> list[Snapshot]:
     for data in lines:
         try:
             out.append(Snapshot.from_json(data))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             break  # a line cut short by an interrupted run ends the file
     return out
 

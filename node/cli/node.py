@@ -182,11 +182,11 @@ def node(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    one_of(cfg.dataset, list(DATASET_NAMES), "--dataset")
+    one_of(cfg.dataset, list(DATASET_NAMES), "--dataset (or config key 'dataset')")
     one_of(partition, list(SCHEMES), "--partition")
     one_of(cluster_mode, list(CLUSTER_MODES), "--cluster-mode")
-    one_of(cfg.policy, list(POLICIES), "--policy")
-    one_of(cfg.strategy, list(STRATEGY_NAMES), "--strategy")
+    one_of(cfg.policy, list(POLICIES), "--policy (or config key 'policy')")
+    one_of(cfg.strategy, list(STRATEGY_NAMES), "--strategy (or config key 'strategy')")
     part_id = parse_partition_id(partition_id)
     if part_id is not None and part_id >= num_partitions:
         raise typer.BadParameter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -181,13 +182,16 @@ def parse_int(token: str, what: str, low: int | None = None, high: int | None = 
 def parse_float(token: str, what: str, low: float = 0.0, high: float | None = None) -> float:
     """``token`` as a number within ``low..high`` (no upper bound when None).
 
-    Raises UsageError, naming the argument ``what``, when it is not one, NaN or out of bounds.
+    Raises UsageError, naming the argument ``what``, when it is not a finite number or is
+    out of bounds.
     """
     try:
         value = float(token)
     except ValueError as exc:
         raise UsageError(f"{what} must be a number, got {token!r}") from exc
-    if value != value or value < low or (high is not None and value > high):
+    if not math.isfinite(value):
+        raise UsageError(f"{what} must be a finite number, got {token}")
+    if value < low or (high is not None and value > high):
         bounds = f"{low:g}..{high:g}" if high is not None else f"at least {low:g}"
         raise UsageError(f"{what} must be {bounds}, got {token}")
     return value

@@ -47,6 +47,29 @@ def test_bad_flags_are_named_without_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_registry_that_does_not_answer_is_an_error_not_a_run_without_it(
+    tmp_path: Path,
+) -> None:
+    # Execute: a URL where nothing listens, and one that is no URL at all
+    silent = _run("--registry-url", "http://127.0.0.1:9", "--output", str(tmp_path))
+    not_a_url = _run("--registry-url", "registry:8000", "--output", str(tmp_path))
+
+    # Assert
+    assert silent.returncode == 2 and "no registry answers at http://127.0.0.1:9" in silent.stderr
+    assert not_a_url.returncode == 2 and "not an http:// or https:// URL" in not_a_url.stderr
+    assert "Traceback" not in silent.stderr + not_a_url.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_an_output_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    result = _run("--output", str(taken), "--rounds", "1")
+    assert result.returncode == 2
+    assert f"cannot write the results to {taken}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_ctrl_c_still_writes_the_summary(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(

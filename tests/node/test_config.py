@@ -83,6 +83,12 @@ def test_a_file_without_a_node_section_is_read_whole(tmp_path: Path) -> None:
         ("node:\n  bogus: 1\n", "bogus"),
         ("heartbeat_interval_s: -1\n", "heartbeat_interval_s"),
         ("node:\n  cooldown_rounds: -1\n", "cooldown_rounds"),
+        ("registry_url: notaurl\n", "registry_url"),
+        ("registry_url: ftp://registry:21\n", "registry_url"),
+        ("node_id: a/b c\n", "node_id"),
+        ("node_id: ''\n", "node_id"),
+        ("domain: ''\n", "domain"),
+        ("node_address: a b:7\n", "node_address"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -152,3 +158,10 @@ def test_a_file_that_is_not_a_mapping_is_an_error_naming_the_file(
     message = str(err.value)
     assert str(path) in message
     assert "\n" not in message
+
+
+def test_a_config_file_that_is_not_text_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ConfigError, match=r"binary\.yaml is not text"):
+        load_node_config(path)

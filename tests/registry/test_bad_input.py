@@ -28,6 +28,8 @@ def test_malformed_reports_are_refused_and_listings_keep_working(client: httpx.C
         {"value": 0.5, "round": 1, "metric": "Bad Metric!"},
         {"value": 1e300, "round": 1},
         {"value": 0.5, "round": 2**40},
+        {"value": 5.0, "round": 1},
+        {"value": -3.0, "round": 1, "metric": "accuracy"},
         [1, 2, 3],
     ]
     for body in bad_bodies:

@@ -88,3 +88,33 @@ def test_a_failing_line_is_reported_and_the_script_goes_on_but_exits_non_zero(
         "sim> node add 1",
         "added n004 (5 nodes now)",
     ]
+
+
+def test_unreadable_scripts_and_saves_are_named_without_a_traceback(tmp_path: Path) -> None:
+    # Prepare: a script that is not text, a save cut short, a latency of infinity
+    binary = tmp_path / "binary.sim"
+    binary.write_bytes(bytes(range(128, 256)))
+    good = tmp_path / "good.npz"
+    saving = run_sim("--no-registry", "--nodes", "2", "--script", _script(tmp_path, f"save {good}"))
+    assert saving.returncode == 0, saving.stderr
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:3000])
+    lines = f"restore {cut}\nnet latency inf\nexchange n0 n1"
+
+    # Execute
+    not_text = run_sim("--no-registry", "--nodes", "2", "--script", str(binary))
+    broken = run_sim("--no-registry", "--nodes", "2", "--script", _script(tmp_path, lines))
+
+    # Assert
+    assert not_text.returncode == 2 and "cannot read script" in not_text.stderr
+    assert broken.returncode == 1
+    assert f"error: {cut} is not a saved simulation (not an .npz archive)" in broken.stdout
+    assert "error: latency must be a finite number, got inf" in broken.stdout
+    assert "allow_pickle" not in broken.stdout
+    assert "Traceback" not in not_text.stderr + broken.stderr + broken.stdout
+
+
+def _script(tmp_path: Path, text: str) -> str:
+    path = tmp_path / f"script-{abs(hash(text))}.sim"
+    path.write_text(text + "\n")
+    return str(path)

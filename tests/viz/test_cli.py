@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import imageio.v3 as iio
+import pytest
 from typer.testing import CliRunner
 
 from tests.support.registry_proc import RegistryProcess
@@ -152,3 +153,24 @@ def test_replay_command_redraws_a_saved_recording(
     assert (
         iio.imread(first / "mycelium_net_final.png") == iio.imread(again / "mycelium_net_final.png")
     ).all()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(range(256)), b"not json\n", b'{"a": 1}\n', b"[1, 2]\n", b""],
+    ids=["binary", "text", "other-json", "a-list", "empty"],
+)
+def test_replaying_a_file_that_is_not_a_recording_is_a_clear_error(
+    tmp_path: Path, content: bytes
+) -> None:
+    # Prepare
+    path = tmp_path / "recording.jsonl"
+    path.write_bytes(content)
+
+    # Execute
+    result = CliRunner().invoke(app, ["--replay", str(path), "--output", str(tmp_path / "o")])
+
+    # Assert
+    assert result.exit_code == 2, result.output
+    assert "is not a mycelium-viz-snapshots file" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -89,7 +89,7 @@ def _group(url: str) -> dict[str, Any] | None:
     return dict(data[0]) if data else None
 
 
-def in_process_round_seconds(rounds: int) -> dict[str, float]:
+def in_process_round_seconds(rounds: int, contributions: bool = False) -> dict[str, float]:
     """Median seconds of a group round in memory over 4 learners, after one warm-up round."""
     shares = partition(load_dataset("digits"), NODES, "iid", seed=0)
     learners = [Learner(build_model("digits", seed=i), s, seed=i) for i, s in enumerate(shares)]
@@ -98,7 +98,13 @@ def in_process_round_seconds(rounds: int) -> dict[str, float]:
     cpu = 0.0
     for r in range(rounds + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = train_in_memory(learners, weights, round_=r + 1, local_epochs=LOCAL_EPOCHS)
+        result = train_in_memory(
+            learners,
+            weights,
+            round_=r + 1,
+            local_epochs=LOCAL_EPOCHS,
+            measure_contribution=contributions,
+        )
         if r:
             times.append(time.perf_counter() - start)
             cpu += time.process_time() - cpu_start
@@ -111,7 +117,7 @@ def in_process_round_seconds(rounds: int) -> dict[str, float]:
     }
 
 
-def deployed(window: float, ttl: float, tmp: Path) -> dict[str, Any]:
+def deployed(window: float, ttl: float, tmp: Path, contributions: bool = False) -> dict[str, Any]:
     """Start a registry and 4 nodes; measure rounds, then the recovery from a host's death."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -133,8 +139,9 @@ def deployed(window: float, ttl: float, tmp: Path) -> dict[str, Any]:
                 "--policy", "reported", "--max-capacity", str(NODES),
                 "--local-epochs", str(LOCAL_EPOCHS), "--heartbeat-interval-s", "0.5",
                 "--group-evaluation-interval-s", "3600", "--join-wait-s", "2",
-                "--no-contributions",  # the in-process baseline measures none either
             ]  # fmt: skip
+            if not contributions:  # the in-process baseline measures none either
+                node_cmd.append("--no-contributions")
             with (tmp / f"n{i}.log").open("ab") as out:
                 procs[f"n{i}"] = subprocess.Popen(
                     node_cmd, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -204,16 +211,21 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=3.0, help="The registry's heartbeat TTL.")
     parser.add_argument("--in-process-rounds", type=int, default=20)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--contributions",
+        action="store_true",
+        help="Measure leave-one-out contributions in every round, on both sides.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "node.federation.inprocess"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_flower_log_level(logging.WARNING)
     load_before = os.getloadavg()[0]
-    inproc = in_process_round_seconds(args.in_process_rounds)
+    inproc = in_process_round_seconds(args.in_process_rounds, args.contributions)
     log.info("in process: %.4f s per round (median)", inproc["median"])
     with tempfile.TemporaryDirectory(prefix="deploy-rounds-") as tmp:
-        dep = deployed(args.window, args.ttl, Path(tmp))
+        dep = deployed(args.window, args.ttl, Path(tmp), args.contributions)
     log.info(
         "deployed: %.4f s per round (%d rounds); host death to next round: %.2f s",
         dep["seconds_per_round"],
@@ -224,6 +236,7 @@ def main() -> None:
         "group_size": NODES,
         "dataset": "digits",
         "local_epochs": LOCAL_EPOCHS,
+        "contributions": args.contributions,
         "transport": "flower legacy grpc-bidi (start_grpc_server + start_client)",
         "deployed": dep,
         "in_process": inproc,

@@ -144,6 +144,13 @@ class Session:
             raise UsageError(f"no such node: {node_name(index)}")
         return index
 
+    def two_nodes(self, first: str, second: str, same: str) -> tuple[int, int]:
+        """Two different live nodes; ``same`` is the error when they are one node."""
+        a, b = self.node(first), self.node(second)
+        if a == b:
+            raise UsageError(same)
+        return a, b
+
 
 def split_line(line: str) -> list[str]:
     """Words of a command line; ``#`` starts a comment."""

@@ -9,7 +9,6 @@ from sim.commands.core import (
     MAX_STEPS,
     Command,
     Session,
-    UsageError,
     check_arity,
     format_nodes,
     format_table,
@@ -135,9 +134,7 @@ def _autonet(s: Session, args: list[str]) -> None:
 
 def _exchange(s: Session, args: list[str]) -> None:
     check_arity(args, 2, 2)
-    a, b = s.node(args[0]), s.node(args[1])
-    if a == b:
-        raise UsageError("exchange needs two different nodes")
+    a, b = s.two_nodes(args[0], args[1], "exchange needs two different nodes")
     before = replace(s.sim.network.counters)
     sent = s.sim.exchange(a, b)
     s.out(f"{node_name(a)} <-> {node_name(b)}: sent {sent_text(s, sent, before)}")

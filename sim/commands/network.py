@@ -32,18 +32,14 @@ def _neighborhood(s: Session, args: list[str]) -> None:
 
 def _link(s: Session, args: list[str]) -> None:
     check_arity(args, 2, 2)
-    a, b = s.node(args[0]), s.node(args[1])
-    if a == b:
-        raise UsageError("a node cannot link to itself")
+    a, b = s.two_nodes(args[0], args[1], "a node cannot link to itself")
     s.sim.link(a, b)
     s.out(f"linked {node_name(a)} - {node_name(b)}")
 
 
 def _unlink(s: Session, args: list[str]) -> None:
     check_arity(args, 2, 2)
-    a, b = s.node(args[0]), s.node(args[1])
-    if a == b:
-        raise UsageError("a node cannot unlink from itself")
+    a, b = s.two_nodes(args[0], args[1], "a node cannot unlink from itself")
     s.sim.unlink(a, b)
     s.out(f"unlinked {node_name(a)} - {node_name(b)}")
 
@@ -61,10 +57,7 @@ def _link_suffix(s: Session, rest: list[str]) -> tuple[list[str], tuple[int, int
         tail = rest[at + 1 :]
         if len(tail) != 2:
             raise UsageError("expected `link A B`")
-        a, b = s.node(tail[0]), s.node(tail[1])
-        if a == b:
-            raise UsageError("a link needs two different nodes")
-        return rest[:at], (a, b)
+        return rest[:at], s.two_nodes(tail[0], tail[1], "a link needs two different nodes")
     return rest, None
 
 

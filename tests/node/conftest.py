@@ -21,3 +21,11 @@ def digits() -> Dataset:
 def iid_digits_nodes(digits: Dataset) -> list[NodeData]:
     """Four IID shares of digits (about 315 train / 67 val examples each)."""
     return partition(digits, 4, "iid", seed=0)
+
+
+@pytest.fixture
+def no_peer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test sees only the MYCELIUM_PEER_* variables it sets itself."""
+    for name in list(os.environ):
+        if name.upper().startswith("MYCELIUM_PEER_"):
+            monkeypatch.delenv(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "configs" / "base.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _no_peer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees only the MYCELIUM_PEER_* variables it sets itself."""
-    for name in list(os.environ):
-        if name.upper().startswith("MYCELIUM_PEER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_peer_environment")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "configs" / "base.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _no_peer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees only the MYCELIUM_PEER_* variables it sets itself."""
-    for name in list(os.environ):
-        if name.upper().startswith("MYCELIUM_PEER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_peer_environment")
 
 
 def test_base_yaml_uses_the_unit_names() -> None:

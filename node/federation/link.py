@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import threading
 import time
@@ -97,6 +98,22 @@ def _install_quiet_filter() -> None:
             _quiet_installed = True
 
 
+class _BoundedClientManager(SimpleClientManager):
+    """Flower's client manager, whose sampling waits at most ``wait_s`` seconds for clients.
+
+    Flower's own waits up to a day: a host whose members had all gone would block in
+    its round instead of noticing and moving on.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__()
+        self.wait_s = max(1, math.ceil(wait_s))
+
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
+        """Wait until ``num_clients`` are connected, at most ``wait_s`` seconds."""
+        return super().wait_for(num_clients, timeout=min(timeout, self.wait_s))
+
+
 class GroupServer:
     """A group's Flower server, listening on ``listen`` (``host:port``) until ``stop()``.
 
@@ -119,7 +136,7 @@ class GroupServer:
         self.strategy_options = dict(strategy_options or {})
         self.round_timeout_s = round_timeout_s
         _install_quiet_filter()
-        self._manager = SimpleClientManager()
+        self._manager = _BoundedClientManager(round_timeout_s)
         self._grpc = start_grpc_server(client_manager=self._manager, server_address=listen)
         self._stopped = False
 

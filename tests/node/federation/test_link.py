@@ -93,3 +93,22 @@ def test_a_round_goes_on_without_a_member_that_leaves_or_hangs(server: GroupServ
     for t in threads:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_host_whose_members_are_gone_does_not_block(server: GroupServer) -> None:
+    # Prepare: one member connects, then leaves for good
+    outcomes: list[str] = []
+    thread = _connect(server, _Client(1.0, leave_at=1), outcomes)
+    assert server.wait_for_clients(1, timeout=30) == 1
+    config: dict[str, Scalar] = {GROUP_ID_KEY: 1}
+    server.fit([np.zeros(2)], 1, config)
+    thread.join(timeout=30)
+    assert outcomes == ["left"]
+
+    # Execute: the next round's phases find nobody (Flower alone would wait a day)
+    fit = server.fit([np.zeros(2)], 2, config)
+    evaluated = server.evaluate([[np.zeros(2)]], 2, config)
+
+    # Assert
+    assert fit.weights is None and fit.updates == []
+    assert evaluated == []

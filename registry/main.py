@@ -17,7 +17,16 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api.routes import dashboard, events, groups, health, ledger, models, nodes
+from registry.api.routes import (
+    dashboard,
+    domains,
+    events,
+    groups,
+    health,
+    ledger,
+    models,
+    nodes,
+)
 from registry.api.routes import simulations as simulation_routes
 from registry.api.validation import invalid_response
 from registry.db import Database
@@ -161,7 +170,17 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     _error_handlers(app)
-    for module in (groups, models, nodes, events, health, ledger, simulation_routes, dashboard):
+    for module in (
+        groups,
+        models,
+        domains,
+        nodes,
+        events,
+        health,
+        ledger,
+        simulation_routes,
+        dashboard,
+    ):
         app.include_router(module.router)
     # Hot paths served ahead of FastAPI's routing (documented by RegistryApp.openapi).
     app.router.routes[0:0] = nodes.FAST_ROUTES

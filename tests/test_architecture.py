@@ -9,16 +9,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mycelium", "registry", "node", "viz", "sim")
 NODE_ROLES = ("learning", "federation", "p2p", "runtime", "cli")
-SHARED_REGISTRY = ("schemas", "server", "settings")
+SHARED_REGISTRY = ("schemas", "server", "settings", "wire")
 
 # Units a unit may import (besides itself). Mirrors the table in docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
-    "registry": {"registry.schemas", "registry.settings"},
+    "registry": {"registry.schemas", "registry.settings", "registry.wire"},
     "registry.schemas": set(),
     "registry.settings": set(),
+    "registry.wire": set(),
     "registry.server": {"registry", "registry.settings"},
-    "node": {"registry.schemas"},
-    "node.learning": {"node"},
+    # The registry's shared contract: request/response models and the snapshot format.
+    "node": {"registry.schemas", "registry.wire"},
+    "node.learning": {"node", "registry.wire"},
     "node.federation": {"node", "node.learning"},
     "node.p2p": {"node", "node.learning"},
     "node.runtime": {"node", "node.learning", "node.federation"},

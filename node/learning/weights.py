@@ -1,16 +1,18 @@
-"""Model weights as data: to bytes and back (``np.savez``, no pickle), and the checks every
-list of weights from elsewhere passes before it is used (shapes, dtypes, finite values)."""
+"""Model weights as data: to bytes and back, and the checks every list of weights from
+elsewhere passes before it is used (shapes, dtype kinds, finite values).
+
+The format and its bounded decoding are ``registry.wire``'s, shared with the registry;
+this module raises the node's errors (``node.errors``) for what that module refuses.
+"""
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+import registry.wire as wire
 from node.errors import (
     NonFiniteWeightsError,
     RemoteInputError,
@@ -31,65 +33,57 @@ __all__ = [
 
 Weights = list[np.ndarray]
 
-_KEY_PREFIX = "w"
+# The model signature (``registry.wire.ModelSignature``) under the node's name for it: one
+# (name, shape, dtype) per tensor. ``WeightsSignature.of(learner.get_weights(),
+# learner.weight_names)`` is the signature a node declares to the registry.
+WeightsSignature = wire.ModelSignature
 
 
-def _key(index: int) -> str:
-    return f"{_KEY_PREFIX}{index}"
+def _node_error(exc: wire.WireError) -> RemoteInputError:
+    """The node's error for what ``registry.wire`` refused."""
+    if isinstance(exc, wire.SignatureMismatchError):
+        return WeightsMismatchError(str(exc))
+    if isinstance(exc, wire.NonFiniteError):
+        return NonFiniteWeightsError(str(exc))
+    return SerializationError(str(exc))
 
 
-def weights_to_bytes(weights: list[np.ndarray]) -> bytes:
-    """Encode a list of arrays as an ``.npz`` blob (no pickle; object arrays refused)."""
-    buffer = io.BytesIO()
-    arrays = {_key(i): np.asarray(w) for i, w in enumerate(weights)}
-    try:
-        np.savez(buffer, allow_pickle=False, **arrays)
-    except ValueError as exc:
-        raise SerializationError(f"Weights cannot be encoded without pickle: {exc}") from exc
-    return buffer.getvalue()
+def weights_to_bytes(weights: Sequence[np.ndarray]) -> bytes:
+    """Encode arrays as a snapshot (uncompressed ``.npz``, no pickle), in order.
 
-
-def bytes_to_weights(blob: bytes) -> list[np.ndarray]:
-    """Decode a blob made by ``weights_to_bytes``; a corrupt blob raises SerializationError."""
-    try:
-        loaded = np.load(io.BytesIO(blob), allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise SerializationError("Not a weights blob: a bare array, not an .npz archive")
-        with loaded as npz:
-            expected = [_key(i) for i in range(len(npz.files))]
-            if sorted(npz.files) != sorted(expected):
-                raise SerializationError(
-                    f"Not a weights blob: unexpected entries {sorted(npz.files)[:5]}"
-                )
-            return [npz[key] for key in expected]
-    except SerializationError:
-        raise
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise SerializationError(
-            f"Corrupt weights blob ({len(blob)} bytes): {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-@dataclass(frozen=True)
-class WeightsSignature:
-    """What a model's weights look like: one ``(shape, dtype kind)`` per tensor, in order.
-
-    Dtype *kinds* are compared (``"f"`` float, ``"i"`` signed int, ...), so a float64
-    aggregate fits a float32 model, but an integer tensor never stands in for a float one.
+    Raises ``SerializationError`` for an array no snapshot may carry (objects, strings).
     """
+    try:
+        return wire.weights_to_bytes(weights)
+    except wire.WireError as exc:
+        raise _node_error(exc) from exc
 
-    shapes: tuple[tuple[int, ...], ...]
-    kinds: tuple[str, ...]
 
-    @classmethod
-    def of(cls, weights: Sequence[np.ndarray]) -> WeightsSignature:
-        """The signature of ``weights`` (e.g. a learner's own ``get_weights()``)."""
-        arrays = [np.asarray(w) for w in weights]
-        return cls(tuple(a.shape for a in arrays), tuple(a.dtype.kind for a in arrays))
+def bytes_to_weights(
+    blob: bytes,
+    signature: WeightsSignature | None = None,
+    *,
+    max_bytes: int | None = None,
+) -> Weights:
+    """Decode a snapshot made by ``weights_to_bytes``, bounded before any data is read: by
+    ``signature``'s shapes (dtypes compared by kind) when given, by ``max_bytes`` when given
+    (default: ``registry.wire.DEFAULT_MAX_BYTES`` without a signature).
+
+    Raises ``SerializationError`` (not a snapshot, compressed, pickle, over the cap) or
+    ``WeightsMismatchError`` (does not fit ``signature``). Values are not checked.
+    """
+    try:
+        return wire.bytes_to_weights(blob, signature, max_bytes=max_bytes, exact_dtypes=False)
+    except wire.WireError as exc:
+        raise _node_error(exc) from exc
 
 
 def check_weights(weights: Sequence[object], signature: WeightsSignature) -> Weights:
     """``weights`` as arrays, once they fit ``signature`` and hold only finite values.
+
+    Dtype *kinds* are compared (``"f"`` float, ``"i"`` signed int, ...), so a float64
+    aggregate fits a float32 model, but an integer tensor never stands in for a float one
+    (the registry, which stores snapshots for everyone, compares exact dtypes).
 
     Raises ``WeightsMismatchError`` (tensor count, shape or dtype kind differ) or
     ``NonFiniteWeightsError`` (a NaN or infinity); both are ``RemoteInputError``.
@@ -133,7 +127,7 @@ def decode_weights(blob: bytes, signature: WeightsSignature) -> Weights:
 
     Raises ``SerializationError``, ``WeightsMismatchError`` or ``NonFiniteWeightsError``.
     """
-    return check_weights(bytes_to_weights(blob), signature)
+    return check_weights(bytes_to_weights(blob, signature), signature)
 
 
 class SnapshotCache:

@@ -12,13 +12,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from node.addresses import free_port
+from node.learning.weights import WeightsSignature, weights_to_bytes
 from node.registry_client import (
     ConflictError,
     ForbiddenError,
     RegistryClient,
+    RegistryRequestError,
     RegistryUnavailableError,
     UnauthorizedError,
 )
@@ -26,6 +29,7 @@ from tests.support.registry_proc import RegistryProcess
 
 
 def test_client_covers_the_node_lifecycle(sqlite_registry: RegistryProcess) -> None:
+    snapshot = weights_to_bytes([np.ones((3, 2), dtype=np.float32), np.zeros(2, np.float32)])
     with RegistryClient(sqlite_registry.url) as a, RegistryClient(sqlite_registry.url) as b:
         first = a.register("client-a", "127.0.0.1:1", "digits")
         again = a.register("client-a", "127.0.0.1:2", "digits")  # update, with the kept token
@@ -34,7 +38,7 @@ def test_client_covers_the_node_lifecycle(sqlite_registry: RegistryProcess) -> N
         joined = b.join(group.id)
         a.report_performance(group.id, value=0.5, round=1, num_examples=10)
         after = b.report_performance(group.id, value=1.0, round=1, num_examples=30)
-        info = a.upload_model(group.id, 1, b"\x00weights")
+        info = a.upload_model(group.id, 1, snapshot)
         blob = b.download_model(group.id)
         beat = a.heartbeat({"accuracy": 0.5})
         left = b.leave()
@@ -43,7 +47,7 @@ def test_client_covers_the_node_lifecycle(sqlite_registry: RegistryProcess) -> N
     assert again.node.address == "127.0.0.1:2"
     assert joined.group_id == group.id and not joined.migrated
     assert after.accuracy == pytest.approx(0.875)
-    assert blob is not None and blob.data == b"\x00weights" and blob.sha256 == info.sha256
+    assert blob is not None and blob.data == snapshot and blob.sha256 == info.sha256
     assert beat.metrics == {"accuracy": 0.5}
     assert left == group.id
 
@@ -61,6 +65,40 @@ def test_refusals_raise_typed_errors(sqlite_registry: RegistryProcess) -> None:
         with pytest.raises(UnauthorizedError):
             stranger.heartbeat()
     assert full.value.status == 409 and "full" in str(full.value.detail)
+
+
+def test_a_node_of_another_model_is_refused_at_the_door(sqlite_registry: RegistryProcess) -> None:
+    # Prepare: a digits-like model declared by the domain's first group, and a bigger one
+    digits = [np.zeros((16, 64), np.float32), np.zeros(16, np.float32)]
+    fashion = [np.zeros((8, 1, 5, 5), np.float32), np.zeros(8, np.float32)]
+    names = ["net.1.weight", "net.1.bias"]
+    ours = WeightsSignature.of(digits, names)
+    theirs = WeightsSignature.of(fashion, ["features.0.weight", "features.0.bias"])
+    with RegistryClient(sqlite_registry.url) as a, RegistryClient(sqlite_registry.url) as b:
+        before = a.domain_signature("sig-door")
+        a.register("sig-door-a", "x:1", "sig-door", model_signature=ours)
+        group = a.create_group("sig-door-group", "sig-door", model_signature=ours)
+
+        # Execute
+        with pytest.raises(ConflictError) as refused:
+            b.register("sig-door-b", "x:2", "sig-door", model_signature=theirs)
+        known = a.domain_signature("sig-door")
+        nan = [np.full_like(w, np.nan) for w in digits]
+        with pytest.raises(RegistryRequestError) as poisoned:
+            a.upload_model(group.id, 1, weights_to_bytes(nan))
+        stored = a.upload_model(group.id, 1, weights_to_bytes(digits))
+
+    # Assert: the newcomer learns why, the domain's model is readable, NaN never stored
+    assert before is None
+    assert refused.value.status == 409
+    assert "domain 'sig-door' uses a model of 2 tensors (net.1.weight [16, 64] float32" in str(
+        refused.value.detail
+    )
+    assert "yours is features.0.weight [8, 1, 5, 5] float32" in str(refused.value.detail)
+    assert known is not None and known.source == "declared" and known.declared_by == "sig-door-a"
+    assert WeightsSignature.from_json(known.signature.model_dump()) == ours
+    assert poisoned.value.status == 422 and "NaN" in str(poisoned.value.detail)
+    assert stored.round == 1
 
 
 def test_unreachable_registry_raises_after_retries_with_backoff() -> None:

@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from tests.registry.helpers import create_group, register, unique
+from tests.registry.helpers import create_group, mlp_snapshot, register, unique
 from tests.support.registry_proc import RegistryProcess
 
 
@@ -135,12 +135,16 @@ def test_listing_is_paginated_with_total_count(client: httpx.Client) -> None:
 def test_model_snapshot_roundtrip_and_round_rules(client: httpx.Client) -> None:
     _, h = register(client)
     gid = create_group(client, h)
-    blob = bytes(range(256)) * 400
+    blob = mlp_snapshot(0.5)
 
     up = client.put(f"/groups/{gid}/model", params={"round": 3}, headers=h, content=blob)
     again = client.put(f"/groups/{gid}/model", params={"round": 3}, headers=h, content=blob)
-    other = client.put(f"/groups/{gid}/model", params={"round": 3}, headers=h, content=b"x" * 10)
-    stale = client.put(f"/groups/{gid}/model", params={"round": 2}, headers=h, content=b"y")
+    other = client.put(
+        f"/groups/{gid}/model", params={"round": 3}, headers=h, content=mlp_snapshot(0.1)
+    )
+    stale = client.put(
+        f"/groups/{gid}/model", params={"round": 2}, headers=h, content=mlp_snapshot(0.2)
+    )
     down = client.get(f"/groups/{gid}/model")
 
     assert up.status_code == 200 and up.json()["size"] == len(blob)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from registry.wire import weights_to_bytes
 from tests.registry.helpers import create_group, register
 from tests.support.registry_proc import RegistryProcess
 
@@ -104,10 +106,11 @@ def test_model_over_the_size_limit_is_413_and_not_stored(tmp_path: Path) -> None
                 yield b"y" * 400
 
         chunked = c.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=stream())
-        fits = c.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=b"z" * 1000)
+        small = weights_to_bytes([np.zeros(150, dtype=np.float32)])  # 600 bytes of data
+        fits = c.put(f"/groups/{gid}/model", params={"round": 1}, headers=h, content=small)
         assert declared.status_code == 413 and "1000 bytes" in declared.json()["detail"]
         assert chunked.status_code == 413
-        assert fits.status_code == 200
-        assert c.get(f"/groups/{gid}/model").content == b"z" * 1000
+        assert len(small) <= 1000 and fits.status_code == 200
+        assert c.get(f"/groups/{gid}/model").content == small
     leftovers = list((tmp_path / "r" / "models" / "incoming").iterdir())
     assert leftovers == []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.registry.helpers import create_group, register
+from tests.registry.helpers import create_group, mlp_snapshot, register
 from tests.support.registry_proc import RegistryProcess
 
 
@@ -19,7 +19,7 @@ def test_restart_loses_nothing(tmp_path: Path, database_url: str | None) -> None
         gid = create_group(c, ha)
         c.post("/groups/join", headers=hb, json={"group_id": gid})
         c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.8, "round": 4})
-        c.put(f"/groups/{gid}/model", params={"round": 4}, headers=ha, content=b"weights" * 999)
+        c.put(f"/groups/{gid}/model", params={"round": 4}, headers=ha, content=mlp_snapshot())
         before_group = c.get(f"/groups/{gid}").json()
         before_events = c.get("/events", params={"limit": 1000}).json()["data"]
 
@@ -40,6 +40,6 @@ def test_restart_loses_nothing(tmp_path: Path, database_url: str | None) -> None
     # Assert
     assert after_group == before_group
     assert after_events == before_events
-    assert model.content == b"weights" * 999 and model.headers["x-model-round"] == "4"
+    assert model.content == mlp_snapshot() and model.headers["x-model-round"] == "4"
     assert hb_ok == 200 and perf.status_code == 200
     assert {m["id"] for m in after_group["members"]} == {a, b}

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from registry import crud
-from registry.api.deps import DatabaseDep, PageDep, TokenDep
+from registry import crud, snapshots
+from registry.api.deps import DatabaseDep, PageDep, SettingsDep, TokenDep
 from registry.schemas import (
     GroupCreate,
     GroupDetail,
@@ -42,11 +42,21 @@ def _check_caller(caller_id: str, claimed: str | None) -> None:
     status_code=status.HTTP_201_CREATED,
     responses={**AUTH_ERRORS, 409: {}},
 )
-def create_group(db: DatabaseDep, token: TokenDep, body: GroupCreate) -> GroupPublic:
-    """Create a learning group in the caller's domain; `join: true` makes the creator a member."""
+def create_group(
+    db: DatabaseDep, settings: SettingsDep, token: TokenDep, body: GroupCreate
+) -> GroupPublic:
+    """Create a group in the caller's domain (`join: true` joins it); a `model_signature`
+    sets the domain's model when it has none, and one that differs from it is 409."""
+    signature = snapshots.parse_declaration(
+        body.model_signature, max_model_bytes=settings.max_model_bytes
+    )
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
         group = crud.create_group(session, caller=caller, body=body)
+        if signature is not None:
+            snapshots.declare_signature(
+                session, domain=body.domain, signature=signature, declared_by=caller.id
+            )
         return crud.group_public(group, 1 if body.join else 0)
 
 

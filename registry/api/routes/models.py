@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
-from registry import crud
+from registry import crud, snapshots
 from registry.api.deps import DatabaseDep, SettingsDep, StoreDep, TokenDep
+from registry.db import Database
+from registry.errors import InvalidError
 from registry.schemas import ModelInfo
+from registry.settings import RegistrySettings
 from registry.storage import TooLargeError
+from registry.wire import ModelSignature
 
 router = APIRouter(prefix="/groups", tags=["models"])
 
@@ -25,11 +32,86 @@ _BINARY_BODY = {
 }
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """One upload: who sends which round to which group, and what its domain expects."""
+
+    db: Database
+    group_id: int
+    round: int
+    node_id: str
+    domain: str
+    known: ModelSignature | None
+    limit: int
+    registry_limit: int
+
+    @classmethod
+    def authorize(
+        cls,
+        db: Database,
+        settings: RegistrySettings,
+        *,
+        token: str | None,
+        group_id: int,
+        round_: int,
+    ) -> _Upload:
+        """The upload of a member of the group; AuthError, NotFoundError or ForbiddenError."""
+        with db.read() as session:
+            caller = crud.authenticate(session, token=token)
+            group = crud.check_member(session, caller=caller, group_id=group_id)
+            row = snapshots.domain_signature(session, domain=group.domain)
+        known = None if row is None else ModelSignature.from_json(row.signature)
+        limit = (
+            settings.max_model_bytes
+            if row is None
+            else min(settings.max_model_bytes, row.max_bytes)
+        )
+        return cls(
+            db, group_id, round_, caller.id, group.domain, known, limit, settings.max_model_bytes
+        )
+
+    def too_large(self, size: int) -> HTTPException:
+        """413 for a body of ``size`` bytes or more, recorded; names the domain's model when
+        its size is the limit."""
+        reason = f"model exceeds the limit of {self.limit} bytes"
+        if self.known is not None and self.limit < self.registry_limit:
+            reason += f": domain '{self.domain}' uses a model of {self.known.describe()}"
+        self.record(reason, size=size, sha256=None)
+        return HTTPException(413, reason)
+
+    def refuse(self, tmp: FilePath, reason: str, *, size: int, sha256: str) -> InvalidError:
+        """422 for received bytes, recorded; the bytes are removed."""
+        tmp.unlink(missing_ok=True)
+        self.record(reason, size=size, sha256=sha256)
+        return InvalidError(reason)
+
+    def record(self, reason: str, *, size: int, sha256: str | None) -> None:
+        """A ``snapshot_rejected`` event, in a transaction of its own."""
+        with self.db.write() as session:
+            snapshots.record_rejection(
+                session,
+                node_id=self.node_id,
+                group_id=self.group_id,
+                round_=self.round,
+                reason=reason,
+                size=size,
+                sha256=sha256,
+            )
+
+    def check(self, tmp: FilePath, *, size: int) -> ModelSignature:
+        """The signature of the received bytes (``snapshots.check_upload``); InvalidError."""
+        if size == 0:
+            raise InvalidError("empty model body")
+        return snapshots.check_upload(
+            tmp.read_bytes(), domain=self.domain, known=self.known, max_bytes=self.limit
+        )
+
+
 @router.put(
     "/{group_id}/model",
     response_model=ModelInfo,
     openapi_extra=_BINARY_BODY,
-    responses={401: {}, 403: {}, 404: {}, 409: {}, 411: {}, 413: {}},
+    responses={401: {}, 403: {}, 404: {}, 409: {}, 411: {}, 413: {}, 422: {}},
 )
 async def upload_model(
     request: Request,
@@ -40,32 +122,37 @@ async def upload_model(
     group_id: GroupIdPath,
     round: RoundQuery,
 ) -> ModelInfo:
-    """Upload the group's model snapshot for a round (members only; raw bytes body)."""
-    from starlette.concurrency import run_in_threadpool
-
-    def authorize() -> None:
-        with db.read() as session:
-            caller = crud.authenticate(session, token=token)
-            crud.check_member(session, caller=caller, group_id=group_id)
-
+    """Upload the group's model snapshot for a round (members only; raw bytes body); 422 with
+    the reason, recorded as a `snapshot_rejected` event, when it does not decode, is not the
+    domain's model or holds NaN/inf. The domain's first good snapshot sets its model when
+    no group declared one (trust on first use)."""
     # Refuse before reading a byte from a caller who may not upload.
-    await run_in_threadpool(authorize)
+    upload = await run_in_threadpool(
+        _Upload.authorize, db, settings, token=token, group_id=group_id, round_=round
+    )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_model_bytes:
-        raise HTTPException(413, f"model exceeds the limit of {settings.max_model_bytes} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > upload.limit:
+        raise await run_in_threadpool(upload.too_large, int(declared))
     try:
-        tmp, sha, size = await store.receive(request.stream(), settings.max_model_bytes)
-    except TooLargeError as exc:
-        raise HTTPException(413, str(exc)) from exc
-    if size == 0:
-        tmp.unlink(missing_ok=True)
-        raise HTTPException(422, "empty model body")
+        tmp, sha, size = await store.receive(request.stream(), upload.limit)
+    except TooLargeError:
+        raise await run_in_threadpool(upload.too_large, upload.limit + 1) from None
 
-    def commit() -> tuple[ModelInfo, list[str]]:
+    def commit(signature: ModelSignature) -> tuple[ModelInfo, list[str]]:
         rel = store.place(tmp, group_id=group_id, round_=round, sha256=sha)
         try:
             with db.write() as session:
                 caller = crud.authenticate(session, token=token)
+                if upload.known is None:
+                    reason = snapshots.learn_signature(
+                        session,
+                        domain=upload.domain,
+                        signature=signature,
+                        source="first_upload",
+                        declared_by=caller.id,
+                    )
+                    if reason is not None:  # another model was set meanwhile
+                        raise InvalidError(reason)
                 snap, created, stale = crud.record_snapshot(
                     session,
                     caller=caller,
@@ -84,7 +171,13 @@ async def upload_model(
             stale.append(rel)
         return info, stale
 
-    info, stale = await run_in_threadpool(commit)
+    try:
+        signature = await run_in_threadpool(upload.check, tmp, size=size)
+        info, stale = await run_in_threadpool(commit, signature)
+    except InvalidError as exc:
+        raise await run_in_threadpool(
+            upload.refuse, tmp, exc.reason, size=size, sha256=sha
+        ) from None
     store.delete(stale)
     return info
 

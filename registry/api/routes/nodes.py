@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
-from registry import crud
-from registry.api.deps import BEARER, DatabaseDep, PageDep, TokenDep
+from registry import crud, snapshots
+from registry.api.deps import BEARER, DatabaseDep, PageDep, SettingsDep, TokenDep
 from registry.api.validation import invalid_response
 from registry.db import Database, GroupCommit
 from registry.schemas import (
@@ -40,11 +40,17 @@ NodeIdPath = Annotated[str, Path(pattern=NODE_ID_PATTERN)]
     responses={201: {"model": NodeRegistered}, 401: {}, 403: {}, 409: {}},
 )
 def register_node(
-    db: DatabaseDep, token: TokenDep, body: NodeRegister, response: Response
+    db: DatabaseDep, settings: SettingsDep, token: TokenDep, body: NodeRegister, response: Response
 ) -> NodeRegistered:
-    """Register a node (201, returns its secret token once) or update it (200, needs the token)."""
+    """Register a node (201, returns its secret token once) or update it (200, needs the token);
+    409 when its `model_signature` is not its domain's."""
+    signature = snapshots.parse_declaration(
+        body.model_signature, max_model_bytes=settings.max_model_bytes
+    )
     with db.write() as session:
         node, new_token, created = crud.register_node(session, body=body, token=token)
+        if signature is not None:
+            snapshots.check_declaration(session, domain=body.domain, signature=signature)
         out = NodeRegistered(node=NodePublic.model_validate(node), token=new_token, created=created)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return out

@@ -1,6 +1,7 @@
 """Tests for node.learning.weights: safe, order-preserving weights blobs."""
 
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -8,8 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from node.errors import NodeError, SerializationError
-from node.learning.weights import bytes_to_weights, weights_to_bytes
+from node.errors import (
+    NodeError,
+    NonFiniteWeightsError,
+    SerializationError,
+    WeightsMismatchError,
+)
+from node.learning.weights import (
+    WeightsSignature,
+    bytes_to_weights,
+    decode_weights,
+    weights_to_bytes,
+)
 
 _arrays = hnp.arrays(
     dtype=st.sampled_from([np.float32, np.float64, np.int64]),
@@ -69,3 +80,50 @@ def test_a_foreign_npz_is_not_taken_for_weights() -> None:
     # Execute / Assert
     with pytest.raises(SerializationError, match="Not a weights blob"):
         bytes_to_weights(buffer.getvalue())
+
+
+def test_a_compressed_archive_is_refused_as_a_serialization_error() -> None:
+    # Prepare: what np.savez_compressed makes, once decoded without bound
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, w0=np.zeros((64, 64), dtype=np.float32))
+
+    # Execute / Assert
+    with pytest.raises(SerializationError, match="compressed"):
+        bytes_to_weights(buffer.getvalue())
+
+
+def test_a_snapshot_is_checked_against_the_model_before_its_data_is_read() -> None:
+    # Prepare: the model's signature, and a header claiming a 4 GB tensor over 16 bytes
+    model = [np.zeros((4, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+    signature = WeightsSignature.of(model)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**9,)}
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("w0.npy", header.getvalue() + bytes(16))
+
+    # Execute / Assert
+    with pytest.raises(WeightsMismatchError, match="yours has 1"):
+        decode_weights(buffer.getvalue(), signature)
+    with pytest.raises(SerializationError, match="too large"):
+        bytes_to_weights(buffer.getvalue())
+
+
+def test_the_node_takes_a_float64_aggregate_by_kind_and_refuses_nan() -> None:
+    # Prepare
+    model = [np.zeros((4, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+    signature = WeightsSignature.of(model)
+    float64 = [w.astype(np.float64) + 1 for w in model]
+    nan = [np.full_like(w, np.nan) for w in model]
+
+    # Execute
+    taken = decode_weights(weights_to_bytes(float64), signature)
+
+    # Assert: a float of another width fits (the node casts it); NaN and ints never do
+    assert [w.dtype for w in taken] == [np.float64, np.float64]
+    with pytest.raises(NonFiniteWeightsError):
+        decode_weights(weights_to_bytes(nan), signature)
+    with pytest.raises(WeightsMismatchError):
+        decode_weights(weights_to_bytes([w.astype(np.int32) for w in model]), signature)

@@ -21,7 +21,7 @@ from node.p2p.codecs import make_codec
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.peer import PeerTrainer
 
-__all__ = ["build_learner", "parse_peers", "peer", "run_peer_training"]
+__all__ = ["build_learner", "build_trainer", "parse_peers", "peer", "run_peer_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,14 @@ def build_learner(config: PeerConfig) -> Learner:
     )
 
 
-async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[str, Any]:
-    """Run the configured rounds with ``peers``; return a JSON-ready summary."""
-    learner = build_learner(config)
+def build_trainer(config: PeerConfig, peers: list[Address], learner: Learner) -> PeerTrainer:
+    """The peer for ``learner`` as the config's p2p and compression sections set it up."""
     codec = make_codec(
         config.compression.mode,
         topk_ratio=config.compression.topk_ratio,
         bits=config.compression.bits,
     )
-    trainer = PeerTrainer(
+    return PeerTrainer(
         learner,
         peers,
         codec,
@@ -74,7 +73,16 @@ async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[st
         error_feedback=config.compression.error_feedback,
         max_message_bytes=config.p2p.max_message_bytes,
         down_after_misses=config.p2p.down_after_misses,
+        max_example_count=config.p2p.max_example_count,
+        aggregation=config.p2p.aggregation,
+        trim_fraction=config.p2p.trim_fraction,
     )
+
+
+async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[str, Any]:
+    """Run the configured rounds with ``peers``; return a JSON-ready summary."""
+    learner = build_learner(config)
+    trainer = build_trainer(config, peers, learner)
     await trainer.start()
     try:
         reports = await trainer.run(config.training.rounds)
@@ -84,10 +92,16 @@ async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[st
     digest = hashlib.sha256()
     for array in learner.get_weights():
         digest.update(array.tobytes())
+    refused: dict[str, int] = {}
+    for report in reports:
+        for reason, count in report.refused.items():
+            refused[reason] = refused.get(reason, 0) + count
     return {
         "node_id": trainer.node_id,
         "port": trainer.port,
-        "codec": codec.name,
+        "codec": trainer.codec.name,
+        "aggregation": config.p2p.aggregation,
+        "refused": refused,
         "rounds": [r.to_dict() for r in reports],
         "test_accuracy": test.accuracy,
         "bytes_sent": trainer.server.stats.bytes_sent,

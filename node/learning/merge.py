@@ -1,5 +1,6 @@
 """Model merging, as pure functions: the one weighted mean (FedAvg), leave-one-out means,
-updates, and gossip's age-weighted merge.
+updates, gossip's age-weighted merge, and the robust merges (coordinate-wise median,
+trimmed mean) that one wild model cannot drag far.
 
 Every weighted mean of models in the project is ``weighted_mean`` (FedAvg's arithmetic,
 as ``flwr.server.strategy.aggregate.aggregate`` does it, in float64 and giving each
@@ -9,6 +10,7 @@ that the P2P and gossip paths, and the simulator, do not load Flower (0.6 s) to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,8 +20,10 @@ from node.errors import WeightsMismatchError
 __all__ = [
     "add_update",
     "age_weighted_merge",
+    "coordinate_median",
     "leave_one_out_means",
     "subtract",
+    "trimmed_mean",
     "weighted_mean",
 ]
 
@@ -143,3 +147,68 @@ def age_weighted_merge(
     both_fresh = own_age == 0 and other_age == 0
     weights = [1.0, 1.0] if both_fresh else [float(own_age), float(other_age)]
     return weighted_mean([list(own), list(other)], weights), max(own_age, other_age)
+
+
+def _stacked(models: Sequence[Sequence[np.ndarray]]) -> tuple[list[np.ndarray], list[np.dtype]]:
+    """Per tensor, the K models' values stacked on a new first axis (float64); and dtypes."""
+    if not models:
+        raise ValueError("a robust merge needs at least one model")
+    for m in models[1:]:
+        _check_same_shapes(models[0], m)
+    dtypes = [np.asarray(t).dtype for t in models[0]]
+    stacks = [
+        np.stack([np.asarray(t, dtype=np.float64) for t in tensors])
+        for tensors in zip(*models, strict=True)
+    ]
+    return stacks, dtypes
+
+
+def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` (float64) in ``dtype``; integer and bool tensors are rounded, not truncated."""
+    if not np.issubdtype(dtype, np.inexact):
+        values = np.rint(values)
+    return np.asarray(values).astype(dtype)
+
+
+def coordinate_median(models: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """The coordinate-wise median of K models, which a minority of wild models cannot drag.
+
+    Yin, Chen, Ramchandran, Bartlett 2018, "Byzantine-robust distributed learning:
+    towards optimal statistical rates" (ICML). ``models``: K lists of arrays of equal
+    shapes, any dtypes. Each coordinate of the result is the median of that coordinate
+    over the K models (the mean of the two middle values when K is even), so while
+    fewer than half of the models are wild, however wild, every coordinate stays within
+    the range of the others. Unweighted: example counts are
+    claims a stranger can inflate, so a robust merge does not read them. Computed in
+    float64; each tensor comes back in the first model's shape and dtype (integer
+    tensors rounded). Raises ``WeightsMismatchError`` when shapes differ and
+    ``ValueError`` for no models.
+    """
+    stacks, dtypes = _stacked(models)
+    return [_as_dtype(np.median(s, axis=0), d) for s, d in zip(stacks, dtypes, strict=True)]
+
+
+def trimmed_mean(
+    models: Sequence[Sequence[np.ndarray]], trim_fraction: float = 0.2
+) -> list[np.ndarray]:
+    """The coordinate-wise trimmed mean of K models: the extremes of each coordinate dropped.
+
+    Yin, Chen, Ramchandran, Bartlett 2018, "Byzantine-robust distributed learning:
+    towards optimal statistical rates" (ICML). For each coordinate, the ``b`` largest
+    and ``b`` smallest values are dropped and the rest averaged, with
+    ``b = min(ceil(trim_fraction * K), (K - 1) // 2)``: unlike Flower's ``FedTrimmedAvg``
+    (which floors), any positive fraction trims at least one value per side once K >= 3,
+    and something is always left. Up to ``b`` wild models are cut off entirely;
+    ``trim_fraction`` 0 is the plain unweighted mean. It must be in ``[0, 0.5)``, else
+    ``ValueError``. Unweighted, float64 inside, shapes and dtypes kept (integer tensors
+    rounded); ``WeightsMismatchError`` when shapes differ.
+    """
+    if not 0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    stacks, dtypes = _stacked(models)
+    k = len(models)
+    cut = min(math.ceil(trim_fraction * k), (k - 1) // 2)
+    return [
+        _as_dtype(np.sort(s, axis=0)[cut : k - cut].mean(axis=0), d)
+        for s, d in zip(stacks, dtypes, strict=True)
+    ]

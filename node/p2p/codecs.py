@@ -12,27 +12,39 @@ Quantization is affine with a scale and an integer zero-point per tensor:
 ``x̂ = (code - zero_point) * scale`` with ``scale = (max - min) / (2**bits - 1)``.
 Every value decodes within ``scale / 2`` of the original (``quantization_error_bound``),
 up to float32 rounding. 4-bit codes are packed two to a byte.
+
+Decoding is bounded, because the bytes come from strangers: before anything is
+allocated, every record is checked against the receiver's ``WeightsSignature`` (the
+shapes of its own weights: the tensor count and each shape must match) or, without
+one, against ``MAX_UPDATE_ELEMENTS`` values in all; and each record's parts must agree
+(byte lengths, index range and count, bit width, a finite positive scale, a zero-point
+in range). So a few bytes can no longer ask for gigabytes. A record that does not fit
+the receiver raises ``WeightsMismatchError``; one that is malformed or over the cap,
+``SerializationError`` (both ``RemoteInputError``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import msgpack
 import numpy as np
 
-from node.errors import SerializationError
+from node.errors import SerializationError, WeightsMismatchError
+from node.learning.weights import WeightsSignature
 
 __all__ = [
     "COMPRESSION_MODES",
+    "MAX_UPDATE_ELEMENTS",
     "Codec",
     "DenseCodec",
     "EncodedUpdate",
     "ErrorFeedback",
     "QuantizeCodec",
     "TopKCodec",
+    "check_records",
     "compress_with_feedback",
     "dequantize",
     "make_codec",
@@ -68,6 +80,16 @@ SPARSE = "sparse"
 SPARSE_QUANT = "sparse_quant"
 
 _UINT16_LIMIT = 1 << 16
+
+# The most values an update may decode to when the receiver gives no signature:
+# 2**25 (128 MiB as float32). With a signature the receiver's own model is the bound.
+MAX_UPDATE_ELEMENTS = 1 << 25
+# numpy's own limit on dimensions is 64; no model tensor comes near this.
+_MAX_DIMS = 32
+# Dtypes a dense record may carry: booleans, integers, floats, complex; never objects,
+# strings or structured records.
+_PLAIN_KINDS = frozenset("biufc")
+_INDEX_KINDS = frozenset("iu")
 
 
 # --- quantization -------------------------------------------------------------------
@@ -146,10 +168,8 @@ def _quant_record(values: np.ndarray, bits: int) -> dict[str, Any]:
 
 
 def _quant_values(record: dict[str, Any]) -> np.ndarray:
-    bits = int(record[BITS_KEY])
-    if bits not in QUANT_BITS:
-        raise SerializationError(f"Unsupported quantization width {bits}")
-    count = int(record[COUNT_KEY])
+    """Dequantized values of a record that ``_check_quant`` accepted."""
+    bits, count = int(record[BITS_KEY]), int(record[COUNT_KEY])
     codes = _unpack_codes(record[DATA_KEY], bits, count)
     return dequantize(Quantized(codes, float(record[SCALE_KEY]), int(record[ZERO_POINT_KEY]), bits))
 
@@ -195,8 +215,20 @@ class EncodedUpdate:
         return len(self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> EncodedUpdate:
-        """Parse bytes made by ``to_bytes``; anything else raises SerializationError."""
+    def from_bytes(
+        cls,
+        blob: bytes,
+        expected: WeightsSignature | None = None,
+        *,
+        max_elements: int = MAX_UPDATE_ELEMENTS,
+    ) -> EncodedUpdate:
+        """Parse bytes made by ``to_bytes`` and check every record (see ``check_records``).
+
+        Allocates nothing beyond what msgpack makes of ``blob`` itself. Raises
+        ``SerializationError`` for anything but an encoded update with well-formed
+        records within ``max_elements`` (when ``expected`` is None), and
+        ``WeightsMismatchError`` for records that do not fit ``expected``.
+        """
         try:
             obj = msgpack.unpackb(blob, raw=False)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
@@ -208,6 +240,7 @@ class EncodedUpdate:
             or not all(isinstance(t, dict) for t in obj[TENSORS_KEY])
         ):
             raise SerializationError("Not an encoded update: wrong structure")
+        check_records(obj[TENSORS_KEY], expected, max_elements=max_elements)
         return cls(codec=obj[CODEC_KEY], tensors=obj[TENSORS_KEY])
 
 
@@ -227,33 +260,147 @@ def _dense_record(array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _decode_record(record: dict[str, Any]) -> np.ndarray:
-    """Decode one tensor record of any kind; malformed records raise SerializationError."""
+# --- bounded decoding ----------------------------------------------------------------
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record_shape(record: dict[str, Any], i: int) -> tuple[int, ...]:
+    raw = record.get(SHAPE_KEY)
+    if (
+        not isinstance(raw, list)
+        or len(raw) > _MAX_DIMS
+        or not all(_whole(d) and d >= 0 for d in raw)
+    ):
+        raise SerializationError(f"Tensor {i}: shape {str(raw)[:80]} is not a list of sizes")
+    return tuple(raw)
+
+
+def _record_dtype(record: dict[str, Any], key: str, kinds: frozenset[str], i: int) -> np.dtype:
+    raw = record.get(key)
     try:
-        kind = record[KIND_KEY]
-        shape = tuple(int(d) for d in record[SHAPE_KEY])
-        size = int(np.prod(shape, dtype=np.int64))
-        if kind == DENSE:
-            out = np.frombuffer(record[DATA_KEY], dtype=np.dtype(record[DTYPE_KEY]))
-            return out.reshape(shape).copy()
-        if kind == QUANT:
-            return _quant_values(record).reshape(shape)
-        if kind in (SPARSE, SPARSE_QUANT):
-            index = np.frombuffer(record[INDEX_KEY], dtype=np.dtype(record[INDEX_DTYPE_KEY]))
-            if kind == SPARSE:
-                values = np.frombuffer(record[DATA_KEY], dtype=np.float32)
-            else:
-                values = _quant_values(record)
-            if values.size != index.size or (index.size and int(index.max()) >= size):
-                raise SerializationError("Sparse tensor: indices and values do not match")
-            flat = np.zeros(size, dtype=np.float32)
-            flat[index.astype(np.int64)] = values
-            return flat.reshape(shape)
-    except SerializationError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SerializationError(f"Malformed tensor record: {type(exc).__name__}: {exc}") from exc
-    raise SerializationError(f"Unknown tensor kind {kind!r}")
+        if not isinstance(raw, str) or len(raw) > 8:
+            raise TypeError("not a short dtype string")
+        dtype = np.dtype(raw)
+    except TypeError as exc:
+        raise SerializationError(f"Tensor {i}: dtype {str(raw)[:40]!r} unusable: {exc}") from exc
+    if dtype.kind not in kinds or dtype.fields is not None or dtype.itemsize > 16:
+        raise SerializationError(f"Tensor {i}: dtype {dtype} is not allowed here")
+    return dtype
+
+
+def _record_bytes(record: dict[str, Any], key: str, length: int, what: str, i: int) -> None:
+    data = record.get(key)
+    if not isinstance(data, bytes):
+        raise SerializationError(f"Tensor {i}: {what} missing")
+    if len(data) != length:
+        raise SerializationError(f"Tensor {i}: {what} hold {len(data)} bytes, need {length}")
+
+
+def _check_quant(record: dict[str, Any], count: int, i: int) -> None:
+    """Bit width, code count and bytes, a finite positive scale, a zero-point in range."""
+    bits, n = record.get(BITS_KEY), record.get(COUNT_KEY)
+    if not _whole(bits) or bits not in QUANT_BITS:
+        raise SerializationError(f"Tensor {i}: unsupported quantization width {bits!r}")
+    if not _whole(n) or n != count:
+        raise SerializationError(f"Tensor {i}: {n!r} quantized codes for {count} values")
+    _record_bytes(record, DATA_KEY, count if bits == 8 else (count + 1) // 2, "codes", i)
+    scale, zero_point = record.get(SCALE_KEY), record.get(ZERO_POINT_KEY)
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise SerializationError(f"Tensor {i}: scale {scale!r} is not finite and positive")
+    if not _whole(zero_point) or not 0 <= zero_point < (1 << bits):
+        raise SerializationError(f"Tensor {i}: zero-point {zero_point!r} out of range")
+
+
+def _check_record(record: dict[str, Any], shape: tuple[int, ...], i: int) -> None:
+    """Check one record's parts against its ``shape``; reads, never allocates."""
+    size = math.prod(shape)
+    kind = record.get(KIND_KEY)
+    if kind == DENSE:
+        dtype = _record_dtype(record, DTYPE_KEY, _PLAIN_KINDS, i)
+        _record_bytes(record, DATA_KEY, size * dtype.itemsize, "values", i)
+    elif kind == QUANT:
+        _check_quant(record, size, i)
+    elif kind in (SPARSE, SPARSE_QUANT):
+        index_dtype = _record_dtype(record, INDEX_DTYPE_KEY, _INDEX_KINDS, i)
+        index_bytes = record.get(INDEX_KEY)
+        if not isinstance(index_bytes, bytes) or len(index_bytes) % index_dtype.itemsize:
+            raise SerializationError(f"Tensor {i}: sparse indices missing or cut short")
+        n = len(index_bytes) // index_dtype.itemsize
+        if n > size:
+            raise SerializationError(f"Tensor {i}: {n} sparse indices for {size} values")
+        if kind == SPARSE:
+            _record_bytes(record, DATA_KEY, 4 * n, "sparse values", i)
+        else:
+            _check_quant(record, n, i)
+        index = np.frombuffer(index_bytes, dtype=index_dtype)  # a view: no copy
+        if n and (int(index.min()) < 0 or int(index.max()) >= size):
+            raise SerializationError(f"Tensor {i}: sparse index out of range for {size} values")
+    else:
+        raise SerializationError(f"Tensor {i}: unknown tensor kind {str(kind)[:40]!r}")
+
+
+def check_records(
+    tensors: list[dict[str, Any]],
+    expected: WeightsSignature | None = None,
+    *,
+    max_elements: int = MAX_UPDATE_ELEMENTS,
+) -> list[tuple[int, ...]]:
+    """Check an update's records before anything is allocated; return their shapes.
+
+    With ``expected`` (the receiver's own weights' signature) the records must be one
+    per tensor with exactly its shapes; without, they may decode to at most
+    ``max_elements`` values in all. Every record's parts must agree with its shape:
+    byte lengths, sparse index dtype, count and range, quantization width, a finite
+    positive scale and a zero-point in range. Raises ``WeightsMismatchError`` (count
+    or shape differ from ``expected``) or ``SerializationError`` (malformed, over the cap).
+    """
+    if expected is not None and len(tensors) != len(expected.shapes):
+        raise WeightsMismatchError(
+            f"Got {len(tensors)} tensors for a model with {len(expected.shapes)}"
+        )
+    shapes, total = [], 0
+    for i, record in enumerate(tensors):
+        shape = _record_shape(record, i)
+        if expected is not None:
+            if shape != expected.shapes[i]:
+                raise WeightsMismatchError(
+                    f"Tensor {i}: shape {shape} does not match {expected.shapes[i]}"
+                )
+        else:
+            total += math.prod(shape)
+            if total > max_elements:
+                raise SerializationError(
+                    f"Update asks for more than {max_elements} values (tensor {i}: {shape})"
+                )
+        _check_record(record, shape, i)
+        shapes.append(shape)
+    return shapes
+
+
+def _decode_record(record: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """Decode one record that ``check_records`` accepted with ``shape``."""
+    kind = record[KIND_KEY]
+    if kind == DENSE:
+        out = np.frombuffer(record[DATA_KEY], dtype=np.dtype(record[DTYPE_KEY]))
+        return out.reshape(shape).copy()
+    if kind == QUANT:
+        return _quant_values(record).reshape(shape)
+    index = np.frombuffer(record[INDEX_KEY], dtype=np.dtype(record[INDEX_DTYPE_KEY]))
+    if kind == SPARSE:
+        values = np.frombuffer(record[DATA_KEY], dtype=np.float32)
+    else:
+        values = _quant_values(record)
+    flat = np.zeros(math.prod(shape), dtype=np.float32)
+    flat[index.astype(np.int64)] = values
+    return flat.reshape(shape)
 
 
 # --- codecs -------------------------------------------------------------------------
@@ -287,9 +434,22 @@ class Codec:
             ],
         )
 
-    def decode(self, encoded: EncodedUpdate) -> list[np.ndarray]:
-        """Decode back to arrays (float tensors come back as float32)."""
-        return [_decode_record(t) for t in encoded.tensors]
+    def decode(
+        self,
+        encoded: EncodedUpdate,
+        expected: WeightsSignature | None = None,
+        *,
+        max_elements: int = MAX_UPDATE_ELEMENTS,
+    ) -> list[np.ndarray]:
+        """Decode back to arrays, one per record in ``expected``'s shapes when given.
+
+        Float tensors come back as float32 (quantized and sparse ones always), others in
+        their dtype. Every record is checked first (``check_records``), so nothing larger
+        than ``expected`` (or ``max_elements`` values, without it) is ever allocated.
+        Raises ``WeightsMismatchError`` or ``SerializationError``.
+        """
+        shapes = check_records(encoded.tensors, expected, max_elements=max_elements)
+        return [_decode_record(t, shape) for t, shape in zip(encoded.tensors, shapes, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from node.config import layered
 from node.errors import ConfigError
+from node.p2p.aggregation import Aggregation
 from node.p2p.codecs import CompressionMode
+from node.p2p.inbound import DEFAULT_MAX_AGE_JUMP, DEFAULT_MAX_EXAMPLE_COUNT
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -69,13 +71,22 @@ class TrainingSection(_Section):
 
 
 class P2PSection(_Section):
-    """Where this peer listens and how long it waits for the others each round."""
+    """Where this peer listens, how long it waits each round, what it accepts and how it merges.
+
+    ``max_example_count``: an update claiming more examples than this (or fewer than 1)
+    is refused. ``aggregation``: ``mean`` (example-weighted), ``median`` or
+    ``trimmed_mean`` (coordinate-wise, unweighted) over the round's updates;
+    ``trim_fraction`` is the share trimmed from each side by ``trimmed_mean``.
+    """
 
     host: str = "0.0.0.0"
     local_port: int = Field(default=5000, ge=0, le=65535)
     listen_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31)
     down_after_misses: int = Field(default=2, ge=1)
+    max_example_count: int = Field(default=DEFAULT_MAX_EXAMPLE_COUNT, ge=1, le=10**9)
+    aggregation: Aggregation = "mean"
+    trim_fraction: float = Field(default=0.2, ge=0, lt=0.5)
 
 
 class CompressionSection(_Section):
@@ -94,12 +105,22 @@ class CompressionSection(_Section):
 
 
 class GossipSection(_Section):
-    """Gossip mode: Cyclon view, shuffle length, and how often a member gossips."""
+    """Gossip mode: Cyclon view, shuffle length, how often a member gossips, how it merges.
+
+    ``max_age_jump``: a peer's age claim counts for at most this much more than one's
+    own age. ``aggregation``: ``mean`` is the age-weighted pairwise merge; ``median``
+    and ``trimmed_mean`` merge one's own model with the last ``buffer_size`` models
+    received (one per sender), robustly.
+    """
 
     view_size: int = Field(default=4, ge=1, le=1000)
     shuffle_length: int = Field(default=2, ge=1, le=1000)
     period_s: float = Field(default=0.2, gt=0, le=3600, description="Between gossip sends.")
     local_steps: int = Field(default=1, ge=0, le=1000)
+    max_age_jump: int = Field(default=DEFAULT_MAX_AGE_JUMP, ge=0, le=10**6)
+    aggregation: Aggregation = "mean"
+    trim_fraction: float = Field(default=0.2, ge=0, lt=0.5)
+    buffer_size: int = Field(default=4, ge=2, le=64)
 
     @model_validator(mode="after")
     def _shuffle_fits_view(self) -> GossipSection:

@@ -21,6 +21,19 @@ The registry still sees the group: with a ``registry`` (``RegistryClient`` or
 anything with its methods) a member registers, joins the group, bootstraps its view
 from the group's roster and its model from the group's latest snapshot, sends
 heartbeats, reports validation accuracy and uploads snapshots, and leaves on stop.
+
+Peers are strangers. A received model passes ``inbound``'s checks (decoded within the
+shapes of one's own model, finite) or is refused, logged and counted in
+``GossipStats.refused``. Its age claim counts for at most ``max_age_jump`` more than
+one's own age. And the round a member reports and uploads snapshots under is its own
+count of updates (``GossipNode.updates``: merges plus local epochs), never a claim.
+
+``aggregation="mean"`` is the age-weighted pairwise merge above. A pairwise merge
+cannot be robust (the median of two models is their mean), so ``median`` and
+``trimmed_mean`` keep the last model of each of the last ``buffer_size`` senders
+(``ModelBuffer``) and merge one's own model with them coordinate-wise, unweighted; until
+two senders are buffered a member only trains. One slot per sender, so a peer that
+sends often still has one vote (a peer posing as many senders is not stopped by this).
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -38,6 +52,7 @@ from torch import nn
 
 from node.addresses import parse_address
 from node.errors import (
+    ConfigError,
     ConflictError,
     PeerUnreachableError,
     RegistryClientError,
@@ -45,15 +60,27 @@ from node.errors import (
 )
 from node.learning.learner import Learner, load_weights, model_weights
 from node.learning.merge import age_weighted_merge
+from node.learning.models import build_model
 from node.learning.partition import NodeData
 from node.learning.weights import (
+    Weights,
     WeightsSignature,
     check_count,
-    check_weights,
     decode_weights,
     weights_to_bytes,
 )
-from node.p2p.codecs import Codec, DenseCodec, EncodedUpdate, TopKCodec
+from node.p2p.aggregation import MEAN, aggregate, check_aggregation
+from node.p2p.codecs import GRADIENTS_TOPK, Codec, DenseCodec, TopKCodec, make_codec
+from node.p2p.config import PeerConfig
+from node.p2p.inbound import (
+    DEFAULT_MAX_AGE_JUMP,
+    REFUSED_AGE,
+    REFUSED_DOMAIN,
+    bounded_age,
+    decode_update,
+    note_refusal,
+    refusal_reason,
+)
 from node.p2p.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
@@ -66,6 +93,8 @@ __all__ = [
     "Descriptor",
     "GossipNode",
     "GossipRegistry",
+    "GossipStats",
+    "ModelBuffer",
     "TrainingConfig",
     "answer_shuffle",
     "bootstrap_view",
@@ -244,14 +273,48 @@ class TrainingConfig:
 
 @dataclass
 class GossipStats:
-    """Counters of one member."""
+    """Counters of one member.
+
+    ``merged``: received models merged in; ``local_epochs``: epochs trained on its own
+    data; ``refused``: received inputs refused, by reason (``inbound``'s ``REFUSED_*``);
+    ``ages_clamped``: age claims cut down to ``max_age_jump`` above one's own.
+    """
 
     sent: int = 0
     received: int = 0
     merged: int = 0
+    local_epochs: int = 0
     send_failures: int = 0
     shuffles: int = 0
     dropped_peers: int = 0
+    ages_clamped: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+class ModelBuffer:
+    """The last model received from each of the last ``size`` senders, oldest out first.
+
+    What gossip's robust merges combine with one's own model. A sender that sends
+    again replaces its own entry (and becomes the newest), so it never holds more than
+    one of the ``size`` slots.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a model buffer needs at least one slot, got {size}")
+        self.size = size
+        self._models: OrderedDict[str, Weights] = OrderedDict()
+
+    def add(self, sender: str, weights: Weights) -> None:
+        """Keep ``weights`` as ``sender``'s latest model, evicting the oldest sender if full."""
+        self._models.pop(sender, None)
+        self._models[sender] = weights
+        while len(self._models) > self.size:
+            self._models.popitem(last=False)
+
+    def models(self) -> list[Weights]:
+        """The buffered models, oldest sender first."""
+        return list(self._models.values())
 
 
 DataProvider = NodeData | Callable[[], NodeData]
@@ -262,12 +325,19 @@ class _Registration:
     group_id: int
     registry: GossipRegistry
     reports: int = 0
-    last_upload_age: int = -1
+    last_upload_round: int = -1
     errors: list[str] = field(default_factory=list)
 
 
 class GossipNode:
-    """One member of a gossip-mode group (see the module docstring)."""
+    """One member of a gossip-mode group (see the module docstring).
+
+    ``max_age_jump`` bounds how much older than its own a received model's age may
+    count; ``aggregation`` (``mean``: age-weighted pairwise; ``median``,
+    ``trimmed_mean`` with ``trim_fraction``: robust, over ``buffer_size`` senders)
+    chooses the merge. ``GossipNode.from_config`` builds one from the peer config.
+    Raises ``ValueError`` for inconsistent arguments.
+    """
 
     def __init__(
         self,
@@ -289,7 +359,14 @@ class GossipNode:
         report_every: int = 10,
         send_timeout: float = 2.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_age_jump: int = DEFAULT_MAX_AGE_JUMP,
+        aggregation: str = MEAN,
+        trim_fraction: float = 0.2,
+        buffer_size: int = 4,
     ) -> None:
+        check_aggregation(aggregation, trim_fraction)
+        if max_age_jump < 0:
+            raise ValueError(f"max_age_jump must be non-negative, got {max_age_jump}")
         if shuffle_length > view_size:
             raise ValueError("shuffle_length must not exceed view_size")
         if isinstance(codec, TopKCodec):
@@ -313,6 +390,10 @@ class GossipNode:
         self.send_timeout = send_timeout
         self.max_message_bytes = max_message_bytes
         self.seed = seed
+        self.max_age_jump = max_age_jump
+        self.aggregation = aggregation
+        self.trim_fraction = trim_fraction
+        self.buffer = ModelBuffer(buffer_size)
         self.rng = random.Random(seed)
         self.view: list[Descriptor] = []
         self.age = 0
@@ -330,6 +411,64 @@ class GossipNode:
             max_message_bytes=max_message_bytes,
             name=f"gossip {node_id}",
         )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PeerConfig,
+        *,
+        node_id: str | None = None,
+        model: nn.Module | None = None,
+        registry: GossipRegistry | None = None,
+        group_id: int | None = None,
+        bootstrap_peers: Sequence[Descriptor] = (),
+    ) -> GossipNode:
+        """A member set up from the peer config's gossip, training, compression and p2p keys.
+
+        Domain: ``data.dataset``; model: ``model`` or the data set's seeded model
+        (``training.seed``); listens on ``p2p.host``:``p2p.local_port``; each received
+        model is trained ``gossip.local_steps`` epochs with ``training``'s batch size and
+        learning rate. The node id is ``node_id``, else ``config.node_id``, else
+        ``host:port``. Raises ``ConfigError`` for ``compression.mode: gradients_topk``
+        (gossip sends whole models).
+        """
+        gossip, training = config.gossip, config.training
+        if config.compression.mode == GRADIENTS_TOPK:
+            raise ConfigError(
+                "compression.mode: gossip sends whole models; use none or weights_quantize"
+            )
+        codec = make_codec(config.compression.mode, bits=config.compression.bits)
+        name = node_id or config.node_id or f"{config.p2p.host}:{config.p2p.local_port}"
+        return cls(
+            name,
+            config.data.dataset,
+            model if model is not None else build_model(config.data.dataset, training.seed),
+            config.p2p.local_port,
+            TrainingConfig(
+                batch_size=training.batch_size,
+                epochs=gossip.local_steps,
+                learning_rate=training.learning_rate,
+            ),
+            host=config.p2p.host,
+            registry=registry,
+            group_id=group_id,
+            bootstrap_peers=bootstrap_peers,
+            view_size=gossip.view_size,
+            shuffle_length=gossip.shuffle_length,
+            period=gossip.period_s,
+            codec=codec,
+            seed=training.seed + config.data.index,
+            max_message_bytes=config.p2p.max_message_bytes,
+            max_age_jump=gossip.max_age_jump,
+            aggregation=gossip.aggregation,
+            trim_fraction=gossip.trim_fraction,
+            buffer_size=gossip.buffer_size,
+        )
+
+    @property
+    def updates(self) -> int:
+        """This member's own count of updates (merges plus local epochs): its round."""
+        return self.stats.merged + self.stats.local_epochs
 
     @property
     def address(self) -> str:
@@ -366,9 +505,13 @@ class GossipNode:
         except RemoteInputError as exc:
             logger.warning("Gossip %s: the group's snapshot is unusable: %s", self.node_id, exc)
             return
-        self.age = max(self.age, age)
+        # The snapshot's round is another member's claim: it counts as an age, bounded.
+        self.age = max(self.age, bounded_age(age, self.age, self.max_age_jump))
         logger.info(
-            "Gossip %s bootstrapped its model from the snapshot of age %d", self.node_id, age
+            "Gossip %s bootstrapped its model from the snapshot of round %d (age %d)",
+            self.node_id,
+            age,
+            self.age,
         )
 
     async def stop(self, *, leave: bool = True) -> None:
@@ -473,9 +616,14 @@ class GossipNode:
 
     # -- receiving --
 
+    def _refuse(self, reason: str, sender: str, error: object) -> None:
+        receiver = f"Gossip {self.node_id}"
+        note_refusal(self.stats.refused, reason, receiver=receiver, sender=sender, error=error)
+
     async def _handle(self, envelope: Envelope) -> Envelope | None:
-        if envelope.meta.get(DOMAIN_META) != self.domain:
-            logger.warning("Gossip %s ignored a message from another domain", self.node_id)
+        domain = envelope.meta.get(DOMAIN_META)
+        if domain != self.domain:
+            self._refuse(REFUSED_DOMAIN, envelope.sender, f"domain {str(domain)[:40]!r}")
             return None
         if envelope.kind == SHUFFLE:
             try:
@@ -506,23 +654,49 @@ class GossipNode:
         learner = self.learner
         if learner is None or self._stopping.is_set():
             return
+        sender = envelope.sender
         try:
-            other = check_weights(
-                self.codec.decode(EncodedUpdate.from_bytes(envelope.payload)), self.signature
-            )
-            other_age = check_count(envelope.meta.get(AGE_META, 0), what="age")
-        except (RemoteInputError, ValueError, TypeError) as exc:
-            logger.warning(
-                "Gossip %s: unusable model from %s: %s", self.node_id, envelope.sender, exc
-            )
+            claim = check_count(envelope.meta.get(AGE_META, 0), what="age")
+        except (RemoteInputError, TypeError, OverflowError) as exc:
+            self._refuse(REFUSED_AGE, sender, exc)
+            return
+        try:
+            other = decode_update(self.codec, envelope.payload, self.signature)
+        except RemoteInputError as exc:
+            self._refuse(refusal_reason(exc), sender, exc)
             return
         async with self._model_lock:
+            other_age = bounded_age(claim, self.age, self.max_age_jump)
+            if other_age < claim:
+                self.stats.ages_clamped += 1
+                logger.info(
+                    "Gossip %s counted %s's age claim %d as %d",
+                    self.node_id,
+                    sender,
+                    claim,
+                    other_age,
+                )
             own = await asyncio.to_thread(learner.get_weights)
-            merged, age = age_weighted_merge(own, self.age, other, other_age)
-            await asyncio.to_thread(learner.set_weights, merged)
+            merged = self._merge(own, other, other_age, sender)
+            age = self.age
+            if merged is not None:
+                await asyncio.to_thread(learner.set_weights, merged)
+                self.stats.merged += 1
+                age = max(age, other_age)
             await asyncio.to_thread(learner.train)
+            self.stats.local_epochs += learner.epochs
             self.age = age + 1
-            self.stats.merged += 1
+
+    def _merge(self, own: Weights, other: Weights, other_age: int, sender: str) -> Weights | None:
+        """The merged model, or None when a robust merge has too few senders yet."""
+        if self.aggregation == MEAN:
+            merged, _ = age_weighted_merge(own, self.age, other, other_age)
+            return merged
+        self.buffer.add(sender, other)
+        received = self.buffer.models()
+        if len(received) < 2:
+            return None
+        return aggregate([own, *received], None, self.aggregation, self.trim_fraction)
 
     # -- the registry --
 
@@ -545,25 +719,29 @@ class GossipNode:
         reg, learner = self._registration, self.learner
         if reg is None or learner is None:
             return
+        # Its own count, never a peer's age claim: what the registry sees is this member's.
+        own_round = self.updates
         val = await asyncio.to_thread(learner.evaluate, "val")
         await self._registry_call(
-            "heartbeat", reg.registry.heartbeat, {"accuracy": val.accuracy, "age": float(self.age)}
+            "heartbeat",
+            reg.registry.heartbeat,
+            {"accuracy": val.accuracy, "updates": float(own_round)},
         )
         await self._registry_call(
             "report_performance",
             reg.registry.report_performance,
             reg.group_id,
             value=val.accuracy,
-            round=self.age,
+            round=own_round,
             num_examples=val.num_examples,
         )
         reg.reports += 1
-        if self.age > reg.last_upload_age:
+        if own_round > reg.last_upload_round:
             blob = weights_to_bytes(await asyncio.to_thread(learner.get_weights))
             await self._registry_call(
-                "upload_model", reg.registry.upload_model, reg.group_id, self.age, blob
+                "upload_model", reg.registry.upload_model, reg.group_id, own_round, blob
             )
-            reg.last_upload_age = self.age
+            reg.last_upload_round = own_round
 
     async def report_now(self) -> None:
         """Send a heartbeat, a performance report and a snapshot right away."""

@@ -5,7 +5,14 @@ update (trained minus start, through the configured codec with error feedback) a
 sends it to every peer, which acknowledges with its own id. It then waits until
 every live peer's update for round ``r`` has arrived or ``listen_timeout`` has
 passed; a missing peer is reported in the round's ``RoundReport`` and the round goes
-on with the updates that arrived (example-weighted mean, its own update included).
+on with the updates that arrived, its own included: their example-weighted mean, or
+(``aggregation``) their coordinate-wise median or trimmed mean, which one wild update
+cannot drag far.
+
+Updates come from strangers, so each passes ``inbound``'s checks first: an example
+count outside ``[1, max_example_count]``, bytes that do not decode within the shapes
+of this peer's own model, or a NaN is refused, logged on one line and counted in the
+round's ``RoundReport.refused`` by reason. A refused update never reaches the merge.
 
 Rounds are numbered: an update for a round this peer has already closed is dropped
 as late, one too far ahead is dropped too, so rounds never mix. A peer whose port
@@ -33,9 +40,18 @@ import numpy as np
 from node.addresses import Address
 from node.errors import PeerUnreachableError, RemoteInputError
 from node.learning.learner import Learner
-from node.learning.merge import add_update, subtract, weighted_mean
-from node.learning.weights import WeightsSignature, check_count, check_weights
+from node.learning.merge import add_update, subtract
+from node.learning.weights import WeightsSignature
+from node.p2p.aggregation import MEAN, aggregate, check_aggregation
 from node.p2p.codecs import Codec, EncodedUpdate, ErrorFeedback, compress_with_feedback
+from node.p2p.inbound import (
+    DEFAULT_MAX_EXAMPLE_COUNT,
+    REFUSED_EXAMPLE_COUNT,
+    check_example_count,
+    decode_update,
+    note_refusal,
+    refusal_reason,
+)
 from node.p2p.transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Envelope,
@@ -84,10 +100,22 @@ def encode_local_update(
 
 
 def combine_updates(
-    start: list[np.ndarray], updates: Sequence[list[np.ndarray]], num_examples: Sequence[float]
+    start: list[np.ndarray],
+    updates: Sequence[list[np.ndarray]],
+    num_examples: Sequence[float],
+    *,
+    aggregation: str = MEAN,
+    trim_fraction: float = 0.2,
 ) -> list[np.ndarray]:
-    """The next round's model: ``start`` plus the example-weighted mean of the updates."""
-    return add_update(start, weighted_mean(list(updates), list(num_examples)))
+    """The next round's model: ``start`` plus the aggregate of the updates.
+
+    ``aggregation`` ``mean`` weighs each update by its ``num_examples``; ``median`` and
+    ``trimmed_mean`` (``trim_fraction`` per side) are coordinate-wise and ignore the
+    counts. Shapes and dtypes are ``start``'s. Raises ``ValueError`` for a bad mode,
+    fraction or counts, ``WeightsMismatchError`` when shapes differ.
+    """
+    combined = aggregate(list(updates), list(num_examples), aggregation, trim_fraction)
+    return add_update(start, combined)
 
 
 # --- the networked peer -------------------------------------------------------------
@@ -95,7 +123,12 @@ def combine_updates(
 
 @dataclass
 class RoundReport:
-    """What one round did, as this peer saw it."""
+    """What one round did, as this peer saw it.
+
+    ``received_from``: peers whose update was merged; ``refused``: updates refused by
+    reason (``inbound``'s ``REFUSED_*``: ``example_count``, ``malformed``, ``shape``,
+    ``non_finite``); a refused peer is neither received from nor missing.
+    """
 
     round: int
     received_from: list[str]
@@ -106,6 +139,7 @@ class RoundReport:
     message_bytes: int
     bytes_sent: int
     seconds: float
+    refused: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -133,6 +167,9 @@ class PeerTrainer:
     ``await start()`` opens the port (``port`` is then the bound one), ``await
     run(rounds)`` runs the rounds and returns their reports, ``await stop()`` closes
     everything. The learner is only touched from one worker thread at a time.
+    ``max_example_count`` bounds the counts accepted from peers; ``aggregation``
+    (``mean``, ``median``, ``trimmed_mean``) and ``trim_fraction`` choose the merge
+    (``ValueError`` for others).
     """
 
     def __init__(
@@ -148,7 +185,16 @@ class PeerTrainer:
         error_feedback: bool = True,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         down_after_misses: int = 2,
+        max_example_count: int = DEFAULT_MAX_EXAMPLE_COUNT,
+        aggregation: str = MEAN,
+        trim_fraction: float = 0.2,
     ) -> None:
+        check_aggregation(aggregation, trim_fraction)
+        if max_example_count < 1:
+            raise ValueError(f"max_example_count must be at least 1, got {max_example_count}")
+        self.max_example_count = max_example_count
+        self.aggregation = aggregation
+        self.trim_fraction = trim_fraction
         self.learner = learner
         self.codec = codec
         self.node_id = node_id
@@ -309,19 +355,27 @@ class PeerTrainer:
         arrived = self._inbox.pop(rnd, {})
         updates, weights, received = [own_update], [float(self.learner.num_train_examples)], []
         signature = WeightsSignature.of(own_update)
+        refused: dict[str, int] = {}
         for sender, env in sorted(arrived.items()):
             try:
-                decoded = self.codec.decode(EncodedUpdate.from_bytes(env.payload))
-                update = check_weights(decoded, signature)
-                count = check_count(env.meta.get(NUM_EXAMPLES_META, 1), what="example count")
-            except (RemoteInputError, ValueError) as exc:
-                logger.warning("Peer %s: update from %s unusable: %s", self.node_id, sender, exc)
+                count = check_example_count(
+                    env.meta.get(NUM_EXAMPLES_META, 1), self.max_example_count
+                )
+            except RemoteInputError as exc:
+                self._refuse(refused, REFUSED_EXAMPLE_COUNT, sender, rnd, exc)
+                continue
+            try:
+                update = decode_update(self.codec, env.payload, signature)
+            except RemoteInputError as exc:
+                self._refuse(refused, refusal_reason(exc), sender, rnd, exc)
                 continue
             updates.append(update)
             weights.append(float(count))
             received.append(sender)
         missing = self._note_misses(arrived)
-        new_weights = combine_updates(start, updates, weights)
+        new_weights = combine_updates(
+            start, updates, weights, aggregation=self.aggregation, trim_fraction=self.trim_fraction
+        )
         await asyncio.to_thread(self.learner.set_weights, new_weights)
         val = await asyncio.to_thread(self.learner.evaluate, "val")
         report = RoundReport(
@@ -334,6 +388,7 @@ class PeerTrainer:
             message_bytes=len(payload),
             bytes_sent=self.server.stats.bytes_sent - sent_before,
             seconds=time.monotonic() - began,
+            refused=refused,
         )
         if missing:
             logger.warning(
@@ -350,6 +405,13 @@ class PeerTrainer:
             report.seconds,
         )
         return report
+
+    def _refuse(
+        self, refused: dict[str, int], reason: str, sender: str, rnd: int, exc: Exception
+    ) -> None:
+        note_refusal(
+            refused, reason, receiver=f"Peer {self.node_id} round {rnd}", sender=sender, error=exc
+        )
 
     def _note_misses(self, arrived: dict[str, Envelope]) -> list[str]:
         missing = []

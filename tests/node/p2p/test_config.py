@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from node.cli.peer import build_trainer
 from node.errors import ConfigError
+from node.learning.partition import NodeData
 from node.p2p.config import load_config
+from tests.node.helpers import digits_learner
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "configs" / "base.yaml"
@@ -98,3 +101,56 @@ def test_a_bad_file_is_an_error_naming_the_file(tmp_path: Path, text: str) -> No
 def test_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read config file .*missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_base_yaml_bounds_what_strangers_send_and_merges_by_the_mean() -> None:
+    cfg = load_config(BASE)
+
+    assert cfg.p2p.max_example_count == 100_000
+    assert (cfg.p2p.aggregation, cfg.p2p.trim_fraction) == ("mean", 0.2)
+    assert (cfg.gossip.max_age_jump, cfg.gossip.buffer_size) == (20, 4)
+    assert (cfg.gossip.aggregation, cfg.gossip.trim_fraction) == ("mean", 0.2)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("p2p:\n  aggregation: krum\n", "p2p.aggregation"),
+        ("p2p:\n  max_example_count: 0\n", "p2p.max_example_count"),
+        ("p2p:\n  trim_fraction: 0.5\n", "p2p.trim_fraction"),
+        ("gossip:\n  aggregation: average\n", "gossip.aggregation"),
+        ("gossip:\n  max_age_jump: -1\n", "gossip.max_age_jump"),
+        ("gossip:\n  buffer_size: 1\n", "gossip.buffer_size"),
+        ("gossip:\n  trim_fraction: -0.1\n", "gossip.trim_fraction"),
+    ],
+)
+def test_a_bad_bound_or_aggregation_is_an_error_naming_the_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+
+    assert str(err.value).startswith(f"{key}: ")
+
+
+def test_the_peer_command_builds_its_peer_with_the_merge_and_bound_configured(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare
+    overrides = {
+        "p2p.aggregation": "trimmed_mean",
+        "p2p.trim_fraction": 0.3,
+        "p2p.max_example_count": 500,
+        "p2p.local_port": 0,
+    }
+    cfg = load_config(BASE, overrides)
+
+    # Execute
+    trainer = build_trainer(cfg, [], digits_learner(iid_digits_nodes[0]))
+
+    # Assert
+    assert (trainer.aggregation, trainer.trim_fraction) == ("trimmed_mean", 0.3)
+    assert trainer.max_example_count == 500

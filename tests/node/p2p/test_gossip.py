@@ -1,4 +1,5 @@
-"""Gossip mode: Cyclon views (pure), 8 churning members against FedAvg, and the real registry."""
+"""Gossip mode: Cyclon views (pure), 8 churning members against FedAvg, the real registry,
+and strangers' claims and models (ages, wild models) against robust members."""
 
 from __future__ import annotations
 
@@ -13,20 +14,30 @@ import numpy as np
 import pytest
 import torch
 
+from node.addresses import Address
+from node.errors import ConfigError
 from node.federation.inprocess import train_in_memory
 from node.learning.data import Dataset
+from node.learning.learner import model_weights
 from node.learning.merge import age_weighted_merge
 from node.learning.models import build_model
 from node.learning.partition import NodeData, partition
+from node.p2p.codecs import DenseCodec, QuantizeCodec
+from node.p2p.config import load_config
 from node.p2p.gossip import (
+    AGE_META,
+    DOMAIN_META,
+    MODEL,
     Descriptor,
     GossipNode,
+    ModelBuffer,
     TrainingConfig,
     answer_shuffle,
     bootstrap_view,
     merge_view,
     start_shuffle,
 )
+from node.p2p.transport import Envelope, send
 from tests.node.helpers import digits_learner
 from tests.support.registry_proc import RegistryProcess
 
@@ -315,3 +326,137 @@ def test_gossip_members_show_up_in_a_real_registry(tmp_path: Path, digits: Datas
     assert after.model_round is not None and after.model_round > 0  # snapshots arrived
     assert 0 < newcomer_age <= after.model_round  # the newcomer started from a snapshot
     assert after.member_count == 0  # everyone left on stop
+
+
+# --- strangers: age claims and wild models -------------------------------------------
+
+
+async def _listening_member(
+    data: NodeData, training: TrainingConfig, **options: Any
+) -> tuple[GossipNode, asyncio.Task[Any]]:
+    """A member that merges what it receives but, with an hour's period, never sends."""
+    node = GossipNode("g0", "digits", build_model("digits", 0), 0, training, period=3600, **options)
+    await node.start()
+    task = asyncio.create_task(node.run_continuous(data))
+    await asyncio.sleep(0)  # run_continuous has made the learner
+    return node, task
+
+
+async def _send_model(node: GossipNode, sender: str, weights: list[np.ndarray], age: int) -> None:
+    """Send ``weights`` claiming ``age``, and wait until ``node`` has handled it."""
+    handled = node.age
+    meta = {AGE_META: age, DOMAIN_META: "digits"}
+    payload = DenseCodec().encode(weights).to_bytes()
+    envelope = Envelope(sender=sender, kind=MODEL, round=age, payload=payload, meta=meta)
+    await send(Address("127.0.0.1", node.server.port), envelope)
+    for _ in range(2000):  # every handled model adds at least one to the age
+        if node.age > handled:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{node.node_id} did not handle the model from {sender}")
+
+
+def test_an_age_claim_of_a_billion_is_neither_reported_nor_uploaded_as_the_round(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare
+    board = _Board()
+    stranger_model = digits_learner(iid_digits_nodes[1], seed=1).get_weights()
+
+    async def scenario() -> GossipNode:
+        node, task = await _listening_member(
+            iid_digits_nodes[0], TrainingConfig(), registry=_FakeRegistry(board), group_id=1
+        )
+        try:
+            # Execute: a stranger claims its model has seen 10^9 updates
+            await _send_model(node, "stranger", stranger_model, 10**9)
+            await node.report_now()
+        finally:
+            await node.stop()
+            await task
+        return node
+
+    node = asyncio.run(scenario())
+
+    # Assert: the registry sees the member's own count (one merge, one local epoch)
+    assert node.updates == 2
+    assert [r for _, _, r in board.reports] == [2]
+    assert board.snapshot is not None and board.snapshot.round == 2
+    assert node.age <= node.max_age_jump + 1  # the claim counted for at most the jump
+    assert node.stats.ages_clamped == 1
+
+
+def test_a_model_buffer_gives_each_sender_one_slot() -> None:
+    buffer = ModelBuffer(3)
+    model = lambda v: [np.full(2, v)]  # noqa: E731
+
+    for sender, value in [("a", 1.0), ("evil", -9.0), ("evil", -9.5), ("b", 2.0), ("evil", -10.0)]:
+        buffer.add(sender, model(value))
+
+    assert [m[0][0] for m in buffer.models()] == [1.0, 2.0, -10.0]
+    buffer.add("c", model(3.0))  # a fourth sender: the oldest ("a") leaves
+    assert [m[0][0] for m in buffer.models()] == [2.0, -10.0, 3.0]
+
+
+def test_a_median_member_keeps_a_wild_peers_values_out_of_its_model(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare: two honest peers and one sending -10 x an honest model, three times
+    honest = [digits_learner(iid_digits_nodes[i], seed=i).get_weights() for i in (1, 2)]
+    wild = [-10.0 * t for t in honest[0]]
+    start = model_weights(build_model("digits", 0))  # the member's own model, as built
+
+    async def scenario() -> tuple[list[np.ndarray], GossipNode]:
+        node, task = await _listening_member(
+            iid_digits_nodes[0], TrainingConfig(epochs=0), aggregation="median", buffer_size=4
+        )
+        try:
+            # Execute
+            for sender, model in [
+                ("evil", wild),
+                ("h1", honest[0]),
+                ("evil", wild),
+                ("h2", honest[1]),
+                ("evil", wild),
+            ]:
+                await _send_model(node, sender, model, 0)
+            return node.weights(), node
+        finally:
+            await node.stop()
+            await task
+
+    merged, node = asyncio.run(scenario())
+
+    # Assert: every value lies between the honest models' (its own start included)
+    for i, tensor in enumerate(merged):
+        values = np.stack([start[i], honest[0][i], honest[1][i]])
+        assert (values.min(axis=0) - 1e-6 <= tensor).all()
+        assert (tensor <= values.max(axis=0) + 1e-6).all()
+    assert node.stats.merged == 4  # the first model waited for a second sender
+    assert node.stats.received == 5 and node.stats.refused == {}
+
+
+@pytest.mark.usefixtures("no_peer_environment")
+def test_a_member_set_up_from_the_config_uses_its_gossip_keys(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "gossip.yaml"
+    path.write_text(
+        "gossip:\n  view_size: 6\n  shuffle_length: 3\n  period_s: 0.5\n  local_steps: 2\n"
+        "  max_age_jump: 7\n  aggregation: trimmed_mean\n  trim_fraction: 0.25\n"
+        "  buffer_size: 5\ncompression:\n  mode: weights_quantize\n  bits: 4\n"
+        "training:\n  learning_rate: 0.1\n  batch_size: 16\n"
+        "p2p:\n  host: 127.0.0.1\n  local_port: 0\n"
+    )
+
+    # Execute
+    node = GossipNode.from_config(load_config(path), node_id="g7")
+
+    # Assert
+    assert (node.node_id, node.domain) == ("g7", "digits")
+    assert (node.view_size, node.shuffle_length, node.period) == (6, 3, 0.5)
+    assert node.training_config == TrainingConfig(batch_size=16, epochs=2, learning_rate=0.1)
+    assert (node.max_age_jump, node.aggregation, node.trim_fraction) == (7, "trimmed_mean", 0.25)
+    assert node.buffer.size == 5
+    assert node.codec == QuantizeCodec(bits=4)
+    with pytest.raises(ConfigError, match=r"compression\.mode"):
+        GossipNode.from_config(load_config(None, {"compression.mode": "gradients_topk"}))

@@ -12,10 +12,12 @@ idempotent  calls                                      why
 ==========  =========================================  ================================
 yes         every GET: get_node, list_nodes,           reads
             all_nodes, list_groups, get_group,
-            model_info, download_model, balance,
-            events, all_events
+            model_info, download_model,
+            domain_signature, balance, events,
+            all_events
 yes         PUT upload_model                           the same bytes are a no-op
 yes         PUT report_performance                     reports are keyed by round
+yes         PUT report_evaluation                      the same figures again return the stored ones
 yes         POST heartbeat                             sets liveness and metrics
 yes         POST claim_host (``/groups/{id}/host``)    the holder is granted it again
 yes         POST submit_contributions                  ledger keyed on node, group, round
@@ -33,7 +35,9 @@ What is retried, and by what:
   was applied (it sets ``Retry-After``, which is honoured up to ``MAX_RETRY_AFTER_S``).
 - 502, 504, a timeout or a connection lost after the request was sent: idempotent calls
   only, because the registry (or a proxy before it) may have applied a POST.
-- Anything else (4xx, 500): never; it raises the ``RegistryRequestError`` of its status.
+- Anything else (4xx, 500): never; it raises the ``RegistryRequestError`` of its status:
+  ``ConflictError`` for 409 (e.g. a ``model_signature`` that is not the domain's), the base
+  ``RegistryRequestError`` with ``status`` 422 for a refused snapshot (``detail`` says why).
 
 tenacity drives the retries: up to ``retries`` more tries, waiting ``backoff * 2**n`` s
 (n = 0, 1, ...; at most ``MAX_BACKOFF_S``, at least ``Retry-After``). When a call gives up it
@@ -65,6 +69,7 @@ from node.errors import (
 )
 from registry.schemas import (
     Balance,
+    DomainSignaturePublic,
     EventsPublic,
     GroupDetail,
     GroupHost,
@@ -75,8 +80,11 @@ from registry.schemas import (
     NodePublic,
     NodeRegistered,
     NodesPublic,
+    RoundEvaluationPublic,
+    RoundEvaluationsPublic,
     RoundRewards,
 )
+from registry.wire import ModelSignature
 
 __all__ = [
     "ConflictError",
@@ -330,14 +338,23 @@ class RegistryClient:
         address: str,
         domain: str,
         capabilities: Mapping[str, Any] | None = None,
+        *,
+        model_signature: ModelSignature | None = None,
     ) -> NodeRegistered:
-        """Register (keeps the returned token) or, with a token, update the registration."""
-        body = {
+        """Register (keeps the returned token) or, with a token, update the registration.
+
+        ``model_signature`` (``WeightsSignature.of(learner.get_weights(),
+        learner.weight_names)``) is checked against the domain's: ConflictError naming the
+        first difference when the domain trains another model.
+        """
+        body: dict[str, Any] = {
             "node_id": node_id,
             "address": address,
             "domain": domain,
             "capabilities": dict(capabilities or {}),
         }
+        if model_signature is not None:
+            body["model_signature"] = model_signature.to_json()
         # A repeat after a lost answer is refused (401): the token it returned is lost.
         resp = self._request("POST", "/nodes/register", idempotent=False, json=body)
         out = NodeRegistered.model_validate(resp.json())
@@ -418,15 +435,25 @@ class RegistryClient:
         max_capacity: int = 5,
         description: str | None = None,
         join: bool = True,
+        model_signature: ModelSignature | None = None,
+        aggregation: str = "fedavg",
     ) -> GroupPublic:
-        """Create a group (joining it by default)."""
-        body = {
+        """Create a group (joining it by default), declaring the model it trains and the
+        Flower strategy its hosts aggregate with (``aggregation``).
+
+        The domain's first ``model_signature`` becomes the domain's; ConflictError naming
+        the first difference when the domain trains another model.
+        """
+        body: dict[str, Any] = {
             "name": name,
             "domain": domain,
             "max_capacity": max_capacity,
             "description": description,
             "join": join,
+            "aggregation": aggregation,
         }
+        if model_signature is not None:
+            body["model_signature"] = model_signature.to_json()
         # A repeat after a lost answer is refused (409): its first try took the name.
         resp = self._request("POST", "/groups", idempotent=False, json=body)
         return GroupPublic.model_validate(resp.json())
@@ -457,6 +484,30 @@ class RegistryClient:
         resp = self._request("PUT", f"/groups/{group_id}/performance", idempotent=True, json=body)
         return GroupPublic.model_validate(resp.json())
 
+    def report_evaluation(
+        self,
+        group_id: int,
+        round: int,
+        losses: Mapping[str, float],
+        *,
+        num_examples: int,
+    ) -> RoundEvaluationPublic:
+        """Report this member's losses, on its own validation data, on a round's models by
+        label (``new``, ``start``, ``all``, ``without:<node>``); the ledger checks a host's
+        contribution figures against them. ConflictError when other figures were stored."""
+        body = {"num_examples": num_examples, "losses": dict(losses)}
+        resp = self._request(
+            "PUT", f"/groups/{group_id}/rounds/{round}/evaluations", idempotent=True, json=body
+        )
+        return RoundEvaluationPublic.model_validate(resp.json())
+
+    def round_evaluations(self, group_id: int, round: int) -> RoundEvaluationsPublic:
+        """Every member's evaluation of a round."""
+        resp = self._request(
+            "GET", f"/groups/{group_id}/rounds/{round}/evaluations", idempotent=True
+        )
+        return RoundEvaluationsPublic.model_validate(resp.json())
+
     def claim_host(self, group_id: int, address: str) -> GroupHost:
         """Try to host the group's aggregation; `claimed` says whether it was granted."""
         resp = self._request(
@@ -467,7 +518,12 @@ class RegistryClient:
     # --- models --------------------------------------------------------------------
 
     def upload_model(self, group_id: int, round: int, data: bytes) -> ModelInfo:
-        """Upload the group's model snapshot for a round (members only)."""
+        """Upload the group's model snapshot for a round (members only).
+
+        Raises ``RegistryRequestError`` with ``status`` 422 when the registry refuses the
+        bytes (not a snapshot, not the domain's model, NaN/inf; ``detail`` says which),
+        ConflictError for a stale round.
+        """
         resp = self._request(
             "PUT",
             f"/groups/{group_id}/model",
@@ -498,6 +554,15 @@ class RegistryClient:
             round=int(resp.headers["x-model-round"]),
             sha256=resp.headers["x-model-sha256"],
         )
+
+    def domain_signature(self, domain: str) -> DomainSignaturePublic | None:
+        """The model signature of ``domain`` (None while it has none); as a ``ModelSignature``:
+        ``ModelSignature.from_json(result.signature.model_dump())``."""
+        try:
+            resp = self._request("GET", f"/domains/{domain}/model-signature", idempotent=True)
+        except NotFoundError:
+            return None
+        return DomainSignaturePublic.model_validate(resp.json())
 
     # --- ledger --------------------------------------------------------------------
 

@@ -51,6 +51,12 @@ def registry(
     reward_scale: Annotated[
         float | None, typer.Option(min=0, help="Tokens per unit of positive contribution.")
     ] = None,
+    flag_margin: Annotated[
+        float | None,
+        typer.Option(
+            min=0, max=1, help="Flag a member worth less than minus this share of the loss."
+        ),
+    ] = None,
     max_simulations: Annotated[
         int | None, typer.Option(min=0, help="Simulations that may run at once.")
     ] = None,
@@ -71,6 +77,7 @@ def registry(
         "max_model_bytes": max_model_bytes,
         "admin_token": admin_token,
         "reward_scale": reward_scale,
+        "flag_margin": flag_margin,
         "max_simulations": max_simulations,
         "public_url": public_url,
     }

@@ -32,10 +32,12 @@ from registry.models import (
     ModelSnapshot,
     Node,
     PerformanceReport,
+    RoundEvaluation,
     utcnow,
 )
 from registry.schemas import (
     DEFAULT_METRIC,
+    EvaluationReportIn,
     GroupCreate,
     GroupHost,
     GroupPublic,
@@ -61,7 +63,9 @@ __all__ = [
     "lock_groups",
     "record_snapshot",
     "register_node",
+    "report_evaluation",
     "report_performance",
+    "round_evaluations",
 ]
 
 
@@ -276,6 +280,7 @@ def group_public(group: Group, member_count: int) -> GroupPublic:
         host_node_id=group.host_node_id,
         host_address=group.host_address,
         host_epoch=group.host_epoch or 0,
+        aggregation=group.aggregation or "fedavg",
     )
 
 
@@ -303,6 +308,7 @@ def create_group(session: Session, *, caller: Node, body: GroupCreate) -> Group:
         empty_since=now,
         round=0,
         performance={},
+        aggregation=body.aggregation,
     )
     session.add(group)
     session.flush()
@@ -314,10 +320,63 @@ def create_group(session: Session, *, caller: Node, body: GroupCreate) -> Group:
         name=group.name,
         domain=group.domain,
         max_capacity=group.max_capacity,
+        aggregation=group.aggregation,
     )
     if body.join:
         join_group(session, caller=caller, group_id=group.id)
     return group
+
+
+def report_evaluation(
+    session: Session, *, caller: Node, group_id: int, round_: int, body: EvaluationReportIn
+) -> tuple[RoundEvaluation, bool]:
+    """Store a member's losses on a round's models, once; returns (stored, created).
+
+    Only a current member may report. A retry with the same figures returns the stored
+    report; different figures for a round already reported are a conflict (a member
+    cannot revise its evidence once the ledger may have read it).
+    """
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFoundError(f"no group {group_id}")
+    node = _lock_node(session, caller.id)
+    if node.group_id != group_id:
+        raise ForbiddenError(f"only members of group {group_id} may report its evaluations")
+    stored = session.scalar(
+        select(RoundEvaluation).where(
+            RoundEvaluation.group_id == group_id,
+            RoundEvaluation.round == round_,
+            RoundEvaluation.node_id == node.id,
+        )
+    )
+    if stored is not None:
+        if stored.losses != body.losses or stored.num_examples != body.num_examples:
+            raise ConflictError(
+                f"node '{node.id}' already reported its evaluation of round {round_}"
+            )
+        return stored, False
+    stored = RoundEvaluation(
+        group_id=group_id,
+        round=round_,
+        node_id=node.id,
+        num_examples=body.num_examples,
+        losses=dict(body.losses),
+        created_at=utcnow(),
+    )
+    session.add(stored)
+    session.flush()
+    return stored, True
+
+
+def round_evaluations(session: Session, *, group_id: int, round_: int) -> list[RoundEvaluation]:
+    """Every member's evaluation of a round, in node order."""
+    return list(
+        session.scalars(
+            select(RoundEvaluation)
+            .where(RoundEvaluation.group_id == group_id, RoundEvaluation.round == round_)
+            .order_by(RoundEvaluation.node_id)
+        )
+    )
 
 
 def _recompute_performance(session: Session, group: Group) -> None:

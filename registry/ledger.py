@@ -1,11 +1,26 @@
 """The reward ledger: pay a round's contributions once per node, list entries, sum balances.
 
-Trust model: a node never reports its own reward. The member that aggregated the
-round (the group's host) measures every member's contribution and submits them all
-in one call; the registry checks that the caller is a member (the host, when the group
-has one), that every node paid was in the group and that the group has reached that
-round, and computes the amounts itself: ``scale * max(0, contribution)``. The unique
-key (node, group, round) makes a retried report return the entries already written.
+Trust model (docs/ledger.md): a node never reports its own reward, and no node's word
+alone sets one.
+
+- Every member reports, for each round, its own losses on the round's models
+  (``new``, ``start``, ``all``, ``without:<node>``) measured on its own validation data
+  (``round_evaluations``).
+- The group's host measures every member's contribution and submits them in one call.
+  The registry checks that the caller is a member (the host, when the group has one),
+  that every node paid was in the group and that the group has reached that round.
+- It credits each node the *smaller* of the host's figure and the figure the other
+  members' own reports imply (leave-one-out on the others' data, so a member alone,
+  or one nobody else measured, is credited 0). A host cannot pay itself, or anyone,
+  more than the members' evidence supports.
+- It caps the round's payout at ``scale`` times the round's improvement that the
+  members reported (loss of the round's start model minus the new model's).
+- It computes the amounts itself: ``scale * max(0, credited)``, scaled down to the cap.
+- A member credited below ``-flag_margin`` of the others' loss is flagged: an event
+  ``member_flagged`` and the entry's reason say its update harmed the others.
+
+The unique key (node, group, round) makes a retried report return the entries already
+written.
 """
 
 from __future__ import annotations
@@ -18,10 +33,11 @@ from sqlalchemy.orm import Session
 from registry.crud import lock_groups
 from registry.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
 from registry.events import EventType, record_event
-from registry.models import LedgerEntry, Membership, Node, utcnow
+from registry.models import LedgerEntry, Membership, Node, RoundEvaluation, utcnow
 from registry.schemas import Balance, ContributionsIn
 
 __all__ = [
+    "REASON_FLAGGED",
     "REASON_NO_GAIN",
     "REASON_REWARD",
     "balance",
@@ -29,10 +45,48 @@ __all__ = [
     "list_entries",
     "pay_round",
     "reward_amount",
+    "verified_contributions",
 ]
 
 REASON_REWARD = "positive_contribution"
 REASON_NO_GAIN = "no_improvement"
+REASON_FLAGGED = "flagged_harmful"
+ALL_MODEL, NEW_MODEL, START_MODEL, WITHOUT = "all", "new", "start", "without:"
+
+
+def _weighted(pairs: Sequence[tuple[int, float]]) -> float | None:
+    total = sum(n for n, _ in pairs)
+    return sum(n * v for n, v in pairs) / total if total > 0 else None
+
+
+def verified_contributions(
+    evaluations: Sequence[RoundEvaluation], node_ids: Sequence[str]
+) -> tuple[dict[str, float], dict[str, float | None], float | None]:
+    """From members' own reports: each node's leave-one-out contribution measured on the
+    *other* members' data, the others' loss with everyone (for flagging), and the
+    round's improvement (start model's loss minus the new model's), example-weighted.
+
+    A node no other member measured is credited 0 and has no reference loss.
+    """
+    all_label = ALL_MODEL if any(ALL_MODEL in e.losses for e in evaluations) else NEW_MODEL
+    contributions: dict[str, float] = {}
+    references: dict[str, float | None] = {}
+    for node_id in node_ids:
+        label = f"{WITHOUT}{node_id}"
+        others = [
+            e
+            for e in evaluations
+            if e.node_id != node_id and label in e.losses and all_label in e.losses
+        ]
+        with_all = _weighted([(e.num_examples, float(e.losses[all_label])) for e in others])
+        without = _weighted([(e.num_examples, float(e.losses[label])) for e in others])
+        references[node_id] = with_all
+        contributions[node_id] = 0.0 if with_all is None or without is None else without - with_all
+    both = [e for e in evaluations if START_MODEL in e.losses and NEW_MODEL in e.losses]
+    start = _weighted([(e.num_examples, float(e.losses[START_MODEL])) for e in both])
+    new = _weighted([(e.num_examples, float(e.losses[NEW_MODEL])) for e in both])
+    improvement = None if start is None or new is None else start - new
+    return contributions, references, improvement
 
 
 def reward_amount(contribution: float, scale: float) -> float:
@@ -48,6 +102,7 @@ def pay_round(
     round_: int,
     body: ContributionsIn,
     scale: float,
+    flag_margin: float = 0.02,
 ) -> tuple[list[LedgerEntry], bool]:
     """Write the round's entries that do not exist yet; returns (entries, any created)."""
     # Locking the group row serialises two reports of the same group (PostgreSQL).
@@ -89,23 +144,54 @@ def pay_round(
             raise InvalidError(
                 f"never members of group {group_id}, cannot be paid: {', '.join(strangers)}"
             )
+    evaluations = [
+        e
+        for e in session.scalars(
+            select(RoundEvaluation).where(
+                RoundEvaluation.group_id == group_id, RoundEvaluation.round == round_
+            )
+        )
+    ]
+    verified, references, improvement = verified_contributions(
+        evaluations, [c.node_id for c in new]
+    )
+    credited = {c.node_id: min(c.contribution, verified[c.node_id]) for c in new}
+    amounts = {n: reward_amount(v, scale) for n, v in credited.items()}
+    cap = scale * max(0.0, improvement) if improvement is not None else 0.0
+    paying = sum(amounts.values())
+    if paying > cap:  # never more than the improvement the members reported
+        amounts = {n: a * cap / paying for n, a in amounts.items()}
     now = utcnow()
     created = []
     for c in new:
-        amount = reward_amount(c.contribution, scale)
+        amount = amounts[c.node_id]
+        reference = references[c.node_id]
+        harmful = reference is not None and credited[c.node_id] < -flag_margin * abs(reference)
+        reason = REASON_FLAGGED if harmful else REASON_REWARD if amount > 0 else REASON_NO_GAIN
         entry = LedgerEntry(
             node_id=c.node_id,
             group_id=group_id,
             round=round_,
-            contribution=c.contribution,
+            contribution=credited[c.node_id],
+            claimed=c.contribution,
             amount=amount,
-            reason=REASON_REWARD if amount > 0 else REASON_NO_GAIN,
+            reason=reason,
             method=body.method,
             submitted_by=caller.id,
             created_at=now,
         )
         session.add(entry)
         created.append(entry)
+        if harmful:
+            record_event(
+                session,
+                EventType.MEMBER_FLAGGED,
+                node_id=c.node_id,
+                group_id=group_id,
+                round=round_,
+                contribution=credited[c.node_id],
+                others_loss=reference,
+            )
     session.flush()
     for entry in created:
         record_event(
@@ -116,6 +202,7 @@ def pay_round(
             entry_id=entry.id,
             round=round_,
             contribution=entry.contribution,
+            claimed=entry.claimed,
             amount=entry.amount,
             reason=entry.reason,
             method=entry.method,

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "DomainSignature",
     "Event",
     "Group",
     "LedgerEntry",
@@ -107,6 +108,8 @@ class Group(Base):
     host_address: Mapped[str | None] = mapped_column(String(256), default=None)
     host_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     host_claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The Flower strategy every host of the group aggregates with (fedavg, fedmedian, ...).
+    aggregation: Mapped[str] = mapped_column(String(16), default="fedavg", server_default="fedavg")
 
 
 class Node(Base):
@@ -156,6 +159,23 @@ class PerformanceReport(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class RoundEvaluation(Base):
+    """What a member measured on its own validation data in one group round: its loss on
+    each of the round's models, by label (``new``, ``start``, ``all``, ``without:<node>``).
+    The ledger checks a host's contribution figures against these."""
+
+    __tablename__ = "round_evaluations"
+    __table_args__ = (UniqueConstraint("group_id", "round", "node_id", name="uq_round_evaluation"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    num_examples: Mapped[int] = mapped_column(Integer)
+    losses: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class MemberMetric(Base):
     """Each current member's latest report per metric: the input of group performance."""
 
@@ -187,6 +207,27 @@ class ModelSnapshot(Base):
     pruned: Mapped[bool] = mapped_column(default=False)
 
 
+class DomainSignature(Base):
+    """A domain's model signature: every group of the domain trains this model.
+
+    Set once, by the first group created with a declared signature or, when none was ever
+    declared, by the domain's first snapshot that decodes and is finite (trust on first
+    use); declarations and uploads that differ from it are refused.
+    """
+
+    __tablename__ = "domain_signatures"
+
+    domain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # registry.wire.ModelSignature.to_json(): {"tensors": [{"name", "shape", "dtype"}, ...]}
+    signature: Mapped[dict[str, Any]] = mapped_column()
+    # Upper bound in bytes of one snapshot of this model (ModelSignature.max_blob_bytes).
+    max_bytes: Mapped[int] = mapped_column(BigInteger)
+    # "declared" (POST /groups) or "first_upload" (trust on first use).
+    source: Mapped[str] = mapped_column(String(16))
+    declared_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    declared_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Event(Base):
     """Every state change, in order; the source of /events and the SSE stream."""
 
@@ -215,6 +256,8 @@ class LedgerEntry(Base):
     group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
     round: Mapped[int] = mapped_column(Integer)
     contribution: Mapped[float] = mapped_column(Float)
+    # What the host claimed, before the registry checked it against the members' reports.
+    claimed: Mapped[float | None] = mapped_column(Float, default=None)
     amount: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(32))

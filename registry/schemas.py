@@ -15,12 +15,16 @@ from pydantic import (
 )
 
 __all__ = [
+    "AGGREGATIONS",
     "DEFAULT_METRIC",
+    "DOMAIN_PATTERN",
     "NODE_ID_PATTERN",
     "Balance",
     "BalancesPublic",
     "ContributionIn",
     "ContributionsIn",
+    "DomainSignaturePublic",
+    "EvaluationReportIn",
     "EventPublic",
     "EventsPublic",
     "GroupCreate",
@@ -37,6 +41,7 @@ __all__ = [
     "LedgerPublic",
     "MembershipPublic",
     "ModelInfo",
+    "ModelSignatureJSON",
     "NodePublic",
     "NodeRegister",
     "NodeRegistered",
@@ -44,20 +49,31 @@ __all__ = [
     "PerformanceReportIn",
     "PerformanceReportPublic",
     "PerformanceReportsPublic",
+    "RoundEvaluationPublic",
+    "RoundEvaluationsPublic",
     "RoundRewards",
     "SimulationCreate",
     "SimulationPublic",
     "SimulationsPublic",
+    "TensorSpecJSON",
 ]
 
 DEFAULT_METRIC = "accuracy"
+# Flower strategies a group can aggregate with (node.federation.strategies names the same).
+AGGREGATIONS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
+Aggregation = Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
+# Labels of a round's models a member reports its losses on.
+EVALUATION_LABEL_PATTERN = r"^(new|start|all|without:[A-Za-z0-9][A-Za-z0-9._:@-]{0,127})$"
+EvaluationLabel = Annotated[str, StringConstraints(pattern=EVALUATION_LABEL_PATTERN)]
+
 # Metrics that are fractions of examples: a report outside [0, 1] is refused.
 FRACTION_METRICS = frozenset({"accuracy"})
 MAX_ID = 2**31 - 1
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN, max_length=128)]
-Domain = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", max_length=64)]
+DOMAIN_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+Domain = Annotated[str, StringConstraints(pattern=DOMAIN_PATTERN, max_length=64)]
 GroupName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$", max_length=64)
 ]
@@ -78,18 +94,65 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# --- model signatures (the JSON form of registry.wire.ModelSignature) ------------------
+
+TensorName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/\[\]-]{0,127}$", max_length=128)
+]
+
+
+class TensorSpecJSON(_In):
+    """One tensor: its `state_dict` key (`w0`, `w1`, ... when unknown), shape, exact dtype."""
+
+    name: TensorName
+    shape: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(max_length=32)
+    dtype: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]{0,15}$")] = Field(
+        description="A numpy dtype name: bool, int8 ... int64, uint8 ... uint64, float16, "
+        "float32, float64, complex64, complex128."
+    )
+
+
+class ModelSignatureJSON(_In):
+    """A model's signature: its tensors in `state_dict` order."""
+
+    tensors: list[TensorSpecJSON] = Field(min_length=1, max_length=4096)
+
+
+class DomainSignaturePublic(BaseModel):
+    """The model every group of a domain trains, and how the registry learned it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    domain: str
+    signature: ModelSignatureJSON
+    max_bytes: int = Field(description="Upper bound in bytes of one snapshot of this model.")
+    source: Literal["declared", "first_upload"]
+    declared_by: str | None
+    declared_at: dt.datetime
+
+
 class GroupCreate(_In):
-    """Create a learning group; `join` puts the creator in it at once."""
+    """Create a learning group; `join` puts the creator in it at once.
+
+    `model_signature` declares the model the group trains: the domain's first declaration
+    becomes the domain's signature; one that differs from it is refused (409).
+    """
 
     name: GroupName
     domain: Domain
     max_capacity: int = Field(default=5, ge=1, le=10_000)
     description: str | None = Field(default=None, max_length=1000)
     join: bool = False
+    model_signature: ModelSignatureJSON | None = None
+    aggregation: Aggregation = "fedavg"
 
 
 class NodeRegister(_In):
-    """Register a node, or update a registered one (with its token)."""
+    """Register a node, or update a registered one (with its token).
+
+    `model_signature`, when given, is checked against the domain's (409 when they differ);
+    it is not stored.
+    """
 
     node_id: NodeId
     address: str = Field(min_length=1, max_length=256)
@@ -97,6 +160,7 @@ class NodeRegister(_In):
     capabilities: dict[Annotated[str, StringConstraints(max_length=64)], Scalar] = Field(
         default_factory=dict, max_length=32
     )
+    model_signature: ModelSignatureJSON | None = None
 
 
 class JoinRequest(_In):
@@ -207,6 +271,7 @@ class GroupPublic(BaseModel):
     host_node_id: str | None = None
     host_address: str | None = None
     host_epoch: int = 0
+    aggregation: str = "fedavg"
 
 
 class GroupDetail(GroupPublic):
@@ -334,11 +399,46 @@ class LedgerEntryPublic(BaseModel):
     group_id: int
     round: int
     contribution: float
+    claimed: float | None = None
     amount: float
     reason: str
     method: str
     submitted_by: str
     created_at: dt.datetime
+
+
+class EvaluationReportIn(_In):
+    """A member's losses, on its own validation data, on each of a round's models."""
+
+    num_examples: int = Field(ge=1, le=2**31 - 1)
+    losses: dict[EvaluationLabel, Finite] = Field(min_length=1, max_length=1002)
+
+    @field_validator("losses")
+    @classmethod
+    def _bounded_losses(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(not 0.0 <= x <= 1e6 for x in v.values()):
+            raise ValueError("a loss is between 0 and 1e6")
+        return v
+
+
+class RoundEvaluationPublic(BaseModel):
+    """A member's stored evaluation of one round."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    node_id: str
+    group_id: int
+    round: int
+    num_examples: int
+    losses: dict[str, float]
+    created_at: dt.datetime
+
+
+class RoundEvaluationsPublic(BaseModel):
+    """Every member's evaluation of one round."""
+
+    data: list[RoundEvaluationPublic]
+    count: int
 
 
 class RoundRewards(BaseModel):

@@ -32,6 +32,13 @@ class RegistrySettings(BaseSettings):
     reward_scale: float = Field(
         default=100.0, ge=0, description="Tokens paid per unit of positive contribution."
     )
+    flag_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="A member whose credited contribution is below minus this share of "
+        "the others' loss is flagged as harmful.",
+    )
     admin_token: str | None = Field(
         default=None,
         min_length=8,

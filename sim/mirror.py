@@ -238,3 +238,19 @@ class _Guarded:
                 group_id, value=value, round=round, num_examples=num_examples, metric=metric
             ),
         )
+
+    def report_evaluation(
+        self,
+        group_id: int,
+        round: int,
+        losses: Mapping[str, float],
+        *,
+        num_examples: int,
+    ) -> object:
+        """Report the member's losses on the round's models, by label."""
+        return self._mirror._call(
+            f"report {self._group}'s evaluation",
+            lambda: self._client.report_evaluation(
+                group_id, round, losses, num_examples=num_examples
+            ),
+        )

@@ -244,7 +244,7 @@ def node(
     log.info("%s: starting, registry %s, address %s", cfg.node_id, cfg.registry_url, proc.address)
     try:
         proc.run(stop)
-    except (ValueError, OSError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     log.info("%s: stopped", cfg.node_id)

@@ -12,17 +12,20 @@ labels). Every "without i" model is one subtraction away from the weighted sum
 per round, no training. A group of one is measured against the model the round
 started from.
 
-In a group round the losses are federated: every member evaluates the n + 1 models
-on its own validation split, and the host takes the example-weighted mean of the
-members' losses (Flower's ``weighted_loss_avg``), which is the loss on the union of
-the members' validation data, without any member's data leaving it.
+In a group round the losses are federated, and measured on the *other* members' data:
+every member evaluates the n + 1 models on its own validation split; member i's
+contribution is the example-weighted mean (Flower's ``weighted_loss_avg``) over every
+member but i of ``loss(without i) - loss(with all)``. So a member is paid for its
+value to the others, never for fitting its own data, and a member alone earns 0. A
+member whose update makes the model worse for the others by more than ``FLAG_MARGIN``
+of their loss is *flagged*: its update harms the group.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,14 +34,17 @@ from flwr.server.strategy.aggregate import weighted_loss_avg
 from node.learning.merge import leave_one_out_means
 
 __all__ = [
+    "FLAG_MARGIN",
     "LOSS_CAP",
     "ContributionReport",
     "Evaluate",
+    "OthersReport",
     "Weights",
     "contributions_from_losses",
     "example_weighted_mean",
     "leave_one_out",
     "leave_one_out_models",
+    "leave_one_out_on_others",
 ]
 
 Weights = list[np.ndarray]
@@ -46,6 +52,9 @@ Weights = list[np.ndarray]
 Evaluate = Callable[[Weights], float]
 # A diverged model's loss is capped here, so its absence gives a large finite contribution.
 LOSS_CAP = 1e6
+# A member is flagged when the model without it is better for the others by more than
+# this share of their loss with everyone (honest members' noise stays well inside it).
+FLAG_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,51 @@ def example_weighted_mean(per_member: Sequence[tuple[int, float]]) -> float:
     if sum(n for n, _ in per_member) <= 0:
         raise ValueError("the example counts must sum to more than zero")
     return float(weighted_loss_avg(list(per_member)))
+
+
+@dataclass(frozen=True)
+class OthersReport:
+    """Contributions to the other members, by member, and the members flagged."""
+
+    contributions: dict[str, float]
+    flagged: list[str]
+
+
+def leave_one_out_on_others(
+    evaluations: Sequence[tuple[str, int, Mapping[str, float]]],
+    members: Sequence[str],
+    *,
+    all_label: str,
+    without_label: Callable[[str], str],
+    flag_margin: float = FLAG_MARGIN,
+) -> OthersReport:
+    """Each member's leave-one-out contribution, measured on the other members' data.
+
+    ``evaluations``: ``(evaluator, num_examples, losses by model label)`` per member
+    that evaluated; ``members``: whose contributions to compute (those with updates).
+    Member i's contribution is ``mean_others(loss[without_label(i)]) -
+    mean_others(loss[all_label])``, example-weighted over evaluators other than i that
+    scored both models; 0 when there are none (a member alone, or no "without" model).
+    Flagged: contribution below ``-flag_margin * mean_others(loss[all_label])``.
+    """
+    contributions: dict[str, float] = {}
+    flagged: list[str] = []
+    for member in members:
+        label = without_label(member)
+        others = [
+            (n, losses)
+            for evaluator, n, losses in evaluations
+            if evaluator != member and label in losses and all_label in losses
+        ]
+        if not others:
+            contributions[member] = 0.0
+            continue
+        with_all = _finite(example_weighted_mean([(n, ls[all_label]) for n, ls in others]))
+        without = _finite(example_weighted_mean([(n, ls[label]) for n, ls in others]))
+        contributions[member] = without - with_all
+        if without - with_all < -flag_margin * abs(with_all):
+            flagged.append(member)
+    return OthersReport(contributions, flagged)
 
 
 def leave_one_out(

@@ -31,12 +31,14 @@ from node.federation.keys import (
     CONFIG_KEY,
     EXTRA_SECONDS_KEY,
     GROUP_ID_KEY,
+    LABELS_KEY,
     LOCAL_EPOCHS_KEY,
     LOSSES_KEY,
     METRICS_KEY,
     MODEL_KEY,
     MODELS_KEY,
     NUM_EXAMPLES_KEY,
+    OWN_ACCURACY_KEY,
     ROUND_KEY,
     TRAIN_LOSS_KEY,
 )
@@ -47,10 +49,11 @@ from node.federation.round import (
     MemberEvaluation,
     MemberUpdate,
     run_group_round,
+    screen_updates,
 )
 from node.federation.strategies import FEDAVG, check_strategy, make_strategy
 from node.learning.learner import Learner
-from node.learning.weights import Weights
+from node.learning.weights import Weights, WeightsSignature
 
 __all__ = ["InMemoryFederation", "member_app", "train_in_memory"]
 
@@ -87,21 +90,19 @@ def member_app(member: GroupMember) -> ClientApp:
         ]
         result = member.evaluate(
             models,
+            [str(label) for label in cast(list[str], config.get(LABELS_KEY, []))],
             group_id=int(cast(int, config[GROUP_ID_KEY])),
             round_=int(cast(int, config[ROUND_KEY])),
         )
-        reply = RecordDict(
-            {
-                METRICS_KEY: MetricRecord(
-                    {
-                        NUM_EXAMPLES_KEY: result.num_examples,
-                        LOSSES_KEY: result.losses,
-                        ACCURACIES_KEY: result.accuracies,
-                        EXTRA_SECONDS_KEY: result.extra_seconds,
-                    }
-                )
-            }
-        )
+        metrics: dict[str, float | int | list[float]] = {
+            NUM_EXAMPLES_KEY: result.num_examples,
+            LOSSES_KEY: result.losses,
+            ACCURACIES_KEY: result.accuracies,
+            EXTRA_SECONDS_KEY: result.extra_seconds,
+        }
+        if result.own_accuracy is not None:
+            metrics[OWN_ACCURACY_KEY] = result.own_accuracy
+        reply = RecordDict({METRICS_KEY: MetricRecord(metrics)})  # type: ignore[arg-type]
         return Message(content=reply, reply_to=msg)
 
     return app
@@ -150,23 +151,24 @@ class InMemoryFederation:
             self.grid,
         )
         replies = list(self.grid.send_and_receive(messages))
+        answered = [r for r in replies if not r.has_error()]
+        received = [_update(self._ids[r.metadata.src_node_id], r) for r in answered]
+        screened = screen_updates(
+            [(u.member, u.weights, u.num_examples) for u in received],
+            WeightsSignature.of(weights),
+        )
+        kept = [answered[i] for i in screened.kept]
+        for i, reply in zip(screened.kept, kept, strict=True):
+            # The strategy weighs by the clamped count, not the claimed one.
+            reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY] = screened.kept[i]
         try:
-            arrays, _ = strategy.aggregate_train(round_, replies)
+            arrays, _ = strategy.aggregate_train(round_, kept) if kept else (None, None)
         except InconsistentMessageReplies as exc:
             raise RemoteInputError(f"round {round_}: replies cannot be aggregated: {exc}") from exc
-        updates = []
-        for reply in replies:
-            if reply.has_error():
-                continue
-            metrics = reply.content.metric_records[METRICS_KEY]
-            updates.append(
-                MemberUpdate(
-                    member=self._ids[reply.metadata.src_node_id],
-                    weights=reply.content.array_records[ARRAYS_KEY].to_numpy_ndarrays(),
-                    num_examples=int(cast(int, metrics[NUM_EXAMPLES_KEY])),
-                    train_loss=float(cast(float, metrics.get(TRAIN_LOSS_KEY, 0.0))),
-                )
-            )
+        updates = [
+            MemberUpdate(received[i].member, received[i].weights, n, received[i].train_loss)
+            for i, n in screened.kept.items()
+        ]
         seconds = time.perf_counter() - start
         logger.debug(
             "Round %d with %d members, %s: %.3f s", round_, len(updates), self.strategy, seconds
@@ -176,18 +178,23 @@ class InMemoryFederation:
             updates=updates,
             failures=len(replies) - len(updates),
             seconds=seconds,
+            refused=screened.refused,
         )
 
     def evaluate(
-        self, models: Sequence[Weights], round_: int, group_id: int
+        self, models: Sequence[Weights], labels: Sequence[str], round_: int, group_id: int
     ) -> list[MemberEvaluation]:
-        """Every member evaluates ``models`` on its own validation split."""
+        """Every member evaluates ``models`` (named by ``labels``) on its validation split."""
+        config = {
+            MODELS_KEY: len(models),
+            LABELS_KEY: list(labels),
+            ROUND_KEY: round_,
+            GROUP_ID_KEY: group_id,
+        }
         content = RecordDict(
             {
                 **{MODEL_KEY.format(i): ArrayRecord(list(m)) for i, m in enumerate(models)},
-                CONFIG_KEY: ConfigRecord(
-                    {MODELS_KEY: len(models), ROUND_KEY: round_, GROUP_ID_KEY: group_id}
-                ),
+                CONFIG_KEY: ConfigRecord(config),  # type: ignore[arg-type]
             }
         )
         messages = [
@@ -206,9 +213,27 @@ class InMemoryFederation:
                     losses=[float(v) for v in cast(list[float], metrics[LOSSES_KEY])],
                     accuracies=[float(v) for v in cast(list[float], metrics[ACCURACIES_KEY])],
                     extra_seconds=float(cast(float, metrics.get(EXTRA_SECONDS_KEY, 0.0))),
+                    labels=list(labels),
+                    own_accuracy=(
+                        float(cast(float, metrics[OWN_ACCURACY_KEY]))
+                        if OWN_ACCURACY_KEY in metrics
+                        else None
+                    ),
                 )
             )
         return out
+
+
+def _update(member: str, reply: Message) -> MemberUpdate:
+    """A training reply as received (count and weights unchecked: ``screen_updates`` does)."""
+    metrics = reply.content.metric_records[METRICS_KEY]
+    loss = metrics.get(TRAIN_LOSS_KEY, 0.0)
+    return MemberUpdate(
+        member=member,
+        weights=reply.content.array_records[ARRAYS_KEY].to_numpy_ndarrays(),
+        num_examples=cast(int, metrics.get(NUM_EXAMPLES_KEY)),
+        train_loss=float(loss) if isinstance(loss, int | float) else 0.0,
+    )
 
 
 def train_in_memory(

@@ -9,6 +9,7 @@ __all__ = [
     "CONFIG_KEY",
     "EXTRA_SECONDS_KEY",
     "GROUP_ID_KEY",
+    "LABELS_KEY",
     "LOCAL_EPOCHS_KEY",
     "LOSSES_KEY",
     "METRICS_KEY",
@@ -16,6 +17,7 @@ __all__ = [
     "MODEL_KEY",
     "NODE_ID_KEY",
     "NUM_EXAMPLES_KEY",
+    "OWN_ACCURACY_KEY",
     "ROUND_KEY",
     "TRAIN_LOSS_KEY",
 ]
@@ -31,6 +33,7 @@ ROUND_KEY = "round"
 GROUP_ID_KEY = "group-id"
 LOCAL_EPOCHS_KEY = "local-epochs"
 MODELS_KEY = "models"  # how many models an evaluation instruction carries
+LABELS_KEY = "labels"  # their labels (new, start, all, without:<member>)
 
 # Metrics a member sends back.
 NUM_EXAMPLES_KEY = "num-examples"  # the key Flower's message strategies weight by
@@ -40,3 +43,4 @@ LOSSES_KEY = "losses"
 ACCURACIES_KEY = "accuracies"
 ACCURACY_KEY = "accuracy"
 EXTRA_SECONDS_KEY = "extra-seconds"  # time spent evaluating the contribution models
+OWN_ACCURACY_KEY = "own-accuracy"  # the member's own update, before aggregation

@@ -38,24 +38,43 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 import grpc
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server import Server, SimpleClientManager
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    NDArrays,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server import ClientManager, Server, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
 
 from node.errors import FlowerCompatError, RemoteInputError, SessionEnded
 from node.federation.keys import (
     ACCURACY_KEY,
     EXTRA_SECONDS_KEY,
     GROUP_ID_KEY,
+    LABELS_KEY,
     LOCAL_EPOCHS_KEY,
     MODELS_KEY,
     NODE_ID_KEY,
+    OWN_ACCURACY_KEY,
     ROUND_KEY,
     TRAIN_LOSS_KEY,
 )
-from node.federation.round import FitOutcome, GroupMember, MemberEvaluation, MemberUpdate
+from node.federation.round import (
+    FitOutcome,
+    GroupMember,
+    MemberEvaluation,
+    MemberUpdate,
+    screen_updates,
+)
 from node.federation.strategies import FLOWER_LOGGER_NAME, check_strategy, make_legacy_strategy
-from node.learning.weights import Weights
+from node.learning.weights import Weights, WeightsSignature
 
 __all__ = [
     "GroupServer",
@@ -69,6 +88,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOSS_KEY = "loss-{}"
+_LABEL_SEPARATOR = "\n"
 ACCURACY_OF_KEY = "accuracy-{}"
 _WAIT_STEP = 0.05
 
@@ -114,6 +134,86 @@ class _BoundedClientManager(SimpleClientManager):
         return super().wait_for(num_clients, timeout=min(timeout, self.wait_s))
 
 
+class _Screening(Strategy):
+    """Flower's legacy strategy behind ``screen_updates``: replies that fail the checks
+    never reach ``aggregate_fit``, and the kept ones weigh by their clamped count."""
+
+    def __init__(self, signature: WeightsSignature) -> None:
+        self.signature = signature
+        self.inner: Strategy | None = None
+        self.kept: list[MemberUpdate] = []
+        self.refused: list[tuple[str, RemoteInputError]] = []
+
+    def _strategy(self) -> Strategy:
+        if self.inner is None:
+            raise RuntimeError("no strategy to screen for")
+        return self.inner
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The inner strategy's."""
+        return self._strategy().initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """The inner strategy's."""
+        return self._strategy().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Screen ``results``, then let the inner strategy aggregate what is kept."""
+        received: list[tuple[ClientProxy, FitRes, MemberUpdate]] = []
+        for proxy, res in results:
+            member = _member_id(proxy, res.metrics)
+            try:
+                weights = parameters_to_ndarrays(res.parameters)
+            except (ValueError, TypeError) as exc:
+                self.refused.append((member, RemoteInputError(f"undecodable weights: {exc}")))
+                continue
+            loss = res.metrics.get(TRAIN_LOSS_KEY, 0.0)
+            train_loss = float(loss) if isinstance(loss, int | float) else 0.0
+            update = MemberUpdate(member, weights, res.num_examples, train_loss)
+            received.append((proxy, res, update))
+        screened = screen_updates(
+            [(u.member, u.weights, u.num_examples) for _, _, u in received], self.signature
+        )
+        self.refused += screened.refused
+        kept: list[tuple[ClientProxy, FitRes]] = []
+        for i, count in screened.kept.items():
+            proxy, res, update = received[i]
+            res.num_examples = count
+            kept.append((proxy, res))
+            self.kept.append(MemberUpdate(update.member, update.weights, count, update.train_loss))
+        if not kept:
+            return None, {}
+        return self._strategy().aggregate_fit(server_round, kept, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """The inner strategy's."""
+        return self._strategy().configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The inner strategy's."""
+        return self._strategy().aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        """The inner strategy's (server-side evaluation: none here)."""
+        return self._strategy().evaluate(server_round, parameters)
+
+
 class GroupServer:
     """A group's Flower server, listening on ``listen`` (``host:port``) until ``stop()``.
 
@@ -156,52 +256,55 @@ class GroupServer:
             time.sleep(_WAIT_STEP)
         return self.connected
 
-    def _server(self, config: dict[str, Scalar]) -> Server:
+    def _server(self, config: dict[str, Scalar], screening: _Screening | None = None) -> Server:
         strategy = make_legacy_strategy(
             self.strategy, lambda r: {**config, ROUND_KEY: r}, self.strategy_options
         )
+        if screening is not None:
+            screening.inner = strategy
+            return Server(client_manager=self._manager, strategy=screening)
         return Server(client_manager=self._manager, strategy=strategy)
 
     def fit(self, weights: Weights, round_: int, config: Mapping[str, Scalar]) -> FitOutcome:
         """Send ``weights`` to every connected member to train; aggregate what comes back.
 
-        Each update is attributed to the ``node-id`` its member reports (else to the
+        Replies are screened (``screen_updates``) before the strategy sees them. Each
+        update is attributed to the ``node-id`` its member reports (else to the
         connection's id).
         """
         start = time.perf_counter()
-        server = self._server(dict(config))
+        screening = _Screening(WeightsSignature.of(weights))
+        server = self._server(dict(config), screening)
         server.parameters = ndarrays_to_parameters(list(weights))
         try:
             result = server.fit_round(server_round=round_, timeout=self.round_timeout_s)
-        except (ValueError, TypeError) as exc:  # Flower could not decode or combine a reply
+        except (ValueError, TypeError) as exc:  # Flower could not combine the kept replies
             raise RemoteInputError(f"round {round_}: replies cannot be aggregated: {exc}") from exc
         if result is None:
-            return FitOutcome(None, [], 0, time.perf_counter() - start)
-        parameters, _, (ok, failed) = result
-        updates = []
-        for proxy, res in ok:
-            try:
-                train_loss = res.metrics.get(TRAIN_LOSS_KEY, 0.0)
-                updates.append(
-                    MemberUpdate(
-                        member=_member_id(proxy, res.metrics),
-                        weights=parameters_to_ndarrays(res.parameters),
-                        num_examples=int(res.num_examples),
-                        train_loss=float(train_loss)
-                        if isinstance(train_loss, int | float)
-                        else 0.0,
-                    )
-                )
-            except (ValueError, TypeError) as exc:
-                log.warning("A training reply was unusable: %s", exc)
+            return FitOutcome(None, [], 0, time.perf_counter() - start, screening.refused)
+        parameters, _, (_ok, failed) = result
         aggregated = parameters_to_ndarrays(parameters) if parameters is not None else None
-        return FitOutcome(aggregated, updates, len(failed), time.perf_counter() - start)
+        return FitOutcome(
+            aggregated,
+            screening.kept,
+            len(failed) + len(screening.refused),
+            time.perf_counter() - start,
+            screening.refused,
+        )
 
     def evaluate(
-        self, models: Sequence[Weights], round_: int, config: Mapping[str, Scalar]
+        self,
+        models: Sequence[Weights],
+        round_: int,
+        config: Mapping[str, Scalar],
+        labels: Sequence[str] = (),
     ) -> list[MemberEvaluation]:
-        """Send ``models`` to every connected member to evaluate on its own data."""
-        server = self._server({**config, MODELS_KEY: len(models)})
+        """Send ``models`` (named by ``labels``) to every connected member to evaluate on
+        its own data. The labels travel as one newline-joined string (Flower's legacy
+        config holds scalars only)."""
+        server = self._server(
+            {**config, MODELS_KEY: len(models), LABELS_KEY: _LABEL_SEPARATOR.join(labels)}
+        )
         server.parameters = ndarrays_to_parameters([t for m in models for t in m])
         try:
             result = server.evaluate_round(server_round=round_, timeout=self.round_timeout_s)
@@ -213,7 +316,9 @@ class GroupServer:
         out = []
         for proxy, res in ok:
             try:
-                out.append(_evaluation(_member_id(proxy, res.metrics), res, len(models)))
+                out.append(
+                    _evaluation(_member_id(proxy, res.metrics), res, list(labels), len(models))
+                )
             except RemoteInputError as exc:
                 log.warning("An evaluation reply was unusable: %s", exc)
         return out
@@ -257,10 +362,10 @@ class LinkFederation:
         return self.server.fit(weights, round_, config)
 
     def evaluate(
-        self, models: Sequence[Weights], round_: int, group_id: int
+        self, models: Sequence[Weights], labels: Sequence[str], round_: int, group_id: int
     ) -> list[MemberEvaluation]:
-        """Every connected member evaluates ``models`` on its own data."""
-        return self.server.evaluate(models, round_, {GROUP_ID_KEY: group_id})
+        """Every connected member evaluates ``models`` (named by ``labels``) on its data."""
+        return self.server.evaluate(models, round_, {GROUP_ID_KEY: group_id}, labels)
 
 
 class LinkMember(NumPyClient):
@@ -309,9 +414,11 @@ class LinkMember(NumPyClient):
         if self.check is not None:
             self.check(config)
         models = _split_models(list(parameters), int(config.get(MODELS_KEY, 1)))
+        joined = config.get(LABELS_KEY, "")
+        labels = str(joined).split(_LABEL_SEPARATOR) if joined else []
         group_id = int(config.get(GROUP_ID_KEY, 0))
         round_ = int(config.get(ROUND_KEY, 0))
-        result = self.member.evaluate(models, group_id=group_id, round_=round_)
+        result = self.member.evaluate(models, labels, group_id=group_id, round_=round_)
         if self.on_evaluated is not None:
             self.on_evaluated(group_id, result)
         metrics: dict[str, Scalar] = {
@@ -319,6 +426,8 @@ class LinkMember(NumPyClient):
             ACCURACY_KEY: result.accuracies[0],
             EXTRA_SECONDS_KEY: result.extra_seconds,
         }
+        if result.own_accuracy is not None:
+            metrics[OWN_ACCURACY_KEY] = result.own_accuracy
         for j, (loss, acc) in enumerate(zip(result.losses, result.accuracies, strict=True)):
             metrics[LOSS_KEY.format(j)] = loss
             metrics[ACCURACY_OF_KEY.format(j)] = acc
@@ -337,7 +446,7 @@ def _member_id(proxy: ClientProxy, metrics: Mapping[str, Scalar]) -> str:
     return node_id if isinstance(node_id, str) else str(proxy.cid)
 
 
-def _evaluation(member: str, res: Any, count: int) -> MemberEvaluation:
+def _evaluation(member: str, res: Any, labels: list[str], count: int) -> MemberEvaluation:
     """A member's evaluation reply as a ``MemberEvaluation``; RemoteInputError when malformed."""
     try:
         losses = [float(res.metrics[LOSS_KEY.format(j)]) for j in range(count)]
@@ -345,12 +454,15 @@ def _evaluation(member: str, res: Any, count: int) -> MemberEvaluation:
     except (KeyError, TypeError, ValueError) as exc:
         raise RemoteInputError(f"{member}'s evaluation lacks per-model metrics: {exc}") from exc
     extra = res.metrics.get(EXTRA_SECONDS_KEY, 0.0)
+    own = res.metrics.get(OWN_ACCURACY_KEY)
     return MemberEvaluation(
         member,
         int(res.num_examples),
         losses,
         accuracies,
         extra_seconds=float(extra) if isinstance(extra, int | float) else 0.0,
+        labels=labels,
+        own_accuracy=float(own) if isinstance(own, int | float) else None,
     )
 
 

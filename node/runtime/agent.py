@@ -8,10 +8,12 @@ A registry outage never stops a node: it keeps its model and retries next time.
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.errors import RemoteInputError
+from node.errors import ConfigError, NonFiniteWeightsError, RemoteInputError
 from node.learning.learner import Learner
 from node.learning.weights import SnapshotCache, WeightsSignature, weights_to_bytes
 from node.registry_client import (
@@ -21,10 +23,12 @@ from node.registry_client import (
     RegistryUnavailableError,
     UnauthorizedError,
 )
+from node.rejections import Rejections
 from node.runtime.policy import (
     Candidate,
     Create,
     Join,
+    Leave,
     Migrate,
     PolicyConfig,
     Stay,
@@ -32,7 +36,10 @@ from node.runtime.policy import (
     rank_candidates,
 )
 
-__all__ = ["Move", "NodeAgent"]
+__all__ = ["REJECTED_METRIC", "Move", "NodeAgent"]
+
+# The heartbeat metric counting the inputs from elsewhere a node refused.
+REJECTED_METRIC = "rejected_inputs"
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +66,51 @@ class NodeAgent:
     policy: str = "local"
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     max_capacity: int = 5
+    aggregation: str = "fedavg"  # the Flower strategy of the groups this node creates
     cluster: int | None = None
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
     group_id: int | None = None
     rounds_since_move: int = 0
     registered: bool = False
     moves: list[Move] = field(default_factory=list)
+    # (group model, own update) accuracies of the last rounds in the current group.
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
 
     def __post_init__(self) -> None:
-        self.signature = WeightsSignature.of(self.learner.get_weights())
+        self.signature = WeightsSignature.of(self.learner.get_weights(), self.learner.weight_names)
+        self.rejections = Rejections(self.node_id)
         self._unusable: set[int] = set()
 
     # --- registry presence -----------------------------------------------------------
 
     def ensure_registered(self) -> bool:
-        """Register (or re-assert the registration); False while the registry is away."""
+        """Register (or re-assert the registration) with this node's model signature; False
+        while the registry is away.
+
+        Raises ``ConfigError`` when the registry refuses the node's model for its domain
+        (another architecture trains there): nothing this node can do at run time fixes it.
+        """
         try:
             try:
                 self.client.register(
-                    self.node_id, self.address, self.domain, {"cluster_hint": "hidden"}
+                    self.node_id,
+                    self.address,
+                    self.domain,
+                    {"cluster_hint": "hidden"},
+                    model_signature=self.signature,
                 )
             except UnauthorizedError:
                 # The registry lost us (a new database): start over with a new token.
                 self.client.token = None
-                self.client.register(self.node_id, self.address, self.domain)
+                self.client.register(
+                    self.node_id, self.address, self.domain, model_signature=self.signature
+                )
             node = self.client.get_node()
+        except ConflictError as exc:
+            raise ConfigError(
+                f"{self.node_id}: the registry refuses this node's model in domain "
+                f"'{self.domain}': {exc.detail}"
+            ) from exc
         except RegistryUnavailableError as exc:
             log.warning("%s: registry unavailable (%s); training on locally", self.node_id, exc)
             self.registered = False
@@ -95,9 +122,10 @@ class NodeAgent:
         return True
 
     def heartbeat(self, metrics: dict[str, float]) -> None:
-        """Send liveness and metrics; a failure only marks the node as unregistered."""
+        """Send liveness and metrics (with ``rejected_inputs``: how many inputs from elsewhere
+        this node refused); a failure only marks the node as unregistered."""
         try:
-            node = self.client.heartbeat(metrics)
+            node = self.client.heartbeat({**metrics, REJECTED_METRIC: float(self.rejections.total)})
             self.group_id = node.group_id
         except RegistryClientError as exc:
             log.warning("%s: heartbeat failed: %s", self.node_id, exc)
@@ -118,14 +146,14 @@ class NodeAgent:
             return None
         try:
             weights = self.snapshots.weights(blob.sha256, blob.data, self.signature)
+            result = self.learner.evaluate("val", weights=weights)
+            if not math.isfinite(result.loss):
+                raise NonFiniteWeightsError("its loss on this node's own data is not finite")
         except RemoteInputError as exc:
-            log.warning(
-                "%s: snapshot of group %s (round %s) skipped: %s",
-                self.node_id, group_id, blob.round, exc,
-            )  # fmt: skip
+            self.rejections.record(f"snapshot of group {group_id} (round {blob.round})", exc)
             self._unusable.add(group_id)
             return None
-        return self.learner.evaluate("val", weights=weights).accuracy
+        return result.accuracy
 
     def candidates(self, *, exclude: int | None = None) -> list[Candidate]:
         """The domain's groups; the top K by reported performance are scored on local data."""
@@ -178,8 +206,15 @@ class NodeAgent:
             log.warning("%s: registry refused while choosing a group: %s", self.node_id, exc)
             return None
 
-    def reconsider(self, round_: int) -> Stay | Migrate | None:
-        """Re-evaluate the current group against the others; migrate when one is better."""
+    def note_round(self, group_id: int, group_accuracy: float, own_accuracy: float | None) -> None:
+        """Remember a round of the current group: its model's and this node's own update's
+        accuracy on this node's validation data (the evidence for leaving a bad group)."""
+        if group_id == self.group_id and own_accuracy is not None:
+            self.recent.append((group_accuracy, own_accuracy))
+
+    def reconsider(self, round_: int) -> Stay | Migrate | Leave | None:
+        """Re-evaluate the current group against the others; migrate when one is better,
+        and leave (for the best other group, or a new one) when the group hurts."""
         if self.group_id is None:
             return None
         try:
@@ -192,6 +227,7 @@ class NodeAgent:
                 self.candidates(exclude=self.group_id if self.policy == "local" else None),
                 self.rounds_since_move,
                 self.policy_config,
+                list(self.recent),
             )
             if isinstance(decision, Migrate):
                 try:
@@ -199,6 +235,8 @@ class NodeAgent:
                 except ConflictError as exc:
                     log.info("%s: migration target filled up: %s", self.node_id, exc)
                     return Stay(reason=f"target {decision.to_group} filled up")
+            if isinstance(decision, Leave):
+                self._leave_for_another(round_, decision)
             return decision
         except RegistryUnavailableError as exc:
             log.warning("%s: registry unavailable while re-evaluating: %s", self.node_id, exc)
@@ -220,11 +258,26 @@ class NodeAgent:
 
     # --- carrying decisions out --------------------------------------------------------
 
+    def _leave_for_another(self, round_: int, decision: Leave) -> None:
+        """Choose afresh without the group being left: join the best other or create one."""
+        own = self.learner.evaluate("val").accuracy
+        candidates = self.candidates(exclude=decision.from_group)
+        choice = get_policy(self.policy).choose(own, candidates, self.policy_config)
+        reason = f"left: {decision.reason}"
+        if isinstance(choice, Join):
+            try:
+                self._join(choice.group_id, round_, f"{reason}; {choice.reason}")
+                return
+            except ConflictError as exc:
+                log.info("%s: group %s became full (%s)", self.node_id, choice.group_id, exc)
+        self._create(round_, reason)
+
     def _join(self, group_id: int, round_: int, reason: str) -> None:
         previous = self.group_id
         self.client.join(group_id)
         self.group_id = group_id
         self.rounds_since_move = 0
+        self.recent.clear()
         self.moves.append(Move(round_, previous, group_id, reason))
         verb = "migrated" if previous is not None else "joined"
         log.info("%s: %s group %s (from %s): %s", self.node_id, verb, group_id, previous, reason)
@@ -232,13 +285,19 @@ class NodeAgent:
     def _create(self, round_: int, reason: str) -> int:
         name = f"{self.domain}-{self.node_id}-r{round_}"
         group = self.client.create_group(
-            name, self.domain, max_capacity=self.max_capacity, join=True
+            name,
+            self.domain,
+            max_capacity=self.max_capacity,
+            join=True,
+            model_signature=self.signature,
+            aggregation=self.aggregation,
         )
         # The group starts from its creator's model, so others can evaluate it at once.
         self.client.upload_model(group.id, 0, weights_to_bytes(self.learner.get_weights()))
         previous = self.group_id
         self.group_id = group.id
         self.rounds_since_move = 0
+        self.recent.clear()
         self.moves.append(Move(round_, previous, group.id, f"created: {reason}"))
         log.info("%s: created group %s (%s): %s", self.node_id, group.id, name, reason)
         return group.id

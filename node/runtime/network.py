@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
+from node.errors import RegistryClientError
 from node.federation.inprocess import InMemoryFederation
 from node.federation.round import GroupMember, latest_group_model, run_group_round
 from node.learning.learner import Learner
@@ -28,7 +29,7 @@ from node.learning.partition import NodeData
 from node.learning.weights import SnapshotCache
 from node.registry_client import RegistryClient
 from node.runtime.agent import NodeAgent
-from node.runtime.policy import Migrate, PolicyConfig
+from node.runtime.policy import Leave, Migrate, PolicyConfig
 
 __all__ = ["InProcessNetwork", "NetworkConfig", "RoundStats", "local_only_accuracy"]
 
@@ -100,6 +101,7 @@ class InProcessNetwork:
     _round: int = field(default=0, init=False)
     _contributions: dict[str, float] = field(default_factory=dict, init=False)
     _contribution_seconds: float = field(default=0.0, init=False)
+    _aggregations: dict[int, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -130,11 +132,15 @@ class InProcessNetwork:
                     policy=cfg.policy,
                     policy_config=policy_cfg,
                     max_capacity=cfg.max_capacity,
+                    aggregation=cfg.strategy,
                     cluster=nd.cluster,
                     snapshots=self._cache,
                 )
             )
-            self.members[node_id] = GroupMember(node_id, learner, reporter=self.agents[-1].client)
+            agent = self.agents[-1]
+            self.members[node_id] = GroupMember(
+                node_id, learner, reporter=agent.client, rejections=agent.rejections
+            )
 
     @property
     def round(self) -> int:
@@ -173,7 +179,7 @@ class InProcessNetwork:
                 agent.learner.train()
         if rnd % cfg.evaluate_every_rounds == 0:
             for agent in self.agents:
-                if isinstance(agent.reconsider(rnd), Migrate):
+                if isinstance(agent.reconsider(rnd), Migrate | Leave):
                     migrations += 1
         node_acc = {a.node_id: a.learner.evaluate("val").accuracy for a in self.agents}
         if rnd % cfg.heartbeat_every_rounds == 0:
@@ -214,6 +220,8 @@ class InProcessNetwork:
             self.members[host.node_id].signature,
             newer_than=state.round if state is not None else -1,
             cache=self._cache,
+            loss=lambda weights: host.learner.evaluate("val", weights=weights).loss,
+            rejections=host.rejections,
         )
         if state is None:
             state = _GroupState(host.learner.get_weights(), 0)
@@ -228,7 +236,7 @@ class InProcessNetwork:
         state = self._group_model(gid, host)
         result = run_group_round(
             InMemoryFederation(
-                [self.members[a.node_id] for a in agents], strategy=self.config.strategy
+                [self.members[a.node_id] for a in agents], strategy=self._aggregation(gid, host)
             ),
             state.weights,
             group_id=gid,
@@ -236,12 +244,32 @@ class InProcessNetwork:
             local_epochs=self.config.local_epochs,
             registry=host.client,
             measure_contribution=self.config.measure_contribution,
+            rejections=host.rejections,
         )
         if result.aggregated:
             state.weights, state.round = result.weights, result.round
+        for evaluation in result.evaluations:
+            self._agent(evaluation.member).note_round(
+                gid, evaluation.accuracies[0], evaluation.own_accuracy
+            )
         self._contributions.update(result.contributions)
         self._contribution_seconds += result.contribution_seconds
         return result.accuracy
+
+    def _aggregation(self, gid: int, host: NodeAgent) -> str:
+        """The group's own strategy (set when it was created), else this network's."""
+        if gid not in self._aggregations:
+            try:
+                self._aggregations[gid] = host.client.get_group(gid).aggregation
+            except RegistryClientError as exc:
+                log.warning(
+                    "group %s: strategy unknown (%s); using %s", gid, exc, self.config.strategy
+                )
+                return self.config.strategy
+        return self._aggregations[gid]
+
+    def _agent(self, node_id: str) -> NodeAgent:
+        return next(a for a in self.agents if a.node_id == node_id)
 
     def test_accuracy(self) -> dict[str, float]:
         """Each node's current model on its own test split."""

@@ -22,6 +22,7 @@ __all__ = [
     "Create",
     "Decision",
     "Join",
+    "Leave",
     "Migrate",
     "Policy",
     "PolicyConfig",
@@ -62,11 +63,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Knobs of the policies: relative switch threshold, cooldown in rounds, snapshots to try."""
+    """Knobs of the policies: relative switch threshold, cooldown in rounds, snapshots to
+    try, and how many rounds in a row the group's model must lose to the node's own update
+    before the node leaves it (``evidence_rounds``)."""
 
     switch_threshold: float = 0.05
     cooldown_rounds: int = 3
     top_k: int = 3
+    evidence_rounds: int = 2
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,20 @@ class Migrate:
     reason: str
 
 
-Decision = Join | Create | Stay | Migrate
+@dataclass(frozen=True)
+class Leave:
+    """Leave ``from_group``, whose model makes this node's own worse, and choose afresh."""
+
+    from_group: int
+    reason: str
+
+
+Decision = Join | Create | Stay | Migrate | Leave
 ChooseFn = Callable[[float, Sequence[Candidate], PolicyConfig], Join | Create]
-ReevaluateFn = Callable[[int, float, Sequence[Candidate], int, PolicyConfig], Stay | Migrate]
+ReevaluateFn = Callable[
+    [int, float, Sequence[Candidate], int, PolicyConfig, Sequence[tuple[float, float]]],
+    Stay | Migrate | Leave,
+]
 
 
 def beats(score: float, baseline: float, threshold: float) -> bool:
@@ -170,17 +185,22 @@ def reevaluate(
     candidates: Sequence[Candidate],
     rounds_since_move: int,
     cfg: PolicyConfig,
-) -> Stay | Migrate:
-    """Migrate when a group with room beats the current one on own data by the threshold.
+    recent: Sequence[tuple[float, float]] = (),
+) -> Stay | Migrate | Leave:
+    """Migrate when a group with room beats the current one on own data by the threshold;
+    leave when the current group's model makes the node's own worse.
 
     ``current_score`` is the current group's model on this node's validation data.
-    Never migrates during the cooldown or to a full group.
+    ``recent`` holds, oldest first, ``(group model, own update)`` accuracies on the node's
+    validation data from its last rounds in this group: when the own update (trained on
+    the group's model, before aggregation) beats the aggregate by the threshold in each
+    of the last ``evidence_rounds`` rounds, the group is hurting the node (poisoned
+    members, or data that disagrees) and it leaves. Never moves during the cooldown or
+    to a full group; a better group with room is preferred to leaving.
     """
     if (stay := _cooldown(rounds_since_move, cfg)) is not None:
         return stay
     others = [c for c in candidates if c.group_id != current_group and c.local_score is not None]
-    if not others:
-        return Stay("no other group evaluated")
     open_groups = [c for c in others if c.has_room]
     if open_groups:
         best = max(open_groups, key=_local_key)
@@ -192,6 +212,19 @@ def reevaluate(
                 f"{best.name} scores {score:.3f} on own data vs {current_score:.3f} here "
                 f"(> {cfg.switch_threshold:.0%} better)",
             )
+    evidence = list(recent)[-cfg.evidence_rounds :] if cfg.evidence_rounds > 0 else []
+    if len(evidence) == cfg.evidence_rounds and all(
+        beats(own, group, cfg.switch_threshold) for group, own in evidence
+    ):
+        group, own = evidence[-1]
+        return Leave(
+            current_group,
+            f"own update scores {own:.3f} vs the group's {group:.3f} "
+            f"({cfg.evidence_rounds} rounds in a row > {cfg.switch_threshold:.0%} better): "
+            "the group makes this node's model worse",
+        )
+    if not others:
+        return Stay("no other group evaluated")
     best_any = max(others, key=_local_key)
     best_any_score = best_any.local_score if best_any.local_score is not None else 0.0
     if not best_any.has_room and beats(best_any_score, current_score, cfg.switch_threshold):
@@ -219,12 +252,14 @@ def reported_accuracy_reevaluate(
     candidates: Sequence[Candidate],
     rounds_since_move: int,
     cfg: PolicyConfig,
-) -> Stay | Migrate:
+    recent: Sequence[tuple[float, float]] = (),
+) -> Stay | Migrate | Leave:
     """Baseline: move to the group with room reporting the best performance.
 
     The current group's level is its reported value when it is among ``candidates``
     (else ``current_score``). Same threshold and cooldown as ``reevaluate``, so the two
-    policies differ only in the signal they trust.
+    policies differ only in the signal they trust; ``recent`` is not used (the baseline
+    trusts reports, not its own data).
     """
     if (stay := _cooldown(rounds_since_move, cfg)) is not None:
         return stay

@@ -51,7 +51,7 @@ from node.learning.models import build_model
 from node.learning.partition import PartitionSpec
 from node.registry_client import RegistryClient
 from node.runtime.agent import NodeAgent
-from node.runtime.policy import Migrate, PolicyConfig
+from node.runtime.policy import Leave, Migrate, PolicyConfig
 
 __all__ = [
     "NodeProcess",
@@ -117,12 +117,20 @@ class _Host:
         self.stop = threading.Event()
         self.server = GroupServer(
             proc.listen,
-            strategy=proc.config.strategy,
+            strategy=self._aggregation(),
             round_timeout_s=proc.options.round_timeout_s,
         )
         self.thread = threading.Thread(
             target=self._run, name=f"host-g{session.group_id}", daemon=True
         )
+
+    def _aggregation(self) -> str:
+        """The group's own strategy (set when it was created), else this node's."""
+        try:
+            return self.proc.client.get_group(self.session.group_id).aggregation
+        except RegistryClientError as exc:
+            log.warning("%s: group strategy unknown (%s)", self.proc.node_id, exc)
+            return self.proc.config.strategy
 
     def start(self) -> None:
         self.thread.start()
@@ -137,7 +145,13 @@ class _Host:
     def _run(self) -> None:
         proc, gid = self.proc, self.session.group_id
         member = proc.member
-        latest = latest_group_model(proc.client, gid, member.signature)
+        latest = latest_group_model(
+            proc.client,
+            gid,
+            member.signature,
+            loss=lambda weights: proc.learner.evaluate("val", weights=weights).loss,
+            rejections=proc.agent.rejections,
+        )
         weights = proc.learner.get_weights()
         round_ = 0
         if latest is not None:  # resume from it, or past it when it is unusable
@@ -177,6 +191,7 @@ class _Host:
                 local_epochs=proc.config.local_epochs,
                 registry=proc.client,
                 measure_contribution=proc.options.measure_contribution,
+                rejections=proc.agent.rejections,
             )
             if result.refused is not None:  # another host stored a newer round, or we left
                 log.info("%s: stops hosting group %s: %s", proc.node_id, gid, result.refused)
@@ -296,9 +311,12 @@ class NodeProcess:
             policy=cfg.policy,
             policy_config=PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k),
             max_capacity=cfg.max_capacity,
+            aggregation=cfg.strategy,
             cluster=data.cluster,
         )
-        self._group_member = GroupMember(self.node_id, self._learner, reporter=self.client)
+        self._group_member = GroupMember(
+            self.node_id, self._learner, reporter=self.client, rejections=self._agent.rejections
+        )
         if self.options.warmup_epochs:
             self._learner.train(self.options.warmup_epochs)
         self.last_accuracy = self._learner.evaluate("val").accuracy
@@ -334,7 +352,7 @@ class NodeProcess:
                     agent.choose_group(max(self.rounds_done, self._choices))
                 elif evaluate and agent.group_id is not None:
                     decision = agent.reconsider(self.rounds_done)
-                    if decision is not None and not isinstance(decision, Migrate):
+                    if decision is not None and not isinstance(decision, Migrate | Leave):
                         log.info(
                             "%s: stays in group %s: %s",
                             self.node_id, agent.group_id, decision.reason,
@@ -451,6 +469,7 @@ class NodeProcess:
         self.last_accuracy = result.accuracies[0]
         if self.agent.group_id == group_id:
             self.agent.rounds_since_move += 1
+            self.agent.note_round(group_id, result.accuracies[0], result.own_accuracy)
 
     # --- shutdown ----------------------------------------------------------------------
 

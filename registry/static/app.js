@@ -6,7 +6,8 @@ const PALETTE = ["#34d399", "#60a5fa", "#f472b6", "#fbbf24", "#a78bfa", "#f87171
                  "#22d3ee", "#a3e635", "#fb923c", "#e879f9", "#2dd4bf", "#facc15"];
 const EVENT_TYPES = ["registered", "node_updated", "reactivated", "group_created", "joined",
   "left", "migrated", "performance_reported", "model_uploaded", "expired", "group_archived",
-  "host_claimed", "host_released", "reward", "simulation_started", "simulation_finished"];
+  "host_claimed", "host_released", "reward", "simulation_started", "simulation_finished",
+  "snapshot_rejected", "signature_learned", "member_flagged"];
 const REFRESH_ON = {
   groups: new Set(["group_created", "joined", "left", "migrated", "performance_reported",
     "expired", "group_archived", "host_claimed", "host_released", "model_uploaded"]),
@@ -173,7 +174,7 @@ function typeClass(type) {
   if (type === "performance_reported") return "perf";
   if (type === "reward") return "reward";
   if (type.startsWith("simulation")) return "sim";
-  if (type === "expired") return "bad";
+  if (type === "expired" || type === "snapshot_rejected" || type === "member_flagged") return "bad";
   return "other";
 }
 
@@ -190,6 +191,12 @@ function describe(ev) {
       return `${who} · group ${d.from_group} → ${ev.group_id}`;
     case "model_uploaded":
       return `${who} · ${grp} · round ${d.round} · ${(d.size / 1024).toFixed(1)} KiB`;
+    case "member_flagged":
+      return `${who} · ${grp} · round ${d.round} · flagged: worse for the others (contribution ${fmt(d.contribution, 4)})`;
+    case "snapshot_rejected":
+      return `${who} · ${grp} · round ${d.round} · refused: ${d.reason}`;
+    case "signature_learned":
+      return `${who} · domain ${d.domain} · ${d.tensors} tensors (${d.source})`;
     case "group_created":
       return `${who} · ${grp} "${d.name}" (capacity ${d.max_capacity})`;
     case "simulation_started":

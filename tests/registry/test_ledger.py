@@ -35,6 +35,28 @@ def _group_of_three(
     return gid, [a, b, d], [ha, hb, hd]
 
 
+def _evidence(
+    c: httpx.Client,
+    gid: int,
+    round_: int,
+    ids: list[str],
+    hs: list[dict[str, str]],
+    values: list[float],
+    improvement: float = 1.0,
+) -> None:
+    """Every member reports losses by which each node's leave-one-out value to the others
+    is ``values[i]`` and the round lowered the loss by ``improvement``."""
+    for me, h in zip(ids, hs, strict=True):
+        losses = {"new": 1.0, "start": 1.0 + improvement}
+        losses |= {f"without:{n}": 1.0 + v for n, v in zip(ids, values, strict=True) if n != me}
+        r = c.put(
+            f"/groups/{gid}/rounds/{round_}/evaluations",
+            headers=h,
+            json={"num_examples": 50, "losses": losses},
+        )
+        assert r.status_code == 201, r.text
+
+
 def _contributions(ids: list[str], values: list[float]) -> dict[str, object]:
     return {
         "contributions": [
@@ -49,6 +71,7 @@ def test_a_round_is_paid_once_and_a_retry_returns_the_same_entries(
     with httpx.Client(base_url=registry.url, timeout=10) as c:
         # Prepare
         gid, ids, hs = _group_of_three(c)
+        _evidence(c, gid, 1, ids, hs, [0.05, 0.02, -0.3])
         body = _contributions(ids, [0.05, 0.02, -0.3])
         path = f"/groups/{gid}/rounds/1/contributions"
 
@@ -58,7 +81,8 @@ def test_a_round_is_paid_once_and_a_retry_returns_the_same_entries(
         ledger = c.get("/ledger", params={"group_id": gid}).json()
         balances = {n: c.get(f"/nodes/{n}/balance").json() for n in ids}
 
-    # Assert: 201 then 200 with the very same entries; amounts scale positive contributions
+    # Assert: 201 then 200 with the very same entries; amounts scale positive contributions,
+    # and the member whose update made the model worse for the others is flagged
     assert first.status_code == 201, first.text
     assert [r.status_code for r in retries] == [200, 200]
     assert all(r.json()["entries"] == first.json()["entries"] for r in retries)
@@ -66,7 +90,7 @@ def test_a_round_is_paid_once_and_a_retry_returns_the_same_entries(
     by_node = {e["node_id"]: e for e in first.json()["entries"]}
     assert by_node[ids[0]]["amount"] == pytest.approx(0.05 * SCALE)
     assert by_node[ids[1]]["amount"] == pytest.approx(0.02 * SCALE)
-    assert by_node[ids[2]]["amount"] == 0.0 and by_node[ids[2]]["reason"] == "no_improvement"
+    assert by_node[ids[2]]["amount"] == 0.0 and by_node[ids[2]]["reason"] == "flagged_harmful"
     assert balances[ids[0]]["balance"] == pytest.approx(5.0)
     assert balances[ids[2]] | {"last_entry_at": None} == {
         "node_id": ids[2],
@@ -138,6 +162,7 @@ def test_balances_equal_the_sum_of_entries_after_a_restart(
             rng = np.random.default_rng(0)
             for rnd in (1, 2, 3):
                 values = rng.normal(0.02, 0.03, 3).tolist()
+                _evidence(c, gid, rnd, ids, hs, values)
                 body = _contributions(ids, values)
                 r = c.post(f"/groups/{gid}/rounds/{rnd}/contributions", headers=hs[0], json=body)
                 assert r.status_code == 201
@@ -196,6 +221,7 @@ def test_a_reward_reaches_a_connected_event_stream(sqlite_registry: RegistryProc
         assert connected.wait(10)
 
         # Execute
+        _evidence(c, gid, 1, ids, hs, [0.01, 0.02, 0.03])
         c.post(
             f"/groups/{gid}/rounds/1/contributions",
             headers=hs[0],
@@ -249,3 +275,98 @@ def test_a_member_with_poisoned_labels_earns_less_than_honest_members(tmp_path: 
     poisoned = balances[net.agents[3].node_id]["balance"]
     assert poisoned < min(honest), balances
     assert min(honest) > 0
+
+
+def test_the_ledger_credits_no_more_than_the_members_own_evidence(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: the members' reports say each helped the others by 0.01
+        gid, ids, hs = _group_of_three(c)
+        _evidence(c, gid, 1, ids, hs, [0.01, 0.01, 0.01])
+
+        # Execute: the host claims 9.0 for itself
+        paid = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [9.0, 0.01, 0.01]),
+        )
+
+    # Assert: credited the members' figure, the claim kept on record
+    assert paid.status_code == 201, paid.text
+    host = next(e for e in paid.json()["entries"] if e["node_id"] == ids[0])
+    assert host["contribution"] == pytest.approx(0.01) and host["claimed"] == 9.0
+    assert host["amount"] == pytest.approx(0.01 * SCALE)
+
+
+def test_a_round_nobody_reported_pays_nothing(sqlite_registry: RegistryProcess) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        gid, ids, hs = _group_of_three(c)
+        paid = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.2, 0.2, 0.2]),
+        )
+    assert paid.status_code == 201
+    assert [e["amount"] for e in paid.json()["entries"]] == [0.0, 0.0, 0.0]
+
+
+def test_a_round_pays_no_more_than_the_improvement_its_members_reported(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: each member worth 0.05 to the others, but the round only gained 0.03
+        gid, ids, hs = _group_of_three(c)
+        _evidence(c, gid, 1, ids, hs, [0.05, 0.05, 0.05], improvement=0.03)
+
+        # Execute
+        paid = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.05, 0.05, 0.05]),
+        )
+
+    # Assert: the round's 3.0 tokens (scale x 0.03), shared in proportion
+    amounts = [e["amount"] for e in paid.json()["entries"]]
+    assert sum(amounts) == pytest.approx(0.03 * SCALE)
+    assert amounts == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_a_harmful_member_is_flagged_by_an_event(sqlite_registry: RegistryProcess) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        gid, ids, hs = _group_of_three(c)
+        _evidence(c, gid, 1, ids, hs, [0.02, 0.02, -0.5])
+        c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.02, 0.02, -0.5]),
+        )
+        flags = c.get("/events", params={"type": "member_flagged", "limit": 1000}).json()
+    flagged = [e for e in flags["data"] if e["group_id"] == gid]
+    assert [(e["node_id"], e["data"]["round"]) for e in flagged] == [(ids[2], 1)]
+
+
+def test_evaluations_come_from_members_once_and_well_formed(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare
+        gid, ids, hs = _group_of_three(c)
+        outsider, ho = register(c)
+        path = f"/groups/{gid}/rounds/1/evaluations"
+        report = {"num_examples": 40, "losses": {"new": 0.5, "start": 0.9}}
+
+        # Execute
+        first = c.put(path, headers=hs[0], json=report)
+        again = c.put(path, headers=hs[0], json=report)
+        changed = c.put(path, headers=hs[0], json={**report, "losses": {"new": 0.1}})
+        stranger = c.put(path, headers=ho, json=report)
+        bad_label = c.put(path, headers=hs[1], json={**report, "losses": {"mine": 0.1}})
+        negative = c.put(path, headers=hs[1], json={**report, "losses": {"new": -1.0}})
+        listed = c.get(path).json()
+
+    # Assert
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 409)
+    assert stranger.status_code == 403
+    assert bad_label.status_code == 422 and negative.status_code == 422
+    assert listed["count"] == 1 and listed["data"][0]["losses"] == {"new": 0.5, "start": 0.9}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect, text
 
-from registry.migrate import upgrade
+from registry.migrate import alembic_config, upgrade
 from registry.models import Base
 from tests.support.registry_proc import RegistryProcess
 
@@ -22,6 +23,41 @@ def test_migrated_schema_matches_models(database_url: str | None, tmp_path: Path
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_domain_signatures_migrate_up_and_down_keeping_the_rest(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    # Prepare: a database at 0003 with a group in it
+    url = database_url or f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0003")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO groups (name, domain, max_capacity, created_at, updated_at, round, "
+                "performance, host_epoch) VALUES ('g', 'digits', 5, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP, 0, '{}', 0)"
+            )
+        )
+
+    # Execute: up to 0004, then down again
+    upgrade(url, "0004")
+    tables_up = set(inspect(engine).get_table_names())
+    columns = {c["name"] for c in inspect(engine).get_columns("domain_signatures")}
+    command.downgrade(alembic_config(url), "0003")
+    engine.dispose()
+    tables_down = set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        groups = conn.execute(text("SELECT name FROM groups")).scalars().all()
+    engine.dispose()
+
+    # Assert
+    assert "domain_signatures" in tables_up
+    assert columns == {"domain", "signature", "max_bytes", "source", "declared_by", "declared_at"}
+    assert "domain_signatures" not in tables_down
+    assert tables_down == tables_up - {"domain_signatures"}
+    assert groups == ["g"]
 
 
 def test_unreachable_database_is_a_clear_cli_error(tmp_path: Path) -> None:

@@ -1,20 +1,32 @@
-"""A stranger in the network: a node that publishes a corrupt snapshot as the best group."""
+"""A stranger in the network: a node that publishes a harmful snapshot as the best group."""
 
 from __future__ import annotations
 
 import threading
 
 import httpx
+import numpy as np
+
+from node.learning.models import build_model
+from node.learning.weights import weights_to_bytes
 
 __all__ = ["Stranger"]
 
-CORRUPT = b"not a model" * 10
+
+def harmful_snapshot(dataset: str = "digits") -> bytes:
+    """A snapshot the registry must accept (the domain's shapes and dtypes, every value
+    finite) whose loss on anyone's data overflows: 1e30 in every weight."""
+    model = build_model(dataset, seed=0)
+    return weights_to_bytes(
+        [np.full(tuple(t.shape), 1e30, dtype=np.float32) for t in model.state_dict().values()]
+    )
 
 
 class Stranger:
-    """A node that creates a group, uploads bytes that are not a model and reports them as
-    the best group of its domain, so every newcomer scores that snapshot first. While in
-    its ``with`` block it heartbeats (in a thread), so the registry keeps its group alive.
+    """A node that creates a group, uploads a harmful snapshot (``harmful_snapshot``: the
+    registry cannot tell it from a model, nodes must) and reports it as the best group of
+    its domain, so every newcomer scores that snapshot first. While in its ``with`` block
+    it heartbeats (in a thread), so the registry keeps its group alive.
     """
 
     def __init__(self, url: str, domain: str = "digits", node_id: str = "stranger") -> None:
@@ -33,7 +45,7 @@ class Stranger:
             stored = c.put(
                 f"/groups/{self.group_id}/model",
                 params={"round": 1},
-                content=CORRUPT,
+                content=harmful_snapshot(),
                 headers=self._auth,
             )
             stored.raise_for_status()

@@ -12,8 +12,11 @@ from registry.schemas import (
     Balance,
     BalancesPublic,
     ContributionsIn,
+    EvaluationReportIn,
     LedgerEntryPublic,
     LedgerPublic,
+    RoundEvaluationPublic,
+    RoundEvaluationsPublic,
     RoundRewards,
 )
 
@@ -39,8 +42,9 @@ def submit_contributions(
     body: ContributionsIn,
     response: Response,
 ) -> RoundRewards:
-    """The group's host reports every member's contribution to a round; the registry pays
-    `reward_scale * max(0, contribution)` once per node (201), a retry returns them (200)."""
+    """The group's host reports every member's contribution to a round; the registry credits
+    the smaller of it and what the members' own evaluations imply, pays once per node (201;
+    a retry returns them, 200), and caps the round by its reported improvement."""
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
         entries, created = ledger.pay_round(
@@ -50,6 +54,7 @@ def submit_contributions(
             round_=round,
             body=body,
             scale=settings.reward_scale,
+            flag_margin=settings.flag_margin,
         )
         out = RoundRewards(
             group_id=group_id,
@@ -59,6 +64,43 @@ def submit_contributions(
         )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return out
+
+
+@router.put(
+    "/groups/{group_id}/rounds/{round}/evaluations",
+    response_model=RoundEvaluationPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": RoundEvaluationPublic}, 401: {}, 403: {}, 404: {}, 409: {}},
+)
+def report_evaluation(
+    db: DatabaseDep,
+    token: TokenDep,
+    group_id: GroupIdPath,
+    round: RoundPath,
+    body: EvaluationReportIn,
+    response: Response,
+) -> RoundEvaluationPublic:
+    """A member reports its losses, on its own validation data, on a round's models
+    (201; the same report again, 200; different figures for the same round, 409)."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        stored, created = crud.report_evaluation(
+            session, caller=caller, group_id=group_id, round_=round, body=body
+        )
+        out = RoundEvaluationPublic.model_validate(stored)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return out
+
+
+@router.get("/groups/{group_id}/rounds/{round}/evaluations", response_model=RoundEvaluationsPublic)
+def list_round_evaluations(
+    db: DatabaseDep, group_id: GroupIdPath, round: RoundPath
+) -> RoundEvaluationsPublic:
+    """Every member's evaluation of a round: the evidence the ledger pays by."""
+    with db.read() as session:
+        rows = crud.round_evaluations(session, group_id=group_id, round_=round)
+        data = [RoundEvaluationPublic.model_validate(r) for r in rows]
+    return RoundEvaluationsPublic(data=data, count=len(data))
 
 
 @router.get("/ledger", response_model=LedgerPublic)

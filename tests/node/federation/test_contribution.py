@@ -96,7 +96,7 @@ def test_the_example_weighted_mean_is_the_loss_on_the_union_of_the_members_data(
     assert federated == pytest.approx(_union_loss(learners)(weights), rel=1e-5)
 
 
-def test_a_group_round_pays_what_central_leave_one_out_measures(
+def test_a_group_round_pays_each_member_its_value_to_the_others(
     iid_digits_nodes: list[NodeData],
 ) -> None:
     # Prepare: two copies of the same four learners
@@ -106,21 +106,34 @@ def test_a_group_round_pays_what_central_leave_one_out_measures(
     group, central = learners(), learners()
     start = group[0].get_weights()
 
-    # Execute: the round's federated contributions, and leave-one-out on the union
+    # Execute: the round's federated contributions; and, centrally, each member's
+    # leave-one-out measured on the union of the *other* members' validation data
     result = train_in_memory(group, start, measure_contribution=True)
     for learner in central:
         learner.set_weights(start)
         learner.train(epochs=1)
-    report = leave_one_out(
-        [learner.get_weights() for learner in central],
-        [learner.num_train_examples for learner in central],
-        _union_loss(central),
-        baseline=start,
-    )
+    updates = [learner.get_weights() for learner in central]
+    counts = [learner.num_train_examples for learner in central]
+    expected = []
+    for i in range(len(central)):
+        others = [learner for j, learner in enumerate(central) if j != i]
+        expected.append(leave_one_out(updates, counts, _union_loss(others)).contributions[i])
 
     # Assert
     assert list(result.contributions) == [f"learner-{i}" for i in range(4)]
-    assert list(result.contributions.values()) == pytest.approx(report.contributions, abs=1e-6)
+    assert list(result.contributions.values()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_member_alone_earns_nothing(iid_digits_nodes: list[NodeData]) -> None:
+    # Prepare
+    learner = digits_learner(iid_digits_nodes[0])
+
+    # Execute
+    result = train_in_memory([learner], learner.get_weights(), measure_contribution=True)
+
+    # Assert: its update helped its own data, but there is nobody else to help
+    assert result.improvement is not None and result.improvement > 0
+    assert result.contributions == {"learner-0": 0.0}
 
 
 def _poisoned(nd: NodeData, seed: int = 7) -> NodeData:

@@ -10,7 +10,13 @@ from flwr.clientapp import ClientApp
 
 from node.errors import NonFiniteWeightsError
 from node.federation.inprocess import InMemoryFederation, member_app, train_in_memory
-from node.federation.round import GroupMember, GroupRoundResult, run_group_round
+from node.federation.round import (
+    FitOutcome,
+    GroupMember,
+    GroupRoundResult,
+    MemberEvaluation,
+    run_group_round,
+)
 from node.federation.strategies import STRATEGY_NAMES
 from node.learning.learner import Learner
 from node.learning.partition import NodeData
@@ -236,17 +242,47 @@ def test_a_member_that_refuses_bad_weights_is_a_failure_not_a_crash(
         assert all(np.array_equal(a, b) for a, b in zip(was, learner.get_weights(), strict=True))
 
 
+def test_updates_that_are_not_finite_or_claim_too_much_are_screened_out(
+    three_learners: list[Learner],
+) -> None:
+    # Prepare: one member answers with infinite weights, one claims a huge example count
+    values = [(1.0, 10), (np.inf, 10), (2.0, 10**12)]
+    initial = three_learners[0].get_weights()
+    federation = InMemoryFederation(
+        _members(three_learners), app_factory=_fixed_reply_factory(values, [])
+    )
+
+    # Execute
+    fit = federation.fit(initial, 1, 1)
+
+    # Assert: the infinite one is refused; the huge count weighs as twice the median
+    assert [member for member, _ in fit.refused] == ["m1"]
+    assert [(u.member, u.num_examples) for u in fit.updates] == [("m0", 10), ("m2", 20)]
+    assert fit.weights is not None
+    assert all(np.allclose(w, (1.0 * 10 + 2.0 * 20) / 30) for w in fit.weights)
+
+
+class _NonFiniteFederation:
+    """A transport whose aggregate comes back non-finite (a fault beyond the screening)."""
+
+    strategy = "fedavg"
+
+    def fit(self, weights: list[np.ndarray], round_: int, local_epochs: int) -> FitOutcome:
+        return FitOutcome([np.full_like(w, np.nan) for w in weights], [], 0, 0.0)
+
+    def evaluate(self, *args: object) -> list[MemberEvaluation]:
+        raise AssertionError("a rejected aggregate must not be evaluated")
+
+
 def test_a_non_finite_aggregate_is_rejected_and_the_group_keeps_its_model(
     three_learners: list[Learner],
 ) -> None:
-    # Prepare: one member answers with infinite weights, so FedAvg's mean is infinite
-    values = [(1.0, 10), (np.inf, 10), (2.0, 10)]
+    # Prepare
     initial = three_learners[0].get_weights()
     members = _members(three_learners)
-    federation = InMemoryFederation(members, app_factory=_fixed_reply_factory(values, []))
 
     # Execute
-    result = run_group_round(federation, initial, group_id=1, round_=1)
+    result = run_group_round(_NonFiniteFederation(), initial, group_id=1, round_=1)
 
     # Assert: nothing aggregated, nothing evaluated, the round's start model kept
     assert not result.aggregated and result.evaluations == [] and result.contributions == {}
@@ -263,11 +299,13 @@ def test_member_apps_report_every_model_they_were_sent(iid_digits_nodes: list[No
     federation = InMemoryFederation([member], app_factory=lambda m, _nid: member_app(m))
 
     # Execute
-    [evaluation] = federation.evaluate([learner.get_weights(), other], round_=1, group_id=1)
+    [evaluation] = federation.evaluate(
+        [learner.get_weights(), other], ["new", "other"], round_=1, group_id=1
+    )
 
     # Assert
-    assert evaluation.member == "solo" and len(evaluation.losses) == 2
-    assert evaluation.losses[1] == pytest.approx(learner.evaluate("val", weights=other).loss)
+    assert evaluation.member == "solo" and evaluation.labels == ["new", "other"]
+    assert evaluation.loss("other") == pytest.approx(learner.evaluate("val", weights=other).loss)
 
 
 def test_a_member_with_a_bogus_evaluation_is_left_out_of_the_figures(

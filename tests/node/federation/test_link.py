@@ -112,3 +112,21 @@ def test_a_host_whose_members_are_gone_does_not_block(server: GroupServer) -> No
     # Assert
     assert fit.weights is None and fit.updates == []
     assert evaluated == []
+
+
+def test_a_member_sending_nan_over_the_link_is_screened_out(server: GroupServer) -> None:
+    # Prepare: an honest member and one whose updates are NaN
+    outcomes: list[str] = []
+    threads = [_connect(server, c, outcomes) for c in (_Client(1.0), _Client(float("nan")))]
+    assert server.wait_for_clients(2, timeout=30) == 2
+
+    # Execute
+    fit = server.fit([np.zeros(2)], 1, {GROUP_ID_KEY: 1})
+
+    # Assert: the NaN update never reached the strategy; the aggregate is the honest one's
+    assert len(fit.refused) == 1 and "NaN" in str(fit.refused[0][1])
+    assert fit.weights is not None and np.allclose(fit.weights[0], 1.0)
+    assert len(fit.updates) == 1
+    server.stop()
+    for t in threads:
+        t.join(timeout=10)

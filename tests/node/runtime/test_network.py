@@ -100,10 +100,10 @@ def test_registry_restart_during_a_run_loses_no_node(tmp_path: Path) -> None:
         assert groups[gid]["round"] > before  # learning went on from where it was
 
 
-def test_a_corrupt_candidate_snapshot_is_skipped_and_the_network_goes_on(
+def test_a_harmful_candidate_snapshot_is_skipped_and_the_network_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Prepare: the best-looking group in the domain holds bytes that are not a model
+    # Prepare: the best-looking group in the domain holds a model whose loss overflows
     data = partition(load_digits(), 4, "clustered", seed=2, clusters=2)
     with RegistryProcess(tmp_path / "r") as reg, Stranger(reg.url) as stranger:
         net = InProcessNetwork(reg.url, data, NetworkConfig(seed=2))

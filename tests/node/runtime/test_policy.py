@@ -9,6 +9,7 @@ from node.runtime.policy import (
     Candidate,
     Create,
     Join,
+    Leave,
     Migrate,
     PolicyConfig,
     Stay,
@@ -258,3 +259,39 @@ def test_initial_choice_joins_only_groups_with_room(
             assert any(c.group_id == decision.group_id and c.has_room for c in candidates)
         else:
             assert isinstance(decision, Create)
+
+
+# --- leaving a group that hurts -----------------------------------------------------
+
+
+def test_a_node_leaves_when_the_group_model_loses_to_its_own_update_round_after_round() -> None:
+    # Prepare: two rounds in which the node's own update beat the aggregate by far
+    recent = [(0.10, 0.62), (0.11, 0.65)]
+
+    # Execute
+    decision = reevaluate(1, 0.11, [group(2, local=0.05)], 5, CFG, recent)
+
+    # Assert
+    assert isinstance(decision, Leave) and decision.from_group == 1
+    assert "0.650" in decision.reason and "0.110" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("recent", "since"),
+    [
+        ([(0.10, 0.62)], 5),  # one round is not evidence yet
+        ([(0.10, 0.62), (0.80, 0.81)], 5),  # the last round was fine
+        ([(0.10, 0.62), (0.11, 0.65)], 1),  # cooldown after the last move
+    ],
+)
+def test_a_node_stays_without_repeated_evidence_or_during_cooldown(
+    recent: list[tuple[float, float]], since: int
+) -> None:
+    decision = reevaluate(1, 0.5, [], since, CFG, recent)
+    assert isinstance(decision, Stay)
+
+
+def test_a_better_group_is_preferred_to_leaving() -> None:
+    recent = [(0.10, 0.62), (0.11, 0.65)]
+    decision = reevaluate(1, 0.11, [group(2, local=0.9)], 5, CFG, recent)
+    assert isinstance(decision, Migrate) and decision.to_group == 2

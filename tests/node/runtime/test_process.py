@@ -260,10 +260,10 @@ def test_a_process_deployment_measures_and_pays_contributions(
     assert any(e["type"] == "reward" for e in events)
 
 
-def test_a_corrupt_candidate_snapshot_leaves_a_node_process_alive(
+def test_a_harmful_candidate_snapshot_leaves_a_node_process_alive(
     network: tuple[RegistryProcess, NodeProcs],
 ) -> None:
-    # Prepare: the best-looking group in the domain holds bytes that are not a model
+    # Prepare: the best-looking group in the domain holds a model whose loss overflows
     registry, nodes = network
     url = registry.url
     with Stranger(url) as stranger:

@@ -112,9 +112,17 @@ def test_nodes_train_in_groups_and_survive_a_dead_member_and_a_dead_host(
     network: tuple[RegistryProcess, NodeProcs],
 ) -> None:
     # Prepare: one node per hidden cluster first, so each creates a group; then one more each.
+    # n1 starts once n0's group holds a snapshot: a group seen before its first snapshot
+    # can't be scored, and a node that can score no group joins the best reported one.
     registry, nodes = network
     url = registry.url
     nodes.start(0)
+    wait_until(
+        lambda: any(g["model_round"] is not None for g in groups(url).values()),
+        90,
+        "n0's group and its first snapshot",
+        nodes,
+    )
     nodes.start(1)
     wait_until(
         lambda: all(node_info(url, n).get("group_id") for n in ("n0", "n1")),
@@ -291,3 +299,30 @@ def _wait_for_the_node(url: str, nodes: NodeProcs, node_id: str, log_path: Path,
         return text.count(f"snapshot of group {bad}") >= 2 and trained
 
     wait_until(scored_twice_and_trained, 120, "the bad snapshot skipped twice, rounds", nodes)
+
+
+def test_a_node_of_another_architecture_is_refused_at_the_door(
+    network: tuple[RegistryProcess, NodeProcs],
+) -> None:
+    # Prepare: a digits node sets the domain's model by creating its group
+    registry, nodes = network
+    url = registry.url
+    nodes.start(0)
+    wait_until(lambda: node_info(url, "n0").get("group_id"), 90, "n0 placed", nodes)
+
+    # Execute: a Fashion-MNIST node asks to join the same domain
+    log = nodes.tmp / "fashion.log"
+    with log.open("wb") as out:
+        fashion = subprocess.run(
+            [sys.executable, "-m", "node", "--registry-url", url, "--node-id", "fash",
+             "--address", "127.0.0.1:0", "--dataset", "fashion", "--domain", "digits",
+             "--samples-per-node", "60", "--warmup-epochs", "0"],
+            stdout=out, stderr=subprocess.STDOUT, timeout=300,
+        )  # fmt: skip
+    text = log.read_text(errors="replace")
+
+    # Assert: one clear line, no traceback, and the digits group untouched
+    assert fashion.returncode == 2, text
+    assert "refuses this node's model in domain 'digits'" in text
+    assert "Traceback" not in text
+    assert all(g["member_ids"] == ["n0"] for g in groups(url).values())

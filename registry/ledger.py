@@ -102,7 +102,7 @@ def pay_round(
     round_: int,
     body: ContributionsIn,
     scale: float,
-    flag_margin: float = 0.02,
+    flag_margin: float = 0.05,
 ) -> tuple[list[LedgerEntry], bool]:
     """Write the round's entries that do not exist yet; returns (entries, any created)."""
     # Locking the group row serialises two reports of the same group (PostgreSQL).

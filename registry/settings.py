@@ -33,7 +33,7 @@ class RegistrySettings(BaseSettings):
         default=100.0, ge=0, description="Tokens paid per unit of positive contribution."
     )
     flag_margin: float = Field(
-        default=0.02,
+        default=0.05,
         ge=0,
         le=1,
         description="A member whose credited contribution is below minus this share of "

@@ -54,7 +54,7 @@ Evaluate = Callable[[Weights], float]
 LOSS_CAP = 1e6
 # A member is flagged when the model without it is better for the others by more than
 # this share of their loss with everyone (honest members' noise stays well inside it).
-FLAG_MARGIN = 0.02
+FLAG_MARGIN = 0.05
 
 
 @dataclass(frozen=True)

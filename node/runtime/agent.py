@@ -73,8 +73,10 @@ class NodeAgent:
     rounds_since_move: int = 0
     registered: bool = False
     moves: list[Move] = field(default_factory=list)
-    # (group model, own update) accuracies of the last rounds in the current group.
+    # (group model, best without the group) accuracies of the last rounds in the group.
     recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
+    # This node's own model's accuracy when it joined its current group.
+    solo_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         self.signature = WeightsSignature.of(self.learner.get_weights(), self.learner.weight_names)
@@ -207,10 +209,14 @@ class NodeAgent:
             return None
 
     def note_round(self, group_id: int, group_accuracy: float, own_accuracy: float | None) -> None:
-        """Remember a round of the current group: its model's and this node's own update's
-        accuracy on this node's validation data (the evidence for leaving a bad group)."""
-        if group_id == self.group_id and own_accuracy is not None:
-            self.recent.append((group_accuracy, own_accuracy))
+        """Remember a round of the current group, as the evidence for leaving a bad group:
+        the group model's accuracy on this node's validation data, and the best this node
+        had without the group, its own update of the round or the model it had before it
+        joined (``solo_accuracy``), whichever is higher."""
+        if group_id != self.group_id:
+            return
+        alone = max(a for a in (own_accuracy, self.solo_accuracy, 0.0) if a is not None)
+        self.recent.append((group_accuracy, alone))
 
     def reconsider(self, round_: int) -> Stay | Migrate | Leave | None:
         """Re-evaluate the current group against the others; migrate when one is better,
@@ -275,6 +281,7 @@ class NodeAgent:
     def _join(self, group_id: int, round_: int, reason: str) -> None:
         previous = self.group_id
         self.client.join(group_id)
+        self.solo_accuracy = self.learner.evaluate("val").accuracy
         self.group_id = group_id
         self.rounds_since_move = 0
         self.recent.clear()
@@ -284,6 +291,7 @@ class NodeAgent:
 
     def _create(self, round_: int, reason: str) -> int:
         name = f"{self.domain}-{self.node_id}-r{round_}"
+        self.solo_accuracy = self.learner.evaluate("val").accuracy
         group = self.client.create_group(
             name,
             self.domain,

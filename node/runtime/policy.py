@@ -191,12 +191,14 @@ def reevaluate(
     leave when the current group's model makes the node's own worse.
 
     ``current_score`` is the current group's model on this node's validation data.
-    ``recent`` holds, oldest first, ``(group model, own update)`` accuracies on the node's
-    validation data from its last rounds in this group: when the own update (trained on
-    the group's model, before aggregation) beats the aggregate by the threshold in each
-    of the last ``evidence_rounds`` rounds, the group is hurting the node (poisoned
-    members, or data that disagrees) and it leaves. Never moves during the cooldown or
-    to a full group; a better group with room is preferred to leaving.
+    ``recent`` holds, oldest first, ``(group model, without the group)`` accuracies on the
+    node's validation data from its last rounds in this group, where "without the
+    group" is the best the node had on its own (its update of the round before
+    aggregation, or the model it had before it joined): when that beats the group's
+    model by the threshold in each of the last ``evidence_rounds`` rounds, the group is
+    hurting the node (poisoned members, or data that disagrees) and it leaves. Never
+    moves during the cooldown or to a full group; a better group with room is preferred
+    to leaving.
     """
     if (stay := _cooldown(rounds_since_move, cfg)) is not None:
         return stay
@@ -219,7 +221,7 @@ def reevaluate(
         group, own = evidence[-1]
         return Leave(
             current_group,
-            f"own update scores {own:.3f} vs the group's {group:.3f} "
+            f"on its own it scores {own:.3f} vs the group's {group:.3f} "
             f"({cfg.evidence_rounds} rounds in a row > {cfg.switch_threshold:.0%} better): "
             "the group makes this node's model worse",
         )

@@ -7,6 +7,7 @@ this module raises the node's errors (``node.errors``) for what that module refu
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -117,7 +118,9 @@ def check_count(value: object, *, what: str) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RemoteInputError(f"{what} {value!r} is not a number")
-    if not np.isfinite(value) or value < 0 or value != int(value):
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        raise RemoteInputError(f"{what} {value!r} is not a non-negative whole number")
+    if value < 0:
         raise RemoteInputError(f"{what} {value!r} is not a non-negative whole number")
     return int(value)
 

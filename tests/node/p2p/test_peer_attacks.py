@@ -123,12 +123,16 @@ def _assert_untouched_by_the_attacker(outcome: _Outcome, honest_only: _Outcome) 
     assert outcome.report.val_accuracy == pytest.approx(honest_only.report.val_accuracy)
 
 
-@pytest.mark.parametrize("count", [-1, 0, 1e12], ids=["negative", "zero", "huge"])
+@pytest.mark.parametrize(
+    "count",
+    [-1, 0, 1e12, 2**64 - 1, 2.5],
+    ids=["negative", "zero", "huge", "uint64-max", "fraction"],
+)
 def test_an_update_with_an_example_count_out_of_bounds_is_refused(
     iid_digits_nodes: list[NodeData],
     honest_update: bytes,
     honest_only: _Outcome,
-    count: float,
+    count: float | int,
 ) -> None:
     # Prepare: the attacker's update would move every weight by +5 (a takeover at 1e12)
     takeover = _shifted_by(5.0, honest_only.weights)

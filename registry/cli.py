@@ -57,6 +57,16 @@ def registry(
             min=0, max=1, help="Flag a member worth less than minus this share of the loss."
         ),
     ] = None,
+    quarantine_flags: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Quarantine a member flagged this many rounds in a row (0: never)."
+        ),
+    ] = None,
+    quarantine_s: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Seconds a quarantine lasts after the member's last flag."),
+    ] = None,
     max_simulations: Annotated[
         int | None, typer.Option(min=0, help="Simulations that may run at once.")
     ] = None,
@@ -78,6 +88,8 @@ def registry(
         "admin_token": admin_token,
         "reward_scale": reward_scale,
         "flag_margin": flag_margin,
+        "quarantine_flags": quarantine_flags,
+        "quarantine_s": quarantine_s,
         "max_simulations": max_simulations,
         "public_url": public_url,
     }

@@ -35,6 +35,7 @@ from registry.models import (
     RoundEvaluation,
     utcnow,
 )
+from registry.quarantine import quarantine_of
 from registry.schemas import (
     DEFAULT_METRIC,
     EvaluationReportIn,
@@ -284,8 +285,19 @@ def group_public(group: Group, member_count: int) -> GroupPublic:
     )
 
 
-def create_group(session: Session, *, caller: Node, body: GroupCreate) -> Group:
-    """Create a group in the caller's domain; the creator joins when asked."""
+def create_group(
+    session: Session,
+    *,
+    caller: Node,
+    body: GroupCreate,
+    quarantine_flags: int = 0,
+    quarantine_s: float = 0.0,
+) -> Group:
+    """Create a group in the caller's domain; the creator joins when asked (ForbiddenError
+    while the caller is quarantined: ``join_group``)."""
+    held = quarantine_of(session, caller.id, flags=quarantine_flags, duration_s=quarantine_s)
+    if held is not None:
+        raise ForbiddenError(held.reason())
     if body.domain != caller.domain:
         raise ForbiddenError(
             f"node '{caller.id}' is in domain '{caller.domain}' and cannot create a group "
@@ -323,7 +335,13 @@ def create_group(session: Session, *, caller: Node, body: GroupCreate) -> Group:
         aggregation=group.aggregation,
     )
     if body.join:
-        join_group(session, caller=caller, group_id=group.id)
+        join_group(
+            session,
+            caller=caller,
+            group_id=group.id,
+            quarantine_flags=quarantine_flags,
+            quarantine_s=quarantine_s,
+        )
     return group
 
 
@@ -425,12 +443,23 @@ def _remove_member(session: Session, *, node: Node, group: Group, reason: str) -
         group.empty_since = now
 
 
-def join_group(session: Session, *, caller: Node, group_id: int) -> tuple[int | None, bool]:
+def join_group(
+    session: Session,
+    *,
+    caller: Node,
+    group_id: int,
+    quarantine_flags: int = 0,
+    quarantine_s: float = 0.0,
+) -> tuple[int | None, bool]:
     """Put the caller in `group_id`, moving it out of its old group in the same transaction.
 
-    Returns (previous group id, migrated). ConflictError when the group is full.
+    Returns (previous group id, migrated). ConflictError when the group is full,
+    ForbiddenError while the caller is quarantined (``registry.quarantine``).
     """
     node = _lock_node(session, caller.id)
+    held = quarantine_of(session, node.id, flags=quarantine_flags, duration_s=quarantine_s)
+    if held is not None and node.group_id != group_id:
+        raise ForbiddenError(held.reason())
     target = session.get(Group, group_id)
     if target is None:
         raise NotFoundError(f"no group {group_id}")

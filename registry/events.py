@@ -34,6 +34,7 @@ class EventType:
     HOST_RELEASED = "host_released"
     REWARD = "reward"
     MEMBER_FLAGGED = "member_flagged"
+    MEMBER_QUARANTINED = "member_quarantined"
     SIMULATION_STARTED = "simulation_started"
     SIMULATION_FINISHED = "simulation_finished"
 

@@ -16,8 +16,10 @@ alone sets one.
 - It caps the round's payout at ``scale`` times the round's improvement that the
   members reported (loss of the round's start model minus the new model's).
 - It computes the amounts itself: ``scale * max(0, credited)``, scaled down to the cap.
-- A member credited below ``-flag_margin`` of the others' loss is flagged: an event
-  ``member_flagged`` and the entry's reason say its update harmed the others.
+- A member credited below ``-flag_margin`` of the others' loss, and that far below the
+  round's median member, is flagged: an event
+  ``member_flagged`` and the entry's reason say its update harmed the others. Flagged
+  round after round, it is quarantined (``registry.quarantine``).
 
 The unique key (node, group, round) makes a retried report return the entries already
 written.
@@ -25,15 +27,17 @@ written.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.crud import lock_groups
+from registry.crud import leave_group, lock_groups
 from registry.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
 from registry.events import EventType, record_event
 from registry.models import LedgerEntry, Membership, Node, RoundEvaluation, utcnow
+from registry.quarantine import REASON_FLAGGED, Quarantine, quarantine_of
 from registry.schemas import Balance, ContributionsIn
 
 __all__ = [
@@ -44,13 +48,13 @@ __all__ = [
     "list_balances",
     "list_entries",
     "pay_round",
+    "quarantine_member",
     "reward_amount",
     "verified_contributions",
 ]
 
 REASON_REWARD = "positive_contribution"
 REASON_NO_GAIN = "no_improvement"
-REASON_FLAGGED = "flagged_harmful"
 ALL_MODEL, NEW_MODEL, START_MODEL, WITHOUT = "all", "new", "start", "without:"
 
 
@@ -163,10 +167,16 @@ def pay_round(
         amounts = {n: a * cap / paying for n, a in amounts.items()}
     now = utcnow()
     created = []
+    typical = statistics.median(credited.values()) if credited else 0.0
     for c in new:
         amount = amounts[c.node_id]
         reference = references[c.node_id]
-        harmful = reference is not None and credited[c.node_id] < -flag_margin * abs(reference)
+        margin = flag_margin * abs(reference) if reference is not None else 0.0
+        harmful = (
+            reference is not None
+            and credited[c.node_id] < -margin
+            and credited[c.node_id] < typical - margin
+        )
         reason = REASON_FLAGGED if harmful else REASON_REWARD if amount > 0 else REASON_NO_GAIN
         entry = LedgerEntry(
             node_id=c.node_id,
@@ -209,6 +219,30 @@ def pay_round(
         )
     entries = sorted([*existing.values(), *created], key=lambda e: e.node_id)
     return entries, bool(created)
+
+
+def quarantine_member(
+    session: Session, *, node_id: str, group_id: int, flags: int, duration_s: float
+) -> Quarantine | None:
+    """Take ``node_id`` out of ``group_id`` when its quarantine is in force
+    (``registry.quarantine``): a ``left`` event with reason ``quarantined`` and a
+    ``member_quarantined`` event. Returns the quarantine, or None when none is in force or
+    the node is no longer in that group. Call it in its own transaction: it locks the node
+    and then the group, as a join does."""
+    held = quarantine_of(session, node_id, flags=flags, duration_s=duration_s)
+    node = session.get(Node, node_id)
+    if held is None or node is None or node.group_id != group_id:
+        return None
+    leave_group(session, caller=node, reason="quarantined")
+    record_event(
+        session,
+        EventType.MEMBER_QUARANTINED,
+        node_id=node_id,
+        group_id=group_id,
+        flags=held.flags,
+        until=held.until.isoformat(timespec="seconds"),
+    )
+    return held
 
 
 def list_entries(

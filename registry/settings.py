@@ -39,6 +39,14 @@ class RegistrySettings(BaseSettings):
         description="A member whose credited contribution is below minus this share of "
         "the others' loss is flagged as harmful.",
     )
+    quarantine_flags: int = Field(
+        default=2,
+        ge=0,
+        description="A member flagged in this many rounds in a row is quarantined (0: never).",
+    )
+    quarantine_s: float = Field(
+        default=900.0, gt=0, description="Seconds a quarantine lasts after the last flag."
+    )
     admin_token: str | None = Field(
         default=None,
         min_length=8,

@@ -7,7 +7,7 @@ const PALETTE = ["#34d399", "#60a5fa", "#f472b6", "#fbbf24", "#a78bfa", "#f87171
 const EVENT_TYPES = ["registered", "node_updated", "reactivated", "group_created", "joined",
   "left", "migrated", "performance_reported", "model_uploaded", "expired", "group_archived",
   "host_claimed", "host_released", "reward", "simulation_started", "simulation_finished",
-  "snapshot_rejected", "signature_learned", "member_flagged"];
+  "snapshot_rejected", "signature_learned", "member_flagged", "member_quarantined"];
 const REFRESH_ON = {
   groups: new Set(["group_created", "joined", "left", "migrated", "performance_reported",
     "expired", "group_archived", "host_claimed", "host_released", "model_uploaded"]),
@@ -174,7 +174,7 @@ function typeClass(type) {
   if (type === "performance_reported") return "perf";
   if (type === "reward") return "reward";
   if (type.startsWith("simulation")) return "sim";
-  if (type === "expired" || type === "snapshot_rejected" || type === "member_flagged") return "bad";
+  if (type === "expired" || type === "snapshot_rejected" || type === "member_flagged" || type === "member_quarantined") return "bad";
   return "other";
 }
 
@@ -193,6 +193,8 @@ function describe(ev) {
       return `${who} · ${grp} · round ${d.round} · ${(d.size / 1024).toFixed(1)} KiB`;
     case "member_flagged":
       return `${who} · ${grp} · round ${d.round} · flagged: worse for the others (contribution ${fmt(d.contribution, 4)})`;
+    case "member_quarantined":
+      return `${who} · ${grp} · quarantined until ${d.until}: flagged ${d.flags} rounds in a row`;
     case "snapshot_rejected":
       return `${who} · ${grp} · round ${d.round} · refused: ${d.reason}`;
     case "signature_learned":

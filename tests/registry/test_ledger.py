@@ -346,6 +346,74 @@ def test_a_harmful_member_is_flagged_by_an_event(sqlite_registry: RegistryProces
     assert [(e["node_id"], e["data"]["round"]) for e in flagged] == [(ids[2], 1)]
 
 
+def _flag_round(
+    c: httpx.Client, gid: int, round_: int, ids: list[str], hs: list[dict[str, str]]
+) -> httpx.Response:
+    """A round in which the members' reports show the third member harming the others."""
+    r = c.put(f"/groups/{gid}/performance", headers=hs[0], json={"value": 0.5, "round": round_})
+    assert r.status_code == 200, r.text
+    _evidence(c, gid, round_, ids, hs, [0.02, 0.02, -0.5])
+    return c.post(
+        f"/groups/{gid}/rounds/{round_}/contributions",
+        headers=hs[0],
+        json=_contributions(ids, [0.02, 0.02, -0.5]),
+    )
+
+
+def test_a_member_flagged_two_rounds_in_a_row_is_quarantined(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: one flagged round leaves the member in its group
+        gid, ids, hs = _group_of_three(c)
+        assert _flag_round(c, gid, 1, ids, hs).status_code == 201
+        after_one = c.get(f"/nodes/{ids[2]}").json()["group_id"]
+
+        # Execute: a second flagged round in a row
+        assert _flag_round(c, gid, 2, ids, hs).status_code == 201
+        after_two = c.get(f"/nodes/{ids[2]}").json()
+        members = sorted(m["id"] for m in c.get(f"/groups/{gid}").json()["members"])
+        held = c.get("/events", params={"type": "member_quarantined", "node_id": ids[2]}).json()
+        rejoin = c.post("/groups/join", headers=hs[2], json={"group_id": gid})
+        create = c.post(
+            "/groups",
+            headers=hs[2],
+            json={"name": f"fresh-{ids[2]}", "domain": "digits", "join": True},
+        )
+        names = [g["name"] for g in c.get("/groups").json()["data"]]
+        honest_join = c.post("/groups/join", headers=hs[1], json={"group_id": gid})
+
+    # Assert: out of the group, recorded, and refused by name until the quarantine ends;
+    # the honest members keep their group and their freedom
+    assert after_one == gid
+    assert after_two["group_id"] is None
+    assert members == sorted(ids[:2])
+    assert [(e["node_id"], e["group_id"], e["data"]["flags"]) for e in held["data"]] == [
+        (ids[2], gid, 2)
+    ]
+    for refused in (rejoin, create):
+        assert refused.status_code == 403, refused.text
+        assert f"node '{ids[2]}' is quarantined until" in refused.json()["detail"]
+    assert f"fresh-{ids[2]}" not in names
+    assert honest_join.status_code == 200
+
+
+def test_a_flag_between_good_rounds_is_no_quarantine(sqlite_registry: RegistryProcess) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        gid, ids, hs = _group_of_three(c)
+        assert _flag_round(c, gid, 1, ids, hs).status_code == 201
+        c.put(f"/groups/{gid}/performance", headers=hs[0], json={"value": 0.5, "round": 2})
+        _evidence(c, gid, 2, ids, hs, [0.02, 0.02, 0.02])
+        c.post(
+            f"/groups/{gid}/rounds/2/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.02, 0.02, 0.02]),
+        )
+        assert _flag_round(c, gid, 3, ids, hs).status_code == 201
+        node = c.get(f"/nodes/{ids[2]}").json()
+    assert node["group_id"] == gid
+
+
 def test_evaluations_come_from_members_once_and_well_formed(
     sqlite_registry: RegistryProcess,
 ) -> None:

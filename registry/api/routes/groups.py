@@ -52,7 +52,13 @@ def create_group(
     )
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
-        group = crud.create_group(session, caller=caller, body=body)
+        group = crud.create_group(
+            session,
+            caller=caller,
+            body=body,
+            quarantine_flags=settings.quarantine_flags,
+            quarantine_s=settings.quarantine_s,
+        )
         if signature is not None:
             snapshots.declare_signature(
                 session, domain=body.domain, signature=signature, declared_by=caller.id
@@ -80,12 +86,21 @@ def list_groups(
 
 
 @router.post("/join", response_model=MembershipPublic, responses={**AUTH_ERRORS, 404: {}, 409: {}})
-def join_group(db: DatabaseDep, token: TokenDep, body: JoinRequest) -> MembershipPublic:
-    """Join a group, leaving the old one in the same transaction (a migration); 409 when full."""
+def join_group(
+    db: DatabaseDep, settings: SettingsDep, token: TokenDep, body: JoinRequest
+) -> MembershipPublic:
+    """Join a group, leaving the old one in the same transaction (a migration); 409 when
+    full, 403 while the caller is quarantined for harming its groups (``registry.quarantine``)."""
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
         _check_caller(caller.id, body.node_id)
-        previous, migrated = crud.join_group(session, caller=caller, group_id=body.group_id)
+        previous, migrated = crud.join_group(
+            session,
+            caller=caller,
+            group_id=body.group_id,
+            quarantine_flags=settings.quarantine_flags,
+            quarantine_s=settings.quarantine_s,
+        )
         return MembershipPublic(
             node_id=caller.id,
             group_id=body.group_id,

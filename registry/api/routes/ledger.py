@@ -62,6 +62,16 @@ def submit_contributions(
             created=created,
             entries=[LedgerEntryPublic.model_validate(e) for e in entries],
         )
+    for entry in out.entries:  # flagged round after round: out of the group, for a while
+        if entry.reason == ledger.REASON_FLAGGED:
+            with db.write() as session:
+                ledger.quarantine_member(
+                    session,
+                    node_id=entry.node_id,
+                    group_id=group_id,
+                    flags=settings.quarantine_flags,
+                    duration_s=settings.quarantine_s,
+                )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return out
 

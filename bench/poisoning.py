@@ -13,6 +13,9 @@ Per run it reports:
 - the attackers' share of the tokens the ledger paid;
 - how many attackers' updates the round flagged as harmful to the others (and honest
   members wrongly flagged);
+- how many attackers (and honest members) the registry quarantined, and the round by
+  which every attacker was out of the group (``registry.quarantine``: flagged rounds in
+  a row); the group's rounds follow the registry's membership, as a host's would;
 - the rounds until most honest members' own policy (``node.runtime.policy.reevaluate``,
   with the evidence their rounds gave, as ``NodeAgent`` keeps it: the group model
   against the best each had alone) would leave the group, or "-" when they stay;
@@ -76,6 +79,9 @@ class Run:
     attackers_flagged: int = 0
     honest_flagged: int = 0
     rounds_to_leave: int | None = None
+    attackers_quarantined: int = 0
+    honest_quarantined: int = 0
+    rounds_to_quarantine: int | None = None  # until the registry had taken every attacker out
     finite: bool = True
     crashed: str | None = None
     seconds: float = 0.0
@@ -141,6 +147,7 @@ def run_one(
         solo = {m.node_id: m.learner.evaluate("val").accuracy for m in honest}
         weights = members[0].learner.get_weights()  # the group starts from its creator's
         recent: dict[str, list[tuple[float, float]]] = {m.node_id: [] for m in honest}
+        attacker_ids = set(ids[GROUP - attackers :])
         for rnd in range(1, rounds + 1):
             result = run_group_round(
                 InMemoryFederation(members, strategy=strategy, strategy_options=options),
@@ -156,7 +163,7 @@ def run_one(
             for e in result.evaluations:  # what NodeAgent.note_round keeps
                 if e.member in recent:
                     alone = max(e.own_accuracy or 0.0, solo[e.member])
-                    recent[e.member].append((e.accuracies[0], alone))
+                    recent[e.member].append((result.adopted_accuracy(e), alone))
             leaving = sum(
                 isinstance(
                     reevaluate(gid, pairs[-1][0] if pairs else 0.0, [], rnd, PolicyConfig(), pairs),
@@ -166,6 +173,12 @@ def run_one(
             )
             if out.rounds_to_leave is None and leaving > len(honest) / 2:
                 out.rounds_to_leave = rnd
+            in_group = {n.id for n in clients[0].get_group(gid).members}
+            members = [m for m in members if m.node_id in in_group]  # the quarantined are out
+            if attackers and out.rounds_to_quarantine is None and not attacker_ids & in_group:
+                out.rounds_to_quarantine = rnd
+        out.attackers_quarantined = len(attacker_ids - in_group)
+        out.honest_quarantined = len(set(ids) - attacker_ids - in_group)
         out.finite = all(np.isfinite(w).all() for w in weights)
         out.honest_accuracy = float(
             np.mean([m.learner.evaluate("test", weights=weights).accuracy for m in honest])
@@ -173,7 +186,6 @@ def run_one(
         entries = httpx.get(
             f"{url}/ledger", params={"group_id": gid, "limit": 1000}, timeout=30
         ).json()["data"]
-        attacker_ids = set(ids[GROUP - attackers :])
         out.paid = float(sum(e["amount"] for e in entries))
         bad = sum(e["amount"] for e in entries if e["node_id"] in attacker_ids)
         out.attacker_share = bad / out.paid if out.paid > 0 else 0.0
@@ -190,7 +202,8 @@ def run_one(
 def _table(runs: Sequence[Run]) -> list[str]:
     head = (
         f"{'strategy':<14} {'attack':<11} {'k':>2} {'honest acc':>10} {'lost':>6} "
-        f"{'att. share':>10} {'flagged a/h':>11} {'leave @':>7} {'ok':>3}"
+        f"{'att. share':>10} {'flagged a/h':>11} {'out a/h':>7} {'out @':>5} {'leave @':>7} "
+        f"{'ok':>3}"
     )
     lines = [head, "-" * len(head)]
     for r in runs:
@@ -198,10 +211,12 @@ def _table(runs: Sequence[Run]) -> list[str]:
         pts = f"{r.loss_points:+.1f}" if r.loss_points is not None else "-"
         share = f"{r.attacker_share:.1%}" if r.attacker_share is not None else "-"
         leave = str(r.rounds_to_leave) if r.rounds_to_leave is not None else "-"
+        gone = str(r.rounds_to_quarantine) if r.rounds_to_quarantine is not None else "-"
         ok = "yes" if r.crashed is None and r.finite else "NO"
         lines.append(
             f"{r.strategy:<14} {r.attack:<11} {r.attackers:>2} {acc:>10} {pts:>6} {share:>10} "
-            f"{r.attackers_flagged:>5}/{r.honest_flagged:<5} {leave:>7} {ok:>3}"
+            f"{r.attackers_flagged:>5}/{r.honest_flagged:<5} "
+            f"{r.attackers_quarantined:>3}/{r.honest_quarantined:<3} {gone:>5} {leave:>7} {ok:>3}"
         )
     return lines
 

@@ -18,7 +18,8 @@ contribution is the example-weighted mean (Flower's ``weighted_loss_avg``) over 
 member but i of ``loss(without i) - loss(with all)``. So a member is paid for its
 value to the others, never for fitting its own data, and a member alone earns 0. A
 member whose update makes the model worse for the others by more than ``FLAG_MARGIN``
-of their loss is *flagged*: its update harms the group.
+of their loss, and is that far below the median member, is *flagged*: its update
+harms the group.
 """
 
 from __future__ import annotations
@@ -124,10 +125,13 @@ def leave_one_out_on_others(
     Member i's contribution is ``mean_others(loss[without_label(i)]) -
     mean_others(loss[all_label])``, example-weighted over evaluators other than i that
     scored both models; 0 when there are none (a member alone, or no "without" model).
-    Flagged: contribution below ``-flag_margin * mean_others(loss[all_label])``.
+    Flagged: contribution below ``-flag_margin * mean_others(loss[all_label])`` and
+    below the median contribution by as much. A poisoned model makes every member's
+    leave-one-out figure noise (a diverged model's loss saturates), so a flag names the
+    outliers, not everyone in a bad round.
     """
     contributions: dict[str, float] = {}
-    flagged: list[str] = []
+    margins: dict[str, float] = {}
     for member in members:
         label = without_label(member)
         others = [
@@ -141,8 +145,13 @@ def leave_one_out_on_others(
         with_all = _finite(example_weighted_mean([(n, ls[all_label]) for n, ls in others]))
         without = _finite(example_weighted_mean([(n, ls[label]) for n, ls in others]))
         contributions[member] = without - with_all
-        if without - with_all < -flag_margin * abs(with_all):
-            flagged.append(member)
+        margins[member] = flag_margin * abs(with_all)
+    typical = float(np.median(list(contributions.values()))) if contributions else 0.0
+    flagged = [
+        m
+        for m, margin in margins.items()
+        if contributions[m] < -margin and contributions[m] < typical - margin
+    ]
     return OthersReport(contributions, flagged)
 
 

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from node.federation.adversary import AdversarialMember
 from node.learning.data import load_digits
 from node.learning.partition import partition
 from node.runtime.network import InProcessNetwork, NetworkConfig, local_only_accuracy
@@ -121,3 +122,52 @@ def test_a_harmful_candidate_snapshot_is_skipped_and_the_network_goes_on(
     assert all(stranger.group_id not in s.groups for s in stats)
     assert all(gid is not None and gid != stranger.group_id for gid in placed.values())
     assert stats[-1].mean_accuracy > stats[0].mean_accuracy
+
+
+def test_a_poisoner_is_quarantined_and_the_honest_members_recover(tmp_path: Path) -> None:
+    # Prepare: IID nodes form FedAvg groups; then one member (not a host) starts sending its
+    # update reversed and scaled x10 (Fang et al. 2020), while answering evaluations honestly
+    data = partition(load_digits(), 6, "iid", seed=3)
+    with RegistryProcess(tmp_path / "r") as reg:
+        net = InProcessNetwork(reg.url, data, NetworkConfig(seed=3, max_capacity=6))
+        net.start()
+        net.run_round()
+        rosters = net.history[-1].groups
+        gid, roster = max(rosters.items(), key=lambda item: len(item[1]))
+        assert len(roster) >= 3, rosters  # a host, an attacker and an honest member at least
+        attacker_id = roster[-1]
+        honest = [a for a in net.agents if a.node_id != attacker_id]
+        attacker = net._agent(attacker_id)
+        net.members[attacker_id] = AdversarialMember(
+            attacker_id,
+            attacker.learner,
+            "sign_flip",
+            reporter=attacker.client,
+            rejections=attacker.rejections,
+        )
+
+        # Execute: rounds until the registry quarantines the attacker (at most 6), then 6 more
+        with httpx.Client(base_url=reg.url) as c:
+
+            def events(kind: str) -> list[dict[str, object]]:
+                page = c.get("/events", params={"type": kind, "limit": 1000}).json()
+                return list(page["data"])
+
+            for _ in range(6):
+                net.run_round()
+                if events("member_quarantined"):
+                    break
+            for _ in range(6):
+                stats = net.run_round()
+            flagged = {e["node_id"] for e in events("member_flagged")}
+            held = [(e["node_id"], e["group_id"]) for e in events("member_quarantined")]
+        net.shutdown()
+
+    # Assert: the attacker was flagged and (alone) quarantined within 6 rounds, it is in no
+    # group, and every honest node has finite weights and learns digits again
+    assert attacker_id in flagged
+    assert held == [(attacker_id, gid)]
+    assert all(attacker_id not in members for members in stats.groups.values())
+    for agent in honest:
+        assert all(np.isfinite(w).all() for w in agent.learner.get_weights())
+        assert agent.learner.evaluate("test").accuracy > 0.8, agent.node_id

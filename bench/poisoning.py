@@ -163,7 +163,7 @@ def run_one(
             for e in result.evaluations:  # what NodeAgent.note_round keeps
                 if e.member in recent:
                     alone = max(e.own_accuracy or 0.0, solo[e.member])
-                    recent[e.member].append((result.adopted_accuracy(e), alone))
+                    recent[e.member].append((e.accuracies[0], alone))
             leaving = sum(
                 isinstance(
                     reevaluate(gid, pairs[-1][0] if pairs else 0.0, [], rnd, PolicyConfig(), pairs),

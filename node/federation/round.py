@@ -3,11 +3,9 @@
 A round, as the group's host runs it (``run_group_round``)::
 
     members train on the group model ─▶ the Flower strategy aggregates ─▶ the result is
-    checked ─▶ members evaluate the new model, the round's start model and (to measure
-    contributions) the leave-one-out models on their own data, and report ─▶ the new
-    model is adopted unless it is worse for the members than the start model by more
-    than ``KEEP_MARGIN`` (then the start model is kept) ─▶ the adopted model is uploaded
-    as the round's snapshot ─▶ contributions are computed and submitted to the ledger
+    checked ─▶ the snapshot is uploaded ─▶ members evaluate the new model, the round's
+    start model and (to measure contributions) the leave-one-out models on their own
+    data, and report ─▶ contributions are computed and submitted to the ledger
 
 and as a member takes part in it (``GroupMember``): train on the weights received,
 evaluate the models received, adopt the group's new model, report.
@@ -149,9 +147,6 @@ class FitOutcome:
 
 # An update's example count weighs at most this many times the round's median count.
 COUNT_CAP_FACTOR = 2.0
-# A round whose aggregate raises the members' loss by more than this share of the start
-# model's keeps the start model.
-KEEP_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -366,11 +361,7 @@ class GroupRoundResult:
     """What one group round did.
 
     ``weights`` is the group's model after the round: the new aggregate when
-    ``aggregated``, else the model the round started from; when ``kept``, the members'
-    evaluations showed the new aggregate worse than the start model by more than
-    ``KEEP_MARGIN`` of its loss (``new_loss`` against ``start_loss``, example-weighted
-    over the members), so the round adopted (and stored as its snapshot) the start model:
-    a poisoned aggregate never becomes the group's model. ``accuracy`` is the
+    ``aggregated``, else the model the round started from. ``accuracy`` is the
     example-weighted validation accuracy of the new model over the members that
     evaluated it. ``improvement`` is how much the round lowered the members' loss
     (start model minus new model, example-weighted), ``contributions`` each member's
@@ -390,21 +381,12 @@ class GroupRoundResult:
     contributions: dict[str, float] = field(default_factory=dict)
     flagged: list[str] = field(default_factory=list)
     improvement: float | None = None
-    start_loss: float | None = None
-    new_loss: float | None = None
-    kept: bool = False
     failures: int = 0
     accuracy: float | None = None
     refused: RegistryClientError | None = None
     fit_seconds: float = 0.0
     evaluate_seconds: float = 0.0
     contribution_seconds: float = 0.0
-
-    def adopted_accuracy(self, evaluation: MemberEvaluation) -> float:
-        """The accuracy of the model the round adopted (new, or start when ``kept``) on
-        the data of the member that sent ``evaluation``."""
-        label = START_MODEL if self.kept else NEW_MODEL
-        return evaluation.accuracies[evaluation.labels.index(label)]
 
 
 def run_group_round(
@@ -454,6 +436,16 @@ def run_group_round(
         except ValueError as exc:  # e.g. example counts that cannot weigh a mean
             log.warning("group %s round %s: contributions not measured: %s", group_id, round_, exc)
     loo_seconds = time.perf_counter() - started
+    if registry is not None:
+        try:
+            registry.upload_model(group_id, round_, weights_to_bytes(new))
+        except (ConflictError, ForbiddenError) as exc:
+            result.refused = exc
+            log.info("group %s round %s: snapshot refused: %s", group_id, round_, exc)
+            return result
+        except RegistryClientError as exc:
+            log.warning("group %s round %s: snapshot upload failed: %s", group_id, round_, exc)
+    result.weights, result.aggregated = new, True
     started = time.perf_counter()
     try:
         evaluations = federation.evaluate(models, labels, round_, group_id)
@@ -462,28 +454,6 @@ def run_group_round(
         rejections.record(f"round {round_} evaluation replies", exc)
     result.evaluate_seconds = time.perf_counter() - started
     _figures(result, labels, fit.updates, measure_contribution)
-    if result.start_loss is not None and result.new_loss is not None:
-        result.kept = result.new_loss > result.start_loss * (1.0 + KEEP_MARGIN)
-    if result.kept:
-        result.accuracy = example_weighted_mean(
-            [(e.num_examples, result.adopted_accuracy(e)) for e in result.evaluations]
-        )
-        log.warning(
-            "group %s round %s: the new model is worse for the members (loss %.4f, %.4f at "
-            "the start): the group keeps its model", group_id, round_, result.new_loss,
-            result.start_loss,
-        )  # fmt: skip
-    adopted = initial if result.kept else new
-    if registry is not None:
-        try:
-            registry.upload_model(group_id, round_, weights_to_bytes(adopted))
-        except (ConflictError, ForbiddenError) as exc:
-            result.refused = exc
-            log.info("group %s round %s: snapshot refused: %s", group_id, round_, exc)
-            return result
-        except RegistryClientError as exc:
-            log.warning("group %s round %s: snapshot upload failed: %s", group_id, round_, exc)
-    result.weights, result.aggregated = adopted, True
     if result.contributions:
         result.contribution_seconds = loo_seconds + sum(e.extra_seconds for e in result.evaluations)
         if result.flagged:
@@ -561,8 +531,7 @@ def _figures(
     loss: Callable[[str], float] = lambda label: example_weighted_mean(  # noqa: E731
         [(e.num_examples, e.losses[labels.index(label)]) for e in evaluations]
     )
-    result.start_loss, result.new_loss = loss(START_MODEL), loss(NEW_MODEL)
-    result.improvement = result.start_loss - result.new_loss
+    result.improvement = loss(START_MODEL) - loss(NEW_MODEL)
     if not measure_contribution or not updates:
         return
     all_label = ALL_MODEL if ALL_MODEL in labels else NEW_MODEL

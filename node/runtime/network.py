@@ -248,12 +248,9 @@ class InProcessNetwork:
         )
         if result.aggregated:
             state.weights, state.round = result.weights, result.round
-        if result.kept:  # members adopted the refused aggregate when they evaluated it
-            for agent in agents:
-                agent.learner.set_weights(result.weights)
         for evaluation in result.evaluations:
             self._agent(evaluation.member).note_round(
-                gid, result.adopted_accuracy(evaluation), evaluation.own_accuracy
+                gid, evaluation.accuracies[0], evaluation.own_accuracy
             )
         self._contributions.update(result.contributions)
         self._contribution_seconds += result.contribution_seconds

@@ -57,6 +57,10 @@ def registry(
             min=0, max=1, help="Flag a member worth less than minus this share of the loss."
         ),
     ] = None,
+    max_round_jump: Annotated[
+        int | None,
+        typer.Option(min=1, help="How far past a group's round an upload or report may claim."),
+    ] = None,
     quarantine_flags: Annotated[
         int | None,
         typer.Option(
@@ -88,6 +92,7 @@ def registry(
         "admin_token": admin_token,
         "reward_scale": reward_scale,
         "flag_margin": flag_margin,
+        "max_round_jump": max_round_jump,
         "quarantine_flags": quarantine_flags,
         "quarantine_s": quarantine_s,
         "max_simulations": max_simulations,

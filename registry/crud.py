@@ -346,9 +346,17 @@ def create_group(
 
 
 def report_evaluation(
-    session: Session, *, caller: Node, group_id: int, round_: int, body: EvaluationReportIn
+    session: Session,
+    *,
+    caller: Node,
+    group_id: int,
+    round_: int,
+    body: EvaluationReportIn,
+    max_round_jump: int | None = None,
 ) -> tuple[RoundEvaluation, bool]:
     """Store a member's losses on a round's models, once; returns (stored, created).
+    A round more than ``max_round_jump`` past the group's is a conflict (no evidence
+    filed ahead of a round).
 
     Only a current member may report. A retry with the same figures returns the stored
     report; different figures for a round already reported are a conflict (a member
@@ -360,6 +368,7 @@ def report_evaluation(
     node = _lock_node(session, caller.id)
     if node.group_id != group_id:
         raise ForbiddenError(f"only members of group {group_id} may report its evaluations")
+    check_round(group, round_, max_jump=max_round_jump, what="an evaluation")
     stored = session.scalar(
         select(RoundEvaluation).where(
             RoundEvaluation.group_id == group_id,
@@ -549,9 +558,15 @@ def list_groups(
 
 
 def report_performance(
-    session: Session, *, caller: Node, group_id: int, body: PerformanceReportIn
+    session: Session,
+    *,
+    caller: Node,
+    group_id: int,
+    body: PerformanceReportIn,
+    max_round_jump: int | None = None,
 ) -> Group:
-    """Store a member's report and recompute the group's performance."""
+    """Store a member's report and recompute the group's performance (ConflictError for a
+    round more than ``max_round_jump`` past the group's)."""
     group = session.get(Group, group_id)
     if group is None:
         raise NotFoundError(f"no group {group_id}")
@@ -559,6 +574,7 @@ def report_performance(
     if node.group_id != group_id:
         raise ForbiddenError(f"only members of group {group_id} may report its performance")
     group = lock_groups(session, [group_id])[group_id]
+    check_round(group, body.round, max_jump=max_round_jump, what="a performance report")
     now = utcnow()
     figure = {
         "group_id": group_id,
@@ -650,13 +666,40 @@ def claim_host(session: Session, *, caller: Node, group_id: int, address: str) -
 # --- models ------------------------------------------------------------------------
 
 
-def check_member(session: Session, *, caller: Node, group_id: int) -> Group:
-    """The group, if the caller is a member of it."""
+def check_round(group: Group, round_: int, *, max_jump: int | None, what: str) -> None:
+    """ConflictError when ``round_`` claims to be more than ``max_jump`` rounds past the
+    group's round (None: no bound): a member cannot push a group's round to the end of
+    the range and jam it, or file evidence for rounds far ahead."""
+    if max_jump is not None and round_ > group.round + max_jump:
+        raise ConflictError(
+            f"group {group.id} is at round {group.round}: {what} for round {round_} is more "
+            f"than {max_jump} rounds ahead"
+        )
+
+
+def check_uploader(session: Session, *, node: Node, group: Group) -> None:
+    """ForbiddenError unless ``node`` may store ``group``'s snapshots: a member, and its
+    host when the group has a live one (a member cannot replace the host's model)."""
+    if node.group_id != group.id:
+        raise ForbiddenError(f"only members of group {group.id} may upload its model")
+    if group.host_node_id is not None and group.host_node_id != node.id:
+        host = session.get(Node, group.host_node_id)
+        if host is not None and host.group_id == group.id:
+            raise ForbiddenError(
+                f"only the host of group {group.id} ('{host.id}') may upload its model"
+            )
+
+
+def check_upload(
+    session: Session, *, caller: Node, group_id: int, round_: int, max_round_jump: int | None
+) -> Group:
+    """The group, if the caller may upload its snapshot for ``round_`` (``check_uploader``,
+    ``check_round``): NotFoundError, ForbiddenError or ConflictError otherwise."""
     group = session.get(Group, group_id)
     if group is None:
         raise NotFoundError(f"no group {group_id}")
-    if caller.group_id != group_id:
-        raise ForbiddenError(f"only members of group {group_id} may upload its model")
+    check_uploader(session, node=caller, group=group)
+    check_round(group, round_, max_jump=max_round_jump, what="a snapshot")
     return group
 
 
@@ -686,16 +729,21 @@ def record_snapshot(
     size: int,
     path: str,
     keep: int,
+    max_round_jump: int | None = None,
 ) -> tuple[ModelSnapshot, bool, list[str]]:
     """Record an uploaded snapshot; returns (snapshot, created, paths to delete).
 
     Re-uploading the same bytes for the same round is a no-op; other bytes for an
-    existing round, or a round older than the newest, is a conflict.
+    existing round, a round older than the newest or more than ``max_round_jump``
+    rounds ahead of the group is a conflict; a member that is not the group's live
+    host is forbidden (``check_uploader``).
     """
     node = _lock_node(session, caller.id)
     if node.group_id != group_id:
         raise ForbiddenError(f"only members of group {group_id} may upload its model")
     group = lock_groups(session, [group_id])[group_id]
+    check_uploader(session, node=node, group=group)
+    check_round(group, round_, max_jump=max_round_jump, what="a snapshot")
     same = session.scalar(
         select(ModelSnapshot).where(
             ModelSnapshot.group_id == group_id, ModelSnapshot.round == round_

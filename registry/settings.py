@@ -39,6 +39,12 @@ class RegistrySettings(BaseSettings):
         description="A member whose credited contribution is below minus this share of "
         "the others' loss is flagged as harmful.",
     )
+    max_round_jump: int = Field(
+        default=100,
+        ge=1,
+        description="How far past a group's round a snapshot, performance report or "
+        "evaluation may claim to be.",
+    )
     quarantine_flags: int = Field(
         default=2,
         ge=0,

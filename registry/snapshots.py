@@ -35,6 +35,9 @@ __all__ = [
 Source = Literal["declared", "first_upload"]
 
 
+NO_VALUES = "a model with no values cannot be a domain's model"
+
+
 def parse_declaration(
     declared: ModelSignatureJSON | None, *, max_model_bytes: int
 ) -> ModelSignature | None:
@@ -49,6 +52,8 @@ def parse_declaration(
         signature = ModelSignature.from_json(declared.model_dump())
     except wire.WireError as exc:
         raise InvalidError(f"model_signature: {exc}") from exc
+    if signature.nbytes == 0:
+        raise InvalidError(f"model_signature: {NO_VALUES}")
     if signature.max_blob_bytes > max_model_bytes:
         raise InvalidError(
             f"model_signature: a model of {signature.nbytes:,} bytes does not fit this "
@@ -150,7 +155,12 @@ def check_upload(
         raise InvalidError(f"domain '{domain}' uses a model of {exc.difference}") from exc
     except wire.WireError as exc:
         raise InvalidError(str(exc)) from exc
-    return known if known is not None else ModelSignature.of(weights)
+    if known is not None:
+        return known
+    learned = ModelSignature.of(weights)
+    if learned.nbytes == 0:
+        raise InvalidError(f"Not a model: {NO_VALUES}")
+    return learned
 
 
 def record_rejection(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -137,6 +138,11 @@ def _dtype_name(dtype: np.dtype[Any]) -> str:
     if dtype.fields is not None or dtype.subdtype is not None or dtype.name not in DTYPES:
         raise MalformedSnapshotError(
             f"Not a weights blob: dtype {dtype.str!r} is not one of {', '.join(sorted(DTYPES))}"
+        )
+    if dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big"):
+        # torch refuses to take non-native byte order: a node would die loading it.
+        raise MalformedSnapshotError(
+            f"Not a weights blob: dtype {dtype.str!r} is big-endian; snapshots are little-endian"
         )
     return dtype.name
 

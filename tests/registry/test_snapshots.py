@@ -88,7 +88,18 @@ def _pickled() -> bytes:
     return _npz({"w0.npy": header.getvalue() + pickle.dumps([{"evil": 1}])})
 
 
+def _big_endian() -> bytes:
+    """The domain's model, right shapes and values, stored as big-endian float32."""
+    members = {}
+    for i, w in enumerate(mlp_weights()):
+        data = io.BytesIO()
+        np.lib.format.write_array(data, w.astype(">f4"))
+        members[f"w{i}.npy"] = data.getvalue()
+    return _npz(members)
+
+
 BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], str]] = {
+    "big_endian": (_big_endian, "is big-endian"),
     "garbage": (lambda: b"not a model" * 10, "Not a weights blob"),
     "nan": (lambda: weights_to_bytes(mlp_weights(float("nan"))), "NaN or infinite"),
     "infinity": (lambda: weights_to_bytes(mlp_weights(float("inf"))), "NaN or infinite"),
@@ -206,6 +217,12 @@ def test_the_first_good_snapshot_sets_an_undeclared_domains_model(client: httpx.
     huge = client.put(
         f"/groups/{ga}/model", params={"round": 1}, headers=ha, content=_huge_header()
     )
+    empty = client.put(
+        f"/groups/{ga}/model",
+        params={"round": 1},
+        headers=ha,
+        content=weights_to_bytes([np.zeros((0,), np.float32)]),
+    )
     after_bad = client.get(f"/domains/{domain}/model-signature")
     good = client.put(
         f"/groups/{ga}/model", params={"round": 1}, headers=ha, content=mlp_snapshot()
@@ -222,6 +239,7 @@ def test_the_first_good_snapshot_sets_an_undeclared_domains_model(client: httpx.
     assert before.status_code == 404 and "no model signature" in before.json()["detail"]
     assert nan.status_code == 422 and huge.status_code == 422
     assert "too large" in huge.json()["detail"]
+    assert empty.status_code == 422 and "no values" in empty.json()["detail"]
     assert after_bad.status_code == 404
     assert good.status_code == 200, good.text
     body = learned.json()
@@ -314,3 +332,62 @@ def test_a_declaration_that_is_no_model_is_422(client: httpx.Client) -> None:
     assert "float128" in answers[0].json()["detail"]
     assert "does not fit this registry's limit" in answers[1].json()["detail"]
     assert client.get(f"/domains/{domain}/model-signature").status_code == 404
+
+
+def test_only_the_live_host_stores_a_hosted_groups_snapshots(client: httpx.Client) -> None:
+    # Prepare: a group of two whose first member claimed the hosting
+    domain = unique("d")
+    _, host = register(client, domain=domain)
+    _, member = register(client, domain=domain)
+    gid = create_group(client, host, domain=domain, signature=mlp_signature())
+    assert client.post("/groups/join", headers=member, json={"group_id": gid}).status_code == 200
+    claim = client.post(f"/groups/{gid}/host", headers=host, json={"address": "127.0.0.1:9"})
+    assert claim.status_code == 200, claim.text
+
+    # Execute: the member tries to replace the host's model with its own
+    by_member = client.put(
+        f"/groups/{gid}/model", params={"round": 1}, headers=member, content=mlp_snapshot(9.0)
+    )
+    by_host = client.put(
+        f"/groups/{gid}/model", params={"round": 1}, headers=host, content=mlp_snapshot()
+    )
+
+    # Assert
+    assert by_member.status_code == 403
+    assert "only the host of group" in by_member.json()["detail"]
+    assert by_host.status_code == 200
+
+
+def test_a_round_far_past_the_groups_is_refused_everywhere(client: httpx.Client) -> None:
+    # Prepare: a group at round 1 (the registry allows 100 rounds ahead by default)
+    domain = unique("d")
+    _, h = register(client, domain=domain)
+    gid = create_group(client, h, domain=domain, signature=mlp_signature())
+    first = client.put(
+        f"/groups/{gid}/model", params={"round": 1}, headers=h, content=mlp_snapshot()
+    )
+    assert first.status_code == 200
+
+    # Execute: a snapshot, a performance report and an evaluation at the end of the range
+    end = 2**31 - 1
+    snapshot = client.put(
+        f"/groups/{gid}/model", params={"round": end}, headers=h, content=mlp_snapshot(0.3)
+    )
+    performance = client.put(
+        f"/groups/{gid}/performance", headers=h, json={"value": 0.5, "round": end}
+    )
+    evaluation = client.put(
+        f"/groups/{gid}/rounds/{end}/evaluations",
+        headers=h,
+        json={"num_examples": 10, "losses": {"new": 1.0}},
+    )
+    near = client.put(
+        f"/groups/{gid}/model", params={"round": 101}, headers=h, content=mlp_snapshot(0.3)
+    )
+
+    # Assert: each refused with the reason; the group is still at round 1 and goes on
+    for refused in (snapshot, performance, evaluation):
+        assert refused.status_code == 409, refused.text
+        assert "rounds ahead" in refused.json()["detail"]
+    assert near.status_code == 200
+    assert client.get(f"/groups/{gid}").json()["model_round"] == 101

@@ -131,15 +131,28 @@ def get_group(db: DatabaseDep, group_id: GroupIdPath) -> GroupDetail:
 
 
 @router.put(
-    "/{group_id}/performance", response_model=GroupPublic, responses={**AUTH_ERRORS, 404: {}}
+    "/{group_id}/performance",
+    response_model=GroupPublic,
+    responses={**AUTH_ERRORS, 404: {}, 409: {}},
 )
 def report_performance(
-    db: DatabaseDep, token: TokenDep, group_id: GroupIdPath, body: PerformanceReportIn
+    db: DatabaseDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    group_id: GroupIdPath,
+    body: PerformanceReportIn,
 ) -> GroupPublic:
-    """A member reports a figure; the group's performance is the example-weighted mean."""
+    """A member reports a figure; the group's performance is the example-weighted mean
+    (409 for a round more than `max_round_jump` past the group's)."""
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
-        group = crud.report_performance(session, caller=caller, group_id=group_id, body=body)
+        group = crud.report_performance(
+            session,
+            caller=caller,
+            group_id=group_id,
+            body=body,
+            max_round_jump=settings.max_round_jump,
+        )
         _, members = crud.get_group(session, group_id=group_id)
         return crud.group_public(group, len(members))
 

@@ -84,6 +84,7 @@ def submit_contributions(
 )
 def report_evaluation(
     db: DatabaseDep,
+    settings: SettingsDep,
     token: TokenDep,
     group_id: GroupIdPath,
     round: RoundPath,
@@ -95,7 +96,12 @@ def report_evaluation(
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
         stored, created = crud.report_evaluation(
-            session, caller=caller, group_id=group_id, round_=round, body=body
+            session,
+            caller=caller,
+            group_id=group_id,
+            round_=round,
+            body=body,
+            max_round_jump=settings.max_round_jump,
         )
         out = RoundEvaluationPublic.model_validate(stored)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK

@@ -58,7 +58,13 @@ class _Upload:
         """The upload of a member of the group; AuthError, NotFoundError or ForbiddenError."""
         with db.read() as session:
             caller = crud.authenticate(session, token=token)
-            group = crud.check_member(session, caller=caller, group_id=group_id)
+            group = crud.check_upload(
+                session,
+                caller=caller,
+                group_id=group_id,
+                round_=round_,
+                max_round_jump=settings.max_round_jump,
+            )
             row = snapshots.domain_signature(session, domain=group.domain)
         known = None if row is None else ModelSignature.from_json(row.signature)
         limit = (
@@ -162,6 +168,7 @@ async def upload_model(
                     size=size,
                     path=rel,
                     keep=settings.model_history,
+                    max_round_jump=settings.max_round_jump,
                 )
                 info = ModelInfo.model_validate(snap)
         except BaseException:

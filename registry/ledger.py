@@ -17,7 +17,7 @@ alone sets one.
   members reported (loss of the round's start model minus the new model's).
 - It computes the amounts itself: ``scale * max(0, credited)``, scaled down to the cap.
 - A member credited below ``-flag_margin`` of the others' loss, and that far below the
-  round's median member, is flagged: an event
+  round's median member, in a round of at least three members, is flagged: an event
   ``member_flagged`` and the entry's reason say its update harmed the others. Flagged
   round after round, it is quarantined (``registry.quarantine``).
 
@@ -56,6 +56,9 @@ __all__ = [
 REASON_REWARD = "positive_contribution"
 REASON_NO_GAIN = "no_improvement"
 ALL_MODEL, NEW_MODEL, START_MODEL, WITHOUT = "all", "new", "start", "without:"
+# A round of fewer members flags nobody: in a group of two, the other member's own
+# update always fits its own data better than the mean does (node.federation.contribution).
+MIN_TO_FLAG = 3
 
 
 def _weighted(pairs: Sequence[tuple[int, float]]) -> float | None:
@@ -174,6 +177,7 @@ def pay_round(
         margin = flag_margin * abs(reference) if reference is not None else 0.0
         harmful = (
             reference is not None
+            and len(body.contributions) >= MIN_TO_FLAG
             and credited[c.node_id] < -margin
             and credited[c.node_id] < typical - margin
         )

@@ -12,8 +12,9 @@ member that keeps breaking its group's model. Such a node is
 - refused (403, naming the end of the quarantine) when it asks to join or create a group,
   until ``duration_s`` seconds after its last flag. Meanwhile it can still learn alone.
 
-A quarantined node earns no ledger entries, so its record cannot clear itself by rounds:
-time ends the quarantine, and another ``flags`` flagged rounds start a new one.
+Only time ends a quarantine: entries written after it began (a host paying rounds that
+were under way, or a member getting a round paid on purpose) do not lift it, and
+another ``flags`` flagged rounds in a row start a new one.
 ``flags = 0`` turns quarantine off.
 """
 
@@ -30,6 +31,8 @@ from registry.models import LedgerEntry, utcnow
 __all__ = ["REASON_FLAGGED", "Quarantine", "quarantine_of"]
 
 REASON_FLAGGED = "flagged_harmful"
+# The newest entries of a node a quarantine is looked for in (a bound on the query).
+WINDOW_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -64,20 +67,29 @@ def quarantine_of(
 ) -> Quarantine | None:
     """The node's quarantine in force at ``now``, or None.
 
-    In force when the node's ``flags`` newest ledger entries are all flagged harmful and
-    the newest is less than ``duration_s`` seconds old. ``flags <= 0`` is never.
+    In force for ``duration_s`` seconds after the last of ``flags`` consecutive flagged
+    ledger entries of the node (in the order they were written). Entries written later
+    do not lift it: a member cannot clear its record by getting a round paid.
+    ``flags <= 0`` is never.
     """
     if flags <= 0:
         return None
-    newest = session.execute(
+    moment = now or utcnow()
+    window = session.execute(
         select(LedgerEntry.reason, LedgerEntry.created_at)
-        .where(LedgerEntry.node_id == node_id)
+        .where(
+            LedgerEntry.node_id == node_id,
+            LedgerEntry.created_at >= moment - dt.timedelta(seconds=duration_s),
+        )
         .order_by(LedgerEntry.id.desc())
-        .limit(flags)
+        .limit(WINDOW_ROWS)
     ).all()
-    if len(newest) < flags or any(reason != REASON_FLAGGED for reason, _ in newest):
-        return None
-    until = _aware(newest[0].created_at) + dt.timedelta(seconds=duration_s)
-    if until <= (now or utcnow()):
-        return None
-    return Quarantine(node_id, flags, until)
+    run = 0
+    for i in range(len(window) - 1, -1, -1):  # oldest first
+        reason, created_at = window[i]
+        run = run + 1 if reason == REASON_FLAGGED else 0
+        if run >= flags:
+            ends = _aware(created_at) + dt.timedelta(seconds=duration_s)
+            if ends > moment:
+                return Quarantine(node_id, flags, ends)
+    return None

@@ -56,6 +56,9 @@ LOSS_CAP = 1e6
 # A member is flagged when the model without it is better for the others by more than
 # this share of their loss with everyone (honest members' noise stays well inside it).
 FLAG_MARGIN = 0.05
+# Fewer members cannot tell harm from difference: in a group of two, the other member's
+# own update always fits its own data better than the mean does.
+MIN_TO_FLAG = 3
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def leave_one_out_on_others(
     mean_others(loss[all_label])``, example-weighted over evaluators other than i that
     scored both models; 0 when there are none (a member alone, or no "without" model).
     Flagged: contribution below ``-flag_margin * mean_others(loss[all_label])`` and
-    below the median contribution by as much. A poisoned model makes every member's
+    below the median contribution by as much, in a round of at least ``MIN_TO_FLAG``
+    members. A poisoned model makes every member's
     leave-one-out figure noise (a diverged model's loss saturates), so a flag names the
     outliers, not everyone in a bad round.
     """
@@ -150,7 +154,9 @@ def leave_one_out_on_others(
     flagged = [
         m
         for m, margin in margins.items()
-        if contributions[m] < -margin and contributions[m] < typical - margin
+        if len(contributions) >= MIN_TO_FLAG
+        and contributions[m] < -margin
+        and contributions[m] < typical - margin
     ]
     return OthersReport(contributions, flagged)
 

@@ -382,6 +382,14 @@ def test_a_member_flagged_two_rounds_in_a_row_is_quarantined(
         )
         names = [g["name"] for g in c.get("/groups").json()["data"]]
         honest_join = c.post("/groups/join", headers=hs[1], json={"group_id": gid})
+        # ...and a later round paid without a flag does not lift it
+        c.put(f"/groups/{gid}/performance", headers=hs[0], json={"value": 0.5, "round": 3})
+        paid = c.post(
+            f"/groups/{gid}/rounds/3/contributions",
+            headers=hs[0],
+            json={"contributions": [{"node_id": ids[2], "contribution": 0.0}]},
+        )
+        still = c.post("/groups/join", headers=hs[2], json={"group_id": gid})
 
     # Assert: out of the group, recorded, and refused by name until the quarantine ends;
     # the honest members keep their group and their freedom
@@ -396,6 +404,8 @@ def test_a_member_flagged_two_rounds_in_a_row_is_quarantined(
         assert f"node '{ids[2]}' is quarantined until" in refused.json()["detail"]
     assert f"fresh-{ids[2]}" not in names
     assert honest_join.status_code == 200
+    assert paid.status_code == 201 and paid.json()["entries"][0]["reason"] == "no_improvement"
+    assert still.status_code == 403, still.text
 
 
 def test_a_flag_between_good_rounds_is_no_quarantine(sqlite_registry: RegistryProcess) -> None:

@@ -7,7 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from node.federation.contribution import example_weighted_mean, leave_one_out
+from node.federation.contribution import (
+    example_weighted_mean,
+    leave_one_out,
+    leave_one_out_on_others,
+)
 from node.federation.inprocess import train_in_memory
 from node.learning.data import Dataset
 from node.learning.learner import Learner
@@ -165,3 +169,39 @@ def test_a_member_with_poisoned_labels_contributes_least_on_real_digits(digits: 
     # Assert: the poisoned member earns nothing; every honest member earns something
     assert totals[3] == 0.0
     assert all(t > 0 for t in totals[:3]), totals
+
+
+def _losses(
+    values: dict[str, float], loss_all: float = 1.0
+) -> list[tuple[str, int, dict[str, float]]]:
+    """Every member reports the others' loss with everyone ``loss_all`` and without member
+    m ``loss_all + values[m]``: so m's leave-one-out value to the others is values[m]."""
+    return [
+        (
+            me,
+            50,
+            {"all": loss_all}
+            | {f"without:{m}": loss_all + v for m, v in values.items() if m != me},
+        )
+        for me in values
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "flagged"),
+    [
+        ({"a": 0.02, "b": 0.01, "c": 0.02, "d": -0.5}, ["d"]),  # the one that harms
+        ({"a": -0.12, "b": -0.10, "c": -0.11, "d": -1.1}, ["d"]),  # a wrecked round: outlier
+        ({"a": 0.3, "b": -0.3}, []),  # two cannot tell harm from difference
+        ({"a": 0.01, "b": -0.01, "c": 0.0}, []),  # noise inside the margin
+    ],
+    ids=["one-poisoner", "wrecked-round", "two-members", "noise"],
+)
+def test_flags_name_the_members_far_below_the_others(
+    values: dict[str, float], flagged: list[str]
+) -> None:
+    report = leave_one_out_on_others(
+        _losses(values), list(values), all_label="all", without_label=lambda m: f"without:{m}"
+    )
+    assert report.contributions == pytest.approx(values)
+    assert report.flagged == flagged

@@ -249,6 +249,8 @@ class NodeProcess:
         self._session: _Session | None = None
         self._sessions = 0
         self._choices = 0
+        self._next_try = 0.0  # monotonic time of the next registration or group choice
+        self.rounds_alone = 0
         self._learner: Learner | None = None
         self._agent: NodeAgent | None = None
         self._group_member: GroupMember | None = None
@@ -337,6 +339,8 @@ class NodeProcess:
                 if time.monotonic() >= next_evaluation:
                     next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
                 self._follow_group()
+                if self.agent.group_id is None and time.monotonic() < self._next_try:
+                    self._learn_alone()
                 stop.wait(_LOOP_STEP)
         finally:
             self.shutdown()
@@ -345,11 +349,16 @@ class NodeProcess:
         agent = self.agent
         with self._agent_lock:
             try:
-                if not agent.registered:
-                    agent.ensure_registered()
-                if agent.registered and agent.group_id is None:
+                unplaced = not agent.registered or agent.group_id is None
+                if unplaced and time.monotonic() < self._next_try:
+                    return  # refused or unreachable a moment ago: learning alone meanwhile
+                if not agent.registered and not agent.ensure_registered():
+                    self._back_off("not registered")
+                    return
+                if agent.group_id is None:
                     self._choices += 1
-                    agent.choose_group(max(self.rounds_done, self._choices))
+                    if agent.choose_group(max(self.rounds_done, self._choices)) is None:
+                        self._back_off("no group")
                 elif evaluate and agent.group_id is not None:
                     decision = agent.reconsider(self.rounds_done)
                     if decision is not None and not isinstance(decision, Migrate | Leave):
@@ -362,12 +371,28 @@ class NodeProcess:
 
     def _heartbeats(self, stop: threading.Event) -> None:
         while not stop.wait(self.config.heartbeat_interval_s):
-            metrics: dict[str, float] = {"rounds": float(self.rounds_done)}
+            metrics: dict[str, float] = {
+                "rounds": float(self.rounds_done),
+                "rounds_alone": float(self.rounds_alone),
+            }
             if self.last_accuracy is not None:
                 metrics["accuracy"] = self.last_accuracy
             with self._agent_lock:
                 if self.agent.registered:
                     self.agent.heartbeat(metrics)
+
+    def _back_off(self, why: str) -> None:
+        """Try the registry again at the next heartbeat, not at once; learn alone until then."""
+        wait = self.config.heartbeat_interval_s
+        self._next_try = time.monotonic() + wait
+        log.info("%s: %s; learning alone, trying again in %.1f s", self.node_id, why, wait)
+
+    def _learn_alone(self) -> None:
+        """One round of local training while this node has no group."""
+        with self._agent_lock:
+            self.learner.train()
+            self.rounds_alone += 1
+            self.last_accuracy = self.learner.evaluate("val").accuracy
 
     def _follow_group(self) -> None:
         """Keep one federation session, for the group the agent is in."""

@@ -14,7 +14,9 @@ alone sets one.
   or one nobody else measured, is credited 0). A host cannot pay itself, or anyone,
   more than the members' evidence supports.
 - It caps the round's payout at ``scale`` times the round's improvement that the
-  members reported (loss of the round's start model minus the new model's).
+  members reported (the median member's loss of the round's start model minus the
+  new model's), and weighs each member's report by its example count clamped to twice
+  the round's lower median.
 - It computes the amounts itself: ``scale * max(0, credited)``, scaled down to the cap.
 - A member credited below ``-flag_margin`` of the others' loss, and that far below the
   round's median member, in a round of at least three members, is flagged: an event
@@ -59,6 +61,9 @@ ALL_MODEL, NEW_MODEL, START_MODEL, WITHOUT = "all", "new", "start", "without:"
 # A round of fewer members flags nobody: in a group of two, the other member's own
 # update always fits its own data better than the mean does (node.federation.contribution).
 MIN_TO_FLAG = 3
+# Each member's reported example count weighs at most this many times the round's lower
+# median (the same clamp a host applies to training replies, node.federation.round).
+COUNT_CAP_FACTOR = 2.0
 
 
 def _weighted(pairs: Sequence[tuple[int, float]]) -> float | None:
@@ -66,16 +71,30 @@ def _weighted(pairs: Sequence[tuple[int, float]]) -> float | None:
     return sum(n * v for n, v in pairs) / total if total > 0 else None
 
 
+def _with_all(evaluation: RoundEvaluation) -> float | None:
+    """A report's loss of the FedAvg model of every update: ``all`` when the host sent it
+    (a strategy other than FedAvg), else ``new`` (FedAvg's new model is that model).
+    Decided per report, so one member's extra label cannot set aside the others'."""
+    value = evaluation.losses.get(ALL_MODEL, evaluation.losses.get(NEW_MODEL))
+    return None if value is None else float(value)
+
+
 def verified_contributions(
     evaluations: Sequence[RoundEvaluation], node_ids: Sequence[str]
 ) -> tuple[dict[str, float], dict[str, float | None], float | None]:
     """From members' own reports: each node's leave-one-out contribution measured on the
-    *other* members' data, the others' loss with everyone (for flagging), and the
-    round's improvement (start model's loss minus the new model's), example-weighted.
+    *other* members' data (example-weighted), the others' loss with everyone (for
+    flagging), and the round's improvement: the median member's start-model loss minus
+    its new-model loss, so a minority of members cannot inflate the round's payout cap.
 
-    A node no other member measured is credited 0 and has no reference loss.
+    A node no other member measured is credited 0 and has no reference loss. Members
+    report their own example counts, so each weighs at most ``COUNT_CAP_FACTOR`` times
+    the round's lower median count (as a host clamps training replies): one member
+    cannot outweigh the rest by claiming more examples.
     """
-    all_label = ALL_MODEL if any(ALL_MODEL in e.losses for e in evaluations) else NEW_MODEL
+    counts = sorted(e.num_examples for e in evaluations)
+    cap = max(1, int(COUNT_CAP_FACTOR * counts[(len(counts) - 1) // 2])) if counts else 1
+    weight = {e.node_id: min(e.num_examples, cap) for e in evaluations}
     contributions: dict[str, float] = {}
     references: dict[str, float | None] = {}
     for node_id in node_ids:
@@ -83,16 +102,15 @@ def verified_contributions(
         others = [
             e
             for e in evaluations
-            if e.node_id != node_id and label in e.losses and all_label in e.losses
+            if e.node_id != node_id and label in e.losses and _with_all(e) is not None
         ]
-        with_all = _weighted([(e.num_examples, float(e.losses[all_label])) for e in others])
-        without = _weighted([(e.num_examples, float(e.losses[label])) for e in others])
+        with_all = _weighted([(weight[e.node_id], _with_all(e) or 0.0) for e in others])
+        without = _weighted([(weight[e.node_id], float(e.losses[label])) for e in others])
         references[node_id] = with_all
         contributions[node_id] = 0.0 if with_all is None or without is None else without - with_all
     both = [e for e in evaluations if START_MODEL in e.losses and NEW_MODEL in e.losses]
-    start = _weighted([(e.num_examples, float(e.losses[START_MODEL])) for e in both])
-    new = _weighted([(e.num_examples, float(e.losses[NEW_MODEL])) for e in both])
-    improvement = None if start is None or new is None else start - new
+    gains = [float(e.losses[START_MODEL]) - float(e.losses[NEW_MODEL]) for e in both]
+    improvement = statistics.median(gains) if gains else None
     return contributions, references, improvement
 
 

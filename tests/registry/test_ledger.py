@@ -448,3 +448,45 @@ def test_evaluations_come_from_members_once_and_well_formed(
     assert stranger.status_code == 403
     assert bad_label.status_code == 422 and negative.status_code == 422
     assert listed["count"] == 1 and listed["data"][0]["losses"] == {"new": 0.5, "start": 0.9}
+
+
+def test_a_colluder_claiming_huge_examples_and_gains_cannot_mint_tokens(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: a group of four; two honest members say everyone was worth 0.01 and
+        # the round gained 0.05; the colluder claims 2^31-1 examples, a gain of 1e6 and
+        # that the host is worth 1e6 to it
+        a, ha = register(c)
+        gid = create_group(c, ha)
+        others = [register(c) for _ in range(3)]
+        for _, h in others:
+            assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
+        c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.5, "round": 1})
+        ids = [a, *(n for n, _ in others)]
+        hs = [ha, *(h for _, h in others)]
+        for me, h in zip(ids[:3], hs[:3], strict=True):
+            losses = {"new": 1.0, "start": 1.05} | {f"without:{n}": 1.01 for n in ids if n != me}
+            c.put(
+                f"/groups/{gid}/rounds/1/evaluations",
+                headers=h,
+                json={"num_examples": 50, "losses": losses},
+            ).raise_for_status()
+        lie = {"new": 0.0, "start": 1e6, f"without:{a}": 1e6, "all": 0.0}
+        lie |= {f"without:{n}": 0.0 for n in ids[1:3]}
+        c.put(
+            f"/groups/{gid}/rounds/1/evaluations",
+            headers=hs[3],
+            json={"num_examples": 2**31 - 1, "losses": lie},
+        ).raise_for_status()
+
+        # Execute: the host pays itself 1e6
+        paid = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=ha,
+            json=_contributions(ids, [1e6, 0.01, 0.01, 0.01]),
+        )
+
+    # Assert: the round pays at most the median member's gain (0.05 x 100 tokens)
+    assert paid.status_code == 201, paid.text
+    assert sum(e["amount"] for e in paid.json()["entries"]) <= 0.05 * SCALE + 1e-6

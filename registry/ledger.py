@@ -20,7 +20,9 @@ alone sets one.
 - It computes the amounts itself: ``scale * max(0, credited)``, scaled down to the cap.
 - A member credited below ``-flag_margin`` of the others' loss, and that far below the
   round's median member, in a round of at least three members, is flagged: an event
-  ``member_flagged`` and the entry's reason say its update harmed the others. Flagged
+  ``member_flagged`` and the entry's reason say its update harmed the others, and the
+  entry's amount takes back what it earned in the group's ``CLAWBACK_ROUNDS`` rounds
+  before (since its last flag). Flagged
   round after round, it is quarantined (``registry.quarantine``).
 
 The unique key (node, group, round) makes a retried report return the entries already
@@ -64,6 +66,8 @@ MIN_TO_FLAG = 3
 # Each member's reported example count weighs at most this many times the round's lower
 # median (the same clamp a host applies to training replies, node.federation.round).
 COUNT_CAP_FACTOR = 2.0
+# A flagged member gives back what it earned in this many rounds before (``_clawback``).
+CLAWBACK_ROUNDS = 3
 
 
 def _weighted(pairs: Sequence[tuple[int, float]]) -> float | None:
@@ -199,6 +203,8 @@ def pay_round(
             and credited[c.node_id] < -margin
             and credited[c.node_id] < typical - margin
         )
+        if harmful:
+            amount = -_clawback(session, node_id=c.node_id, group_id=group_id, round_=round_)
         reason = REASON_FLAGGED if harmful else REASON_REWARD if amount > 0 else REASON_NO_GAIN
         entry = LedgerEntry(
             node_id=c.node_id,
@@ -265,6 +271,31 @@ def quarantine_member(
         until=held.until.isoformat(timespec="seconds"),
     )
     return held
+
+
+def _clawback(session: Session, *, node_id: str, group_id: int, round_: int) -> float:
+    """What a member flagged in ``round_`` gives back: its net pay from this group in the
+    ``CLAWBACK_ROUNDS`` rounds before, since its last flag there (never below 0). A
+    poisoner's update can look useful for a round or two before it is caught (a
+    label-flipper's features help early on); what it earned then is taken back."""
+    last_flag = session.scalar(
+        select(func.max(LedgerEntry.round)).where(
+            LedgerEntry.node_id == node_id,
+            LedgerEntry.group_id == group_id,
+            LedgerEntry.reason == REASON_FLAGGED,
+            LedgerEntry.round < round_,
+        )
+    )
+    since = max(round_ - CLAWBACK_ROUNDS, (last_flag or -1) + 1)
+    earned = session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0.0)).where(
+            LedgerEntry.node_id == node_id,
+            LedgerEntry.group_id == group_id,
+            LedgerEntry.round >= since,
+            LedgerEntry.round < round_,
+        )
+    )
+    return max(0.0, float(earned or 0.0))
 
 
 def list_entries(

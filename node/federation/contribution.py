@@ -41,6 +41,7 @@ __all__ = [
     "Evaluate",
     "OthersReport",
     "Weights",
+    "capped_loss",
     "contributions_from_losses",
     "example_weighted_mean",
     "leave_one_out",
@@ -184,6 +185,13 @@ def leave_one_out(
         contributions=contributions_from_losses(loss_all, losses),
         seconds=time.perf_counter() - start,
     )
+
+
+def capped_loss(loss: float) -> float:
+    """``loss`` as a member reports it: at most ``LOSS_CAP``, which also stands for a
+    diverged model's NaN or infinite loss (JSON and the registry take finite figures)."""
+    loss = float(loss)
+    return LOSS_CAP if not math.isfinite(loss) else min(loss, LOSS_CAP)
 
 
 def _finite(loss: float) -> float:

@@ -43,6 +43,7 @@ from node.errors import (
     RemoteInputError,
 )
 from node.federation.contribution import (
+    capped_loss,
     example_weighted_mean,
     leave_one_out_models,
     leave_one_out_on_others,
@@ -316,7 +317,7 @@ class GroupMember:
         evaluation = MemberEvaluation(
             member=self.node_id,
             num_examples=new.num_examples,
-            losses=[r.loss for r in results],
+            losses=[capped_loss(r.loss) for r in results],
             accuracies=[r.accuracy for r in results],
             extra_seconds=extra_seconds,
             labels=list(labels),

@@ -490,3 +490,29 @@ def test_a_colluder_claiming_huge_examples_and_gains_cannot_mint_tokens(
     # Assert: the round pays at most the median member's gain (0.05 x 100 tokens)
     assert paid.status_code == 201, paid.text
     assert sum(e["amount"] for e in paid.json()["entries"]) <= 0.05 * SCALE + 1e-6
+
+
+def test_a_flag_takes_back_what_the_member_earned_just_before(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: a round in which the third member looked useful, then one it is caught in
+        gid, ids, hs = _group_of_three(c)
+        _evidence(c, gid, 1, ids, hs, [0.02, 0.02, 0.04])
+        first = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.02, 0.02, 0.04]),
+        )
+        earned = next(e["amount"] for e in first.json()["entries"] if e["node_id"] == ids[2])
+
+        # Execute
+        caught = _flag_round(c, gid, 2, ids, hs)
+        balance = c.get(f"/nodes/{ids[2]}/balance").json()
+
+    # Assert: the flagged entry gives round 1's pay back, and the balance is 0
+    assert earned > 0
+    entry = next(e for e in caught.json()["entries"] if e["node_id"] == ids[2])
+    assert entry["reason"] == "flagged_harmful"
+    assert entry["amount"] == pytest.approx(-earned)
+    assert balance["balance"] == pytest.approx(0.0)

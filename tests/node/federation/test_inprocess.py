@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from node.errors import NonFiniteWeightsError
+from node.federation.contribution import LOSS_CAP
 from node.federation.inprocess import InMemoryFederation, member_app, train_in_memory
 from node.federation.round import (
     FitOutcome,
@@ -344,3 +345,22 @@ def test_a_member_with_a_bogus_evaluation_is_left_out_of_the_figures(
     assert [e.member for e in result.evaluations] == ["m0"]
     assert result.accuracy == result.evaluations[0].accuracies[0]
     assert set(result.contributions) == {"m0", "m1"}
+
+
+def test_a_diverged_model_is_reported_at_the_loss_cap_not_as_infinity(
+    iid_digits_nodes: list[NodeData],
+) -> None:
+    # Prepare: a finite model whose loss overflows on real digits
+    learner = digits_learner(iid_digits_nodes[0])
+    diverged = [w * np.float32(1e30) for w in learner.get_weights()]
+    member = GroupMember("m0", learner)
+
+    # Execute
+    evaluation = member.evaluate(
+        [learner.get_weights(), diverged], ["new", "start"], group_id=1, round_=1
+    )
+
+    # Assert: every figure can cross JSON and the registry's bounds; the good model's is its own
+    assert not np.isfinite(learner.evaluate("val", weights=diverged).loss)
+    assert evaluation.losses[1] == LOSS_CAP
+    assert evaluation.losses[0] == pytest.approx(learner.evaluate("val").loss)

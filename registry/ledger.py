@@ -14,12 +14,13 @@ alone sets one.
   or one nobody else measured, is credited 0). A host cannot pay itself, or anyone,
   more than the members' evidence supports.
 - It caps the round's payout at ``scale`` times the round's improvement that the
-  members reported (the median member's loss of the round's start model minus the
-  new model's), and weighs each member's report by its example count clamped to twice
+  members reported (the lower median member's loss of the round's start model minus
+  the new model's), and weighs each member's report by its example count clamped to twice
   the round's lower median.
 - It computes the amounts itself: ``scale * max(0, credited)``, scaled down to the cap.
 - A member credited below ``-flag_margin`` of the others' loss, and that far below the
-  round's median member, in a round of at least three members, is flagged: an event
+  round's median member, in a round at least three members reported on, and most of
+  the other members' own reports show the harm, is flagged: an event
   ``member_flagged`` and the entry's reason say its update harmed the others, and the
   entry's amount takes back what it earned in the group's ``CLAWBACK_ROUNDS`` rounds
   before (since its last flag). Flagged
@@ -49,6 +50,7 @@ __all__ = [
     "REASON_NO_GAIN",
     "REASON_REWARD",
     "balance",
+    "harm_witnesses",
     "list_balances",
     "list_entries",
     "pay_round",
@@ -88,8 +90,9 @@ def verified_contributions(
 ) -> tuple[dict[str, float], dict[str, float | None], float | None]:
     """From members' own reports: each node's leave-one-out contribution measured on the
     *other* members' data (example-weighted), the others' loss with everyone (for
-    flagging), and the round's improvement: the median member's start-model loss minus
-    its new-model loss, so a minority of members cannot inflate the round's payout cap.
+    flagging), and the round's improvement: the (lower) median member's start-model loss
+    minus its new-model loss, so no more than half the members can inflate the round's
+    payout cap.
 
     A node no other member measured is credited 0 and has no reference loss. Members
     report their own example counts, so each weighs at most ``COUNT_CAP_FACTOR`` times
@@ -114,8 +117,26 @@ def verified_contributions(
         contributions[node_id] = 0.0 if with_all is None or without is None else without - with_all
     both = [e for e in evaluations if START_MODEL in e.losses and NEW_MODEL in e.losses]
     gains = [float(e.losses[START_MODEL]) - float(e.losses[NEW_MODEL]) for e in both]
-    improvement = statistics.median(gains) if gains else None
+    improvement = statistics.median_low(gains) if gains else None
     return contributions, references, improvement
+
+
+def harm_witnesses(
+    evaluations: Sequence[RoundEvaluation], node_id: str, *, flag_margin: float
+) -> tuple[int, int]:
+    """``(harmed, witnesses)``: of the *other* members that measured ``node_id``'s
+    leave-one-out model, how many saw their own loss worse with it than without it by
+    more than ``flag_margin`` of that loss. A flag needs most witnesses, so one lying
+    member cannot get an honest one flagged."""
+    label = f"{WITHOUT}{node_id}"
+    harmed = witnesses = 0
+    for e in evaluations:
+        with_all = _with_all(e)
+        if e.node_id == node_id or label not in e.losses or with_all is None:
+            continue
+        witnesses += 1
+        harmed += float(e.losses[label]) - with_all < -flag_margin * abs(with_all)
+    return harmed, witnesses
 
 
 def reward_amount(contribution: float, scale: float) -> float:
@@ -193,18 +214,21 @@ def pay_round(
     now = utcnow()
     created = []
     typical = statistics.median(credited.values()) if credited else 0.0
+    evaluators = len({e.node_id for e in evaluations})
     for c in new:
         amount = amounts[c.node_id]
         reference = references[c.node_id]
         margin = flag_margin * abs(reference) if reference is not None else 0.0
+        harmed, witnesses = harm_witnesses(evaluations, c.node_id, flag_margin=flag_margin)
         harmful = (
             reference is not None
-            and len(body.contributions) >= MIN_TO_FLAG
+            and evaluators >= MIN_TO_FLAG
             and credited[c.node_id] < -margin
             and credited[c.node_id] < typical - margin
+            and 2 * harmed > witnesses
         )
         if harmful:
-            amount = -_clawback(session, node_id=c.node_id, group_id=group_id, round_=round_)
+            amount = -_clawback(session, node_id=c.node_id, group_id=group_id, round_=round_) or 0.0
         reason = REASON_FLAGGED if harmful else REASON_REWARD if amount > 0 else REASON_NO_GAIN
         entry = LedgerEntry(
             node_id=c.node_id,

@@ -131,12 +131,14 @@ def leave_one_out_on_others(
     scored both models; 0 when there are none (a member alone, or no "without" model).
     Flagged: contribution below ``-flag_margin * mean_others(loss[all_label])`` and
     below the median contribution by as much, in a round of at least ``MIN_TO_FLAG``
-    members. A poisoned model makes every member's
+    evaluators, when most of the other members saw that harm on their own data (one
+    lying member cannot get an honest one flagged). A poisoned model makes every member's
     leave-one-out figure noise (a diverged model's loss saturates), so a flag names the
     outliers, not everyone in a bad round.
     """
     contributions: dict[str, float] = {}
     margins: dict[str, float] = {}
+    witnessed: set[str] = set()  # members most of whose witnesses saw harm
     for member in members:
         label = without_label(member)
         others = [
@@ -151,11 +153,18 @@ def leave_one_out_on_others(
         without = _finite(example_weighted_mean([(n, ls[label]) for n, ls in others]))
         contributions[member] = without - with_all
         margins[member] = flag_margin * abs(with_all)
+        harmed = sum(
+            _finite(ls[label]) - _finite(ls[all_label]) < -flag_margin * abs(_finite(ls[all_label]))
+            for _, ls in others
+        )
+        if 2 * harmed > len(others):
+            witnessed.add(member)
     typical = float(np.median(list(contributions.values()))) if contributions else 0.0
     flagged = [
         m
         for m, margin in margins.items()
-        if len(contributions) >= MIN_TO_FLAG
+        if len(evaluations) >= MIN_TO_FLAG
+        and m in witnessed
         and contributions[m] < -margin
         and contributions[m] < typical - margin
     ]

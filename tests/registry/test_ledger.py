@@ -516,3 +516,71 @@ def test_a_flag_takes_back_what_the_member_earned_just_before(
     assert entry["reason"] == "flagged_harmful"
     assert entry["amount"] == pytest.approx(-earned)
     assert balance["balance"] == pytest.approx(0.0)
+
+
+def test_one_lying_member_cannot_get_an_honest_one_flagged(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: in a group of three, the host alone reports that member b harms it;
+        # member d reports b as helpful, for two rounds
+        gid, ids, hs = _group_of_three(c)
+        a, b, d = ids
+        for round_ in (1, 2):
+            c.put(f"/groups/{gid}/performance", headers=hs[0], json={"value": 0.5, "round": round_})
+            reports = {
+                a: {f"without:{b}": 0.5, f"without:{d}": 1.01},
+                b: {f"without:{a}": 1.01, f"without:{d}": 1.01},
+                d: {f"without:{a}": 1.01, f"without:{b}": 1.02},
+            }
+            for me, h in zip(ids, hs, strict=True):
+                losses = {"new": 1.0, "start": 1.05} | reports[me]
+                c.put(
+                    f"/groups/{gid}/rounds/{round_}/evaluations",
+                    headers=h,
+                    json={"num_examples": 50, "losses": losses},
+                ).raise_for_status()
+            paid = c.post(
+                f"/groups/{gid}/rounds/{round_}/contributions",
+                headers=hs[0],
+                json=_contributions(ids, [0.01, -0.5, 0.01]),
+            )
+            assert paid.status_code == 201, paid.text
+        node_b = c.get(f"/nodes/{b}").json()
+
+    # Assert: b is neither flagged nor quarantined (its one witness out of two lied)
+    entries = [e for e in paid.json()["entries"] if e["node_id"] == b]
+    assert entries[0]["reason"] != "flagged_harmful"
+    assert node_b["group_id"] == gid
+
+
+def test_half_the_members_cannot_raise_the_rounds_cap(sqlite_registry: RegistryProcess) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: a group of four; two report a gain of 1e6, two a gain of 0.05
+        a, ha = register(c)
+        gid = create_group(c, ha)
+        others = [register(c) for _ in range(3)]
+        for _, h in others:
+            assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
+        c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.5, "round": 1})
+        ids = [a, *(n for n, _ in others)]
+        hs = [ha, *(h for _, h in others)]
+        for i, (me, h) in enumerate(zip(ids, hs, strict=True)):
+            gain = 1e6 if i < 2 else 0.05
+            losses = {"new": 0.0, "start": gain} | {f"without:{n}": 1.0 for n in ids if n != me}
+            c.put(
+                f"/groups/{gid}/rounds/1/evaluations",
+                headers=h,
+                json={"num_examples": 50, "losses": losses},
+            ).raise_for_status()
+
+        # Execute
+        paid = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=ha,
+            json=_contributions(ids, [1e6, 1e6, 1.0, 1.0]),
+        )
+
+    # Assert: the honest half's gain bounds the round
+    assert paid.status_code == 201, paid.text
+    assert sum(e["amount"] for e in paid.json()["entries"]) <= 0.05 * SCALE + 1e-6

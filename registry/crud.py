@@ -690,7 +690,7 @@ def check_uploader(session: Session, *, node: Node, group: Group) -> None:
             )
 
 
-def check_upload(
+def authorize_upload(
     session: Session, *, caller: Node, group_id: int, round_: int, max_round_jump: int | None
 ) -> Group:
     """The group, if the caller may upload its snapshot for ``round_`` (``check_uploader``,
@@ -739,7 +739,7 @@ def record_snapshot(
     host is forbidden (``check_uploader``).
     """
     node = _lock_node(session, caller.id)
-    if node.group_id != group_id:
+    if node.group_id != group_id:  # before the lookup: a member's group exists
         raise ForbiddenError(f"only members of group {group_id} may upload its model")
     group = lock_groups(session, [group_id])[group_id]
     check_uploader(session, node=node, group=group)

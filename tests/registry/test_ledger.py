@@ -20,19 +20,27 @@ from tests.support.registry_proc import RegistryProcess
 SCALE = 100.0  # the registry's default reward_scale
 
 
+def _group_of(
+    c: httpx.Client, size: int, round_: int = 1
+) -> tuple[int, list[str], list[dict[str, str]]]:
+    """``size`` registered nodes in one group (the first created it) that has reached
+    `round_`."""
+    nodes = [register(c) for _ in range(size)]
+    gid = create_group(c, nodes[0][1])
+    for _, h in nodes[1:]:
+        assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
+    r = c.put(
+        f"/groups/{gid}/performance", headers=nodes[0][1], json={"value": 0.5, "round": round_}
+    )
+    assert r.status_code == 200, r.text
+    return gid, [n for n, _ in nodes], [h for _, h in nodes]
+
+
 def _group_of_three(
     c: httpx.Client, round_: int = 1
 ) -> tuple[int, list[str], list[dict[str, str]]]:
     """Three registered nodes in one group that has reached `round_`."""
-    a, ha = register(c)
-    b, hb = register(c)
-    d, hd = register(c)
-    gid = create_group(c, ha)
-    for h in (hb, hd):
-        assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
-    r = c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.5, "round": round_})
-    assert r.status_code == 200, r.text
-    return gid, [a, b, d], [ha, hb, hd]
+    return _group_of(c, 3, round_)
 
 
 def _evidence(
@@ -457,14 +465,8 @@ def test_a_colluder_claiming_huge_examples_and_gains_cannot_mint_tokens(
         # Prepare: a group of four; two honest members say everyone was worth 0.01 and
         # the round gained 0.05; the colluder claims 2^31-1 examples, a gain of 1e6 and
         # that the host is worth 1e6 to it
-        a, ha = register(c)
-        gid = create_group(c, ha)
-        others = [register(c) for _ in range(3)]
-        for _, h in others:
-            assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
-        c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.5, "round": 1})
-        ids = [a, *(n for n, _ in others)]
-        hs = [ha, *(h for _, h in others)]
+        gid, ids, hs = _group_of(c, 4)
+        a, ha = ids[0], hs[0]
         for me, h in zip(ids[:3], hs[:3], strict=True):
             losses = {"new": 1.0, "start": 1.05} | {f"without:{n}": 1.01 for n in ids if n != me}
             c.put(
@@ -557,14 +559,8 @@ def test_one_lying_member_cannot_get_an_honest_one_flagged(
 def test_half_the_members_cannot_raise_the_rounds_cap(sqlite_registry: RegistryProcess) -> None:
     with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
         # Prepare: a group of four; two report a gain of 1e6, two a gain of 0.05
-        a, ha = register(c)
-        gid = create_group(c, ha)
-        others = [register(c) for _ in range(3)]
-        for _, h in others:
-            assert c.post("/groups/join", headers=h, json={"group_id": gid}).status_code == 200
-        c.put(f"/groups/{gid}/performance", headers=ha, json={"value": 0.5, "round": 1})
-        ids = [a, *(n for n, _ in others)]
-        hs = [ha, *(h for _, h in others)]
+        gid, ids, hs = _group_of(c, 4)
+        ha = hs[0]
         for i, (me, h) in enumerate(zip(ids, hs, strict=True)):
             gain = 1e6 if i < 2 else 0.05
             losses = {"new": 0.0, "start": gain} | {f"without:{n}": 1.0 for n in ids if n != me}

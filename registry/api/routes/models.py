@@ -58,7 +58,7 @@ class _Upload:
         """The upload of a member of the group; AuthError, NotFoundError or ForbiddenError."""
         with db.read() as session:
             caller = crud.authenticate(session, token=token)
-            group = crud.check_upload(
+            group = crud.authorize_upload(
                 session,
                 caller=caller,
                 group_id=group_id,

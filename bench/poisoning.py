@@ -234,12 +234,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    for name, given, known in (
+        ("--strategies", args.strategies, STRATEGY_NAMES),
+        ("--attacks", args.attacks, ATTACKS),
+        ("--datasets", args.datasets, ("digits", "fashion")),
+    ):
+        unknown = sorted(set(given.split(",")) - set(known))
+        if unknown:
+            parser.error(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    try:
+        counts = [int(k) for k in args.attackers.split(",")]
+    except ValueError:
+        parser.error(f"--attackers: {args.attackers!r} is not a comma-separated list of counts")
+    if any(not 0 <= k < GROUP for k in counts):
+        parser.error(f"--attackers: each count must be between 0 and {GROUP - 1}")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     set_flower_log_level(logging.ERROR)
     torch.set_num_threads(1)
     strategies = args.strategies.split(",")
     attacks = args.attacks.split(",")
-    counts = [int(k) for k in args.attackers.split(",")]
     data_dir = Path(tempfile.mkdtemp(prefix="poisoning-registry-"))
     report: dict[str, Any] = {"group": GROUP, "local_epochs": LOCAL_EPOCHS, "datasets": {}}
     try:

@@ -35,3 +35,20 @@ def test_a_short_run_reports_every_configuration(tmp_path: Path) -> None:
     assert runs["fedavg", "sign_flip"]["attackers_flagged"] > 0
     assert all(r["attacker_share"] == 0.0 for (s, a), r in runs.items() if a != "none")
     assert "honest acc" in proc.stdout
+
+
+def test_bad_arguments_are_named_before_anything_runs(tmp_path: Path) -> None:
+    for args, complaint in (
+        (["--attacks", "bogus"], "--attacks: unknown bogus"),
+        (["--attackers", "x"], "--attackers: 'x' is not a comma-separated list"),
+        (["--attackers", "10"], "between 0 and 9"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), *args, "--out", str(tmp_path / "p.json")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and complaint in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "p.json").exists()

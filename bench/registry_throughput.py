@@ -12,6 +12,9 @@ pinned to one core against a server pinned to another core:
 - ``heartbeat``, ``join``, ``list_groups``: the registry (1 worker, SQLite in a temporary
   directory, access log off) with ``--connections`` registered nodes; every join is a
   migration between four groups with room for everyone, so joins never legitimately fail.
+- ``hb_no_limits``: heartbeats on a second registry with rate limits off; every other
+  registry scenario runs with them counting (``registry/ratelimit.py``), so the ratio of
+  ``heartbeat`` to this is what rate limiting costs.
 - ``hb_paced``: heartbeats again, each connection pausing so that together they offer
   half the ceiling's rate: the latency a node sees at the target load, not saturated.
 
@@ -58,6 +61,7 @@ HEARTBEAT_BODY = '{"metrics":{"accuracy":0.9}}'
 TARGET_HEARTBEAT_RATIO = 0.5
 TARGET_HEARTBEAT_P99_MS = 50.0
 RESULT_MARK = "WRKRESULT "
+COUNTING_LIMIT = "100000000/second"  # rate limiting on, and never reached
 
 # Printed by wrk's done() hook: one JSON line with the figures the summary holds.
 LUA_DONE = r"""
@@ -447,14 +451,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     measure("echo", bare_url, lua, p.pid)
 
         measure_bare("")
+
+        def registry_cmd(port: int, name: str, rate_limit: str) -> list[str]:
+            return pinned(
+                [py, "-m", "registry", "--host", "127.0.0.1", "--port", str(port),
+                 "--data-dir", str(work / name), "--workers", "1", "--log-level", "warning",
+                 "--no-access-log", "--heartbeat-interval", "600",
+                 "--rate-limit-per-token", rate_limit, "--rate-limit-per-address", rate_limit],
+                server_core,
+            )  # fmt: skip
+
+        # Rate limits count every write but never refuse here (wrk is one address, far
+        # over any real budget); hb_no_limits below is the same heartbeat without them.
         reg_port = free_port()
         reg_url = f"http://127.0.0.1:{reg_port}"
-        reg_cmd = pinned(
-            [py, "-m", "registry", "--host", "127.0.0.1", "--port", str(reg_port),
-             "--data-dir", str(work / "registry"), "--workers", "1", "--log-level", "warning",
-             "--no-access-log", "--heartbeat-interval", "600"],
-            server_core,
-        )  # fmt: skip
+        reg_cmd = registry_cmd(reg_port, "registry", COUNTING_LIMIT)
         reg_log = work / "registry.log"
         with server(reg_cmd, health_url=f"{reg_url}/healthz", log_path=reg_log) as reg:
             nodes, group_ids = populate(reg_url, args.connections)
@@ -470,6 +481,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lua = static_lua("GET", f"/groups?domain={DOMAIN}")
             measure("list_groups", reg_url, lua, reg.pid)
             measure("join", reg_url, data + LUA_JOIN, reg.pid)
+        open_port = free_port()
+        free_url = f"http://127.0.0.1:{open_port}"
+        free_cmd = registry_cmd(open_port, "registry-unlimited", "off")
+        with server(free_cmd, health_url=f"{free_url}/healthz", log_path=reg_log) as reg:
+            free_nodes, _ = populate(free_url, args.connections)
+            measure("hb_no_limits", free_url, lua_nodes(free_nodes) + f"HEARTBEAT_BODY = "
+                    f"{lua_str(HEARTBEAT_BODY)}\n" + LUA_HEARTBEAT, reg.pid)  # fmt: skip
         measure_bare("_after")
 
     ping = results.pop("ping")

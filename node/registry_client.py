@@ -31,8 +31,9 @@ What is retried, and by what:
   the request never reached the registry. httpx's transport does it
   (``httpx.HTTPTransport(retries=retries)``, waiting 0, 0.5, 1, 2 ... s) on the client this
   class builds; an ``httpx.Client`` passed in is used as given, with its own transport.
-- 503: every call. This registry answers 503 only when its database was busy and nothing
-  was applied (it sets ``Retry-After``, which is honoured up to ``MAX_RETRY_AFTER_S``).
+- 429 and 503: every call. This registry answers 429 when a write is over its token's or
+  address's rate limit, and 503 only when its database was busy; in both cases nothing was
+  applied, and it sets ``Retry-After``, which is honoured up to ``MAX_RETRY_AFTER_S``.
 - 502, 504, a timeout or a connection lost after the request was sent: idempotent calls
   only, because the registry (or a proxy before it) may have applied a POST.
 - Anything else (4xx, 500): never; it raises the ``RegistryRequestError`` of its status:
@@ -101,9 +102,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Statuses that mean "the registry (or a proxy before it) could not serve this now".
-RETRY_STATUSES = frozenset({502, 503, 504})
-# The registry's "database busy, nothing applied": safe to repeat for every call.
-NOTHING_APPLIED = 503
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# The registry's "rate limited" and "database busy": nothing applied, safe to repeat for
+# every call.
+NOTHING_APPLIED = frozenset({429, 503})
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 10.0
 PAGE = 1000  # the registry's largest page
@@ -146,7 +148,7 @@ class _Failed(Exception):
 
 def _may_retry_status(status: int, *, idempotent: bool) -> bool:
     """Whether a call that met `status` (one of RETRY_STATUSES) may be sent again."""
-    return status == NOTHING_APPLIED or idempotent
+    return status in NOTHING_APPLIED or idempotent
 
 
 def _may_retry_error(exc: httpx.RequestError, *, idempotent: bool) -> bool:

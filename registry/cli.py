@@ -77,6 +77,16 @@ def registry(
     public_url: Annotated[
         str | None, typer.Option(help="This registry's URL as simulations should reach it.")
     ] = None,
+    rate_limit_per_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Write calls one node token may make, e.g. '50/second;3000/minute' or 'off'."
+        ),
+    ] = None,
+    rate_limit_per_address: Annotated[
+        str | None,
+        typer.Option(help="Write calls one client address may make, e.g. '2000/second' or 'off'."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -97,6 +107,8 @@ def registry(
         "quarantine_s": quarantine_s,
         "max_simulations": max_simulations,
         "public_url": public_url,
+        "rate_limit_per_token": rate_limit_per_token,
+        "rate_limit_per_address": rate_limit_per_address,
     }
     try:
         settings = build_settings(**overrides)

@@ -34,6 +34,7 @@ from registry.errors import RegistryError
 from registry.events import EventBus
 from registry.liveness import Sweeper
 from registry.migrate import upgrade
+from registry.ratelimit import RateLimitMiddleware, document_rate_limits, parse_limits
 from registry.settings import RegistrySettings, build_settings
 from registry.simulations import SimulationManager
 from registry.storage import ModelStore
@@ -89,6 +90,7 @@ class RegistryApp(FastAPI):
         if self.openapi_schema is None:
             schema = super().openapi()
             nodes.document_fast_routes(schema)
+            document_rate_limits(schema)
             # Checked against the OpenAPI model and serialised as FastAPI does its own part.
             self.openapi_schema = jsonable_encoder(
                 OpenAPI(**schema), by_alias=True, exclude_none=True
@@ -169,6 +171,12 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    # Added last, so it runs first: a refused write costs no body read.
+    app.add_middleware(
+        RateLimitMiddleware,
+        per_token=parse_limits(settings.rate_limit_per_token),
+        per_address=parse_limits(settings.rate_limit_per_address),
+    )
     _error_handlers(app)
     for module in (
         groups,

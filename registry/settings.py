@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.ratelimit import parse_limits
+
 __all__ = ["RegistrySettings", "build_settings"]
+
+# Budgets for write calls (see registry/ratelimit.py), set to stop floods, not honest nodes.
+# Measured: a node of the 4-node digits demo peaks at 18 writes in a second (about 11 a
+# second sustained: heartbeat, reports, evaluations, uploads when hosting); 40 Fashion
+# nodes on one address peaked at 82 a second, and one address may carry hundreds of nodes.
+DEFAULT_PER_TOKEN = "50/second;3000/minute"
+DEFAULT_PER_ADDRESS = "2000/second"
 
 
 class RegistrySettings(BaseSettings):
@@ -58,11 +67,26 @@ class RegistrySettings(BaseSettings):
         min_length=8,
         description="Bearer token for admin calls (starting simulations); generated if unset.",
     )
+    rate_limit_per_token: str = Field(
+        default=DEFAULT_PER_TOKEN,
+        description="Write calls one bearer token may make, in the `limits` notation "
+        "('20/second;600/minute'; 'off' for none). Per worker.",
+    )
+    rate_limit_per_address: str = Field(
+        default=DEFAULT_PER_ADDRESS,
+        description="Write calls one client address may make, same notation. Per worker.",
+    )
     max_simulations: int = Field(default=1, ge=0, description="Simulations running at once.")
     public_url: str | None = Field(
         default=None,
         description="The registry's own URL for simulations; default: the request's base URL.",
     )
+
+    @field_validator("rate_limit_per_token", "rate_limit_per_address")
+    @classmethod
+    def _known_limits(cls, value: str) -> str:
+        parse_limits(value)  # ValueError names the text
+        return value
 
     @property
     def effective_ttl(self) -> float:

@@ -66,9 +66,10 @@ def test_the_heartbeat_is_documented_with_its_body_token_and_answers(
     [requirement] = op["security"]
     [scheme] = requirement
     assert doc["components"]["securitySchemes"][scheme]["scheme"] == "bearer"
-    # the answers: the node, or 401 / 403 / 422 with the validation-error shape
+    # the answers: the node, or 401 / 403 / 422 with the validation-error shape, or 429
     responses = op["responses"]
-    assert set(responses) == {"200", "401", "403", "422"}
+    assert set(responses) == {"200", "401", "403", "422", "429"}
+    assert "Retry-After" in responses["429"]["headers"]
     assert responses["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/NodePublic"
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "registry_throughput.py"
-SCENARIOS = {"echo", "heartbeat", "hb_paced", "list_groups", "join"}
+SCENARIOS = {"echo", "heartbeat", "hb_paced", "list_groups", "join", "hb_no_limits"}
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """The lookup table of a Mycelium network: groups, nodes, performance, models.
 
-Calls that change a node's or a group's state need the node's bearer token, returned
-once by `POST /nodes/register`.
+Calls that change a node's or a group's state need the node's bearer token: a secret the
+node chose and sent with its first `POST /nodes/register`, or the one that call generated
+and returned once. An admin can issue a new one (`POST /nodes/{node_id}/token`).
 """
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from node.credentials import CredentialStore
 from node.errors import RegistryUnavailableError
 from node.federation.strategies import set_flower_log_level
 from node.learning.partition import PartitionSpec
@@ -131,7 +132,10 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
     with _registry(cfg) as url, _stop_on_signals(stop):
         if cfg.on_registry_ready:
             cfg.on_registry_ready(url)
-        net = InProcessNetwork(url, data, net_cfg, node_prefix=cfg.node_prefix)
+        # Against a registry of its own the nodes' tokens die with it; against a given one
+        # they are kept under output/credentials/, so the demo can run there again.
+        store = CredentialStore(cfg.output) if cfg.registry_url else None
+        net = InProcessNetwork(url, data, net_cfg, node_prefix=cfg.node_prefix, credentials=store)
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("  %(message)s"))
         agent_log = logging.getLogger("node.runtime.agent")

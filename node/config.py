@@ -55,6 +55,10 @@ class NodeConfig(BaseSettings):
 
     registry_url: str = "http://127.0.0.1:8000"
     node_id: NodeId | None = None
+    data_dir: Path = Field(
+        default=Path("data/node"),
+        description="This node's files: credentials/ holds its registry tokens (0600).",
+    )
     node_address: str = "127.0.0.1:0"
     domain: Domain = "digits"
     dataset: str = "digits"

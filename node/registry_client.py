@@ -21,8 +21,10 @@ yes         PUT report_evaluation                      the same figures again re
 yes         POST heartbeat                             sets liveness and metrics
 yes         POST claim_host (``/groups/{id}/host``)    the holder is granted it again
 yes         POST submit_contributions                  ledger keyed on node, group, round
-no          POST register, create_group, join, leave   a repeat is refused (401, 409) or
-                                                       hides the move the first one made
+yes         POST register with a token (stored or      the same node and secret again is
+            client-chosen, see below)                  an update (200, created false)
+no          POST register without a token,             a repeat is refused (401, 409) or
+            create_group, join, leave                  hides the move the first one made
 ==========  =========================================  ================================
 
 What is retried, and by what:
@@ -39,6 +41,13 @@ What is retried, and by what:
 - Anything else (4xx, 500): never; it raises the ``RegistryRequestError`` of its status:
   ``ConflictError`` for 409 (e.g. a ``model_signature`` that is not the domain's), the base
   ``RegistryRequestError`` with ``status`` 422 for a refused snapshot (``detail`` says why).
+
+Credentials
+-----------
+Given a ``CredentialStore`` (``credentials=``), ``register`` uses the node's stored token
+for that registry URL and node id or, when there is none, generates a secret, stores it
+(0600) and only then sends it as the bearer token of the first register. A node restarted
+with the same data directory, or a register whose answer was lost, is recognised.
 
 tenacity drives the retries: up to ``retries`` more tries, waiting ``backoff * 2**n`` s
 (n = 0, 1, ...; at most ``MAX_BACKOFF_S``, at least ``Retry-After``). When a call gives up it
@@ -58,6 +67,7 @@ import httpx
 import tenacity
 
 from node.addresses import check_url
+from node.credentials import CredentialStore
 from node.errors import (
     ConfigError,
     ConflictError,
@@ -187,6 +197,7 @@ class RegistryClient:
 
     `retries` is how many more times a failed call may be tried (see the module's retry
     policy), `backoff` the first wait in seconds, `timeout` each request's limit in seconds.
+    `credentials` keeps the node's token on disk across restarts (see the module docstring).
     """
 
     def __init__(
@@ -199,6 +210,7 @@ class RegistryClient:
         retries: int = 3,
         backoff: float = 0.2,
         client: httpx.Client | None = None,
+        credentials: CredentialStore | None = None,
     ) -> None:
         try:
             self.base_url = check_url(base_url)
@@ -206,6 +218,7 @@ class RegistryClient:
             raise ConfigError(f"registry URL: {exc}") from exc
         self.token = token
         self.node_id = node_id
+        self.credentials = credentials
         self.retries = retries
         self.backoff = backoff
         self._own_client = client is None
@@ -345,6 +358,12 @@ class RegistryClient:
     ) -> NodeRegistered:
         """Register (keeps the returned token) or, with a token, update the registration.
 
+        With ``credentials`` and no token yet, the stored token for this registry and
+        ``node_id`` is used, or a new secret is stored and sent (see the module docstring).
+        A registry-generated token is kept (and stored). ForbiddenError when the registry
+        knows the node by another token (lost credential file: an admin can set a new one).
+        ConfigError when the credential file cannot be read or written.
+
         ``model_signature`` (``WeightsSignature.of(learner.get_weights(),
         learner.weight_names)``) is checked against the domain's: ConflictError naming the
         first difference when the domain trains another model.
@@ -357,12 +376,19 @@ class RegistryClient:
         }
         if model_signature is not None:
             body["model_signature"] = model_signature.to_json()
-        # A repeat after a lost answer is refused (401): the token it returned is lost.
-        resp = self._request("POST", "/nodes/register", idempotent=False, json=body)
+        if self.token is None and self.credentials is not None:
+            self.token = self.credentials.load_or_create(self.base_url, node_id)
+        # With a token a repeat is an update; without, it is refused (401): the token the
+        # first try returned is lost.
+        resp = self._request(
+            "POST", "/nodes/register", idempotent=self.token is not None, json=body
+        )
         out = NodeRegistered.model_validate(resp.json())
         self.node_id = node_id
         if out.token:
             self.token = out.token
+            if self.credentials is not None:
+                self.credentials.save(self.base_url, node_id, out.token)
         return out
 
     def heartbeat(self, metrics: Mapping[str, float] | None = None) -> NodePublic:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 
+from registry.credentials import load_or_create_admin_token, redact, redact_url
 from registry.migrate import upgrade
 from registry.settings import build_settings
 
@@ -46,7 +46,10 @@ def registry(
     ] = None,
     admin_token: Annotated[
         str | None,
-        typer.Option(help="Bearer token for admin calls (simulations); default: generated."),
+        typer.Option(
+            help="Bearer token for admin calls (simulations, token rotation); default: the "
+            "one in <data-dir>/admin_token, generated there (mode 0600) on first start."
+        ),
     ] = None,
     reward_scale: Annotated[
         float | None, typer.Option(min=0, help="Tokens per unit of positive contribution.")
@@ -125,21 +128,26 @@ def registry(
             f"error: cannot use data dir {settings.data_dir}: {exc.strerror or exc}", err=True
         )
         raise typer.Exit(2) from exc
+    url = settings.effective_database_url
     try:
-        upgrade(settings.effective_database_url)
+        upgrade(url)
     except Exception as exc:  # a bad URL or unreachable database: say so, no traceback
-        typer.echo(
-            f"error: cannot prepare database {settings.effective_database_url!r}: {exc}", err=True
-        )
-        raise typer.Exit(2) from exc
+        # Neither the URL nor the driver's message may show the password.
+        reason = redact(" ".join(str(exc).split()), url)
+        typer.echo(f"error: cannot prepare database {redact_url(url)!r}: {reason}", err=True)
+        raise typer.Exit(2) from None
     # Workers build their settings from the environment: hand everything over there.
     for key, value in overrides.items():
         if value is not None:
             os.environ[f"MYCELIUM_REGISTRY_{key.upper()}"] = str(value)
     os.environ["MYCELIUM_REGISTRY_AUTO_MIGRATE"] = "false"
-    if settings.admin_token is None:  # one token for every worker, shown once
-        os.environ["MYCELIUM_REGISTRY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
-        typer.echo(f"admin token: {os.environ['MYCELIUM_REGISTRY_ADMIN_TOKEN']}")
+    if settings.admin_token is None:  # made here, once, for every worker to read
+        try:
+            load_or_create_admin_token(settings.admin_token_path)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: admin token: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(f"admin token: in {settings.admin_token_path.resolve()} (mode 0600)")
     typer.echo(f"registry on http://{host}:{port} (docs: http://{host}:{port}/docs)")
     uvicorn.run(
         "registry.main:create_app_from_env",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
@@ -20,6 +21,7 @@ from registry.errors import (
     AuthError,
     ConflictError,
     ForbiddenError,
+    InvalidError,
     NotFoundError,
     RegistryError,
 )
@@ -66,6 +68,7 @@ __all__ = [
     "register_node",
     "report_evaluation",
     "report_performance",
+    "rotate_token",
     "round_evaluations",
 ]
 
@@ -92,17 +95,47 @@ def authenticate(session: Session, *, token: str | None) -> Node:
     return node
 
 
+# A client-chosen secret: as strong as the registry's own (secrets.token_urlsafe(32)
+# gives 43 such characters).
+MIN_SECRET_CHARS = 32
+_SECRET = re.compile(rf"[A-Za-z0-9_-]{{{MIN_SECRET_CHARS},512}}")
+
+
+def _check_new_secret(session: Session, secret: str) -> str:
+    """The stored hash of a client-chosen secret; InvalidError when it is weak,
+    ConflictError when another node holds it already."""
+    if not _SECRET.fullmatch(secret):
+        raise InvalidError(
+            f"a client-chosen token must be {MIN_SECRET_CHARS} to 512 URL-safe characters "
+            f"(A-Z a-z 0-9 - _), e.g. Python's secrets.token_urlsafe(32); got {len(secret)} "
+            "characters"
+        )
+    digest = hash_token(secret)
+    if session.scalar(select(Node.id).where(Node.token_hash == digest)) is not None:
+        raise ConflictError("that token belongs to another node: generate a new one")
+    return digest
+
+
 def register_node(
     session: Session, *, body: NodeRegister, token: str | None
 ) -> tuple[Node, str | None, bool]:
-    """Register a new node (returns its token) or update one (needs its token)."""
+    """Register a new node or update one (needs its token); returns the node, the token the
+    registry generated (None when the client chose it, or on an update) and whether the
+    node is new.
+
+    A new node's `token`, when given, is its client-chosen secret: InvalidError when weaker
+    than MIN_SECRET_CHARS URL-safe characters, ConflictError when another node holds it.
+    The same node and token again is an update, so a retried register is harmless.
+    AuthError (no token) or ForbiddenError (another token) for a registered node.
+    """
     node = session.get(Node, body.node_id, with_for_update=True)
     now = utcnow()
     if node is None:
-        new_token = secrets.token_urlsafe(32)
+        new_token = None if token else secrets.token_urlsafe(32)
+        digest = _check_new_secret(session, token) if token else hash_token(cast(str, new_token))
         node = Node(
             id=body.node_id,
-            token_hash=hash_token(new_token),
+            token_hash=digest,
             address=body.address,
             domain=body.domain,
             capabilities=dict(body.capabilities),
@@ -120,7 +153,10 @@ def register_node(
     if not token:
         raise AuthError(f"node '{body.node_id}' is registered; re-registering needs its token")
     if not secrets.compare_digest(node.token_hash, hash_token(token)):
-        raise ForbiddenError(f"that token does not belong to node '{body.node_id}'")
+        raise ForbiddenError(
+            f"that token does not belong to node '{body.node_id}' (credential lost? an admin "
+            f"can set a new one: POST /nodes/{body.node_id}/token)"
+        )
     if body.domain != node.domain and node.group_id is not None:
         raise ConflictError("leave your group before changing domain")
     was_inactive = node.status != "active"
@@ -134,6 +170,28 @@ def register_node(
     if was_inactive:
         record_event(session, EventType.REACTIVATED, node_id=node.id)
     return node, None, False
+
+
+def rotate_token(session: Session, *, node_id: str, token: str | None) -> str | None:
+    """Replace a node's credential (the admin's recovery for a lost one): with `token`, a
+    client-chosen secret (checked as at registration), else a generated token, returned
+    once. The old token stops working at commit; a `token_rotated` event records it.
+    NotFoundError for an unknown node, InvalidError/ConflictError as for register_node."""
+    node = session.get(Node, node_id, with_for_update=True)
+    if node is None:
+        raise NotFoundError(f"no node '{node_id}'")
+    generated = None if token else secrets.token_urlsafe(32)
+    node.token_hash = (
+        _check_new_secret(session, token) if token else hash_token(cast(str, generated))
+    )
+    node.updated_at = utcnow()
+    record_event(
+        session,
+        EventType.TOKEN_ROTATED,
+        node_id=node.id,
+        chosen_by="client" if token else "registry",
+    )
+    return generated
 
 
 class HeartbeatIn(NamedTuple):

@@ -20,6 +20,7 @@ class EventType:
     REGISTERED = "registered"
     UPDATED = "node_updated"
     REACTIVATED = "reactivated"
+    TOKEN_ROTATED = "token_rotated"
     GROUP_CREATED = "group_created"
     JOINED = "joined"
     LEFT = "left"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +28,7 @@ from registry.api.routes import (
 )
 from registry.api.routes import simulations as simulation_routes
 from registry.api.validation import invalid_response
+from registry.credentials import load_or_create_admin_token
 from registry.db import Database
 from registry.errors import RegistryError
 from registry.events import EventBus
@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """The lookup table of a Mycelium network: groups, nodes, performance, models.
 
-Calls that change a node's or a group's state need the node's bearer token, returned
-once by `POST /nodes/register`.
+Calls that change a node's or a group's state need the node's bearer token: a secret the
+node chose and sent with its first `POST /nodes/register`, or the one that call generated
+and returned once. An admin can issue a new one (`POST /nodes/{node_id}/token`).
 """
 
 
@@ -142,11 +143,11 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         app.state.store = ModelStore(settings.models_dir)
         app.state.shutting_down = False
         app.state.admin_token = settings.admin_token
-        if app.state.admin_token is None:
-            app.state.admin_token = secrets.token_urlsafe(24)
-            log.warning(
-                "admin token (generated; set MYCELIUM_REGISTRY_ADMIN_TOKEN to choose one): %s",
-                app.state.admin_token,
+        if app.state.admin_token is None:  # every worker reads the same file
+            app.state.admin_token = load_or_create_admin_token(settings.admin_token_path)
+            log.info(
+                "admin token: in %s (set MYCELIUM_REGISTRY_ADMIN_TOKEN to choose one)",
+                settings.admin_token_path,
             )
         manager = SimulationManager(db, settings)
         manager.recover()

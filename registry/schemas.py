@@ -45,6 +45,7 @@ __all__ = [
     "NodePublic",
     "NodeRegister",
     "NodeRegistered",
+    "NodeToken",
     "NodesPublic",
     "PerformanceReportIn",
     "PerformanceReportPublic",
@@ -56,6 +57,7 @@ __all__ = [
     "SimulationPublic",
     "SimulationsPublic",
     "TensorSpecJSON",
+    "TokenRotate",
 ]
 
 DEFAULT_METRIC = "accuracy"
@@ -244,11 +246,32 @@ class NodesPublic(BaseModel):
 
 
 class NodeRegistered(BaseModel):
-    """Registration result; `token` is shown once, on first registration."""
+    """Registration result; `token` is the registry-generated token, shown once, on a first
+    registration without a client-chosen secret (null otherwise)."""
 
     node: NodePublic
     token: str | None = None
     created: bool
+
+
+class TokenRotate(BaseModel):
+    """A node's new credential: a client-chosen secret, or none for a generated token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str | None = Field(
+        default=None,
+        max_length=512,
+        description="The node's new secret (at least 32 URL-safe characters: A-Z a-z 0-9 - _); "
+        "omit it and the registry generates one and returns it once.",
+    )
+
+
+class NodeToken(BaseModel):
+    """A rotated credential: `token` is the generated one (null when the caller chose it)."""
+
+    node_id: str
+    token: str | None = None
 
 
 class GroupPublic(BaseModel):

@@ -65,7 +65,8 @@ class RegistrySettings(BaseSettings):
     admin_token: str | None = Field(
         default=None,
         min_length=8,
-        description="Bearer token for admin calls (starting simulations); generated if unset.",
+        description="Bearer token for admin calls (simulations, token rotation); unset: the "
+        "one in data_dir/admin_token, generated there (0600) on first start.",
     )
     rate_limit_per_token: str = Field(
         default=DEFAULT_PER_TOKEN,
@@ -104,6 +105,11 @@ class RegistrySettings(BaseSettings):
     def simulations_dir(self) -> Path:
         """Folder holding each simulation's output."""
         return self.data_dir / "simulations"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """File holding the generated admin token (when admin_token is unset)."""
+        return self.data_dir / "admin_token"
 
     @property
     def models_dir(self) -> Path:

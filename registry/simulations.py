@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,38 @@ __all__ = [
     "BusyError",
     "SimulationManager",
     "Status",
+    "child_environment",
     "get_simulation",
     "list_simulations",
     "log_lines",
 ]
 
 log = logging.getLogger(__name__)
+
+
+# What a simulation worker needs from the registry's environment: to find Python and its
+# packages, locale and temp dir, proxies and CA certificates to reach the registry's URL,
+# and the thread/telemetry knobs of torch and Flower. Nothing of the registry's own
+# (MYCELIUM_REGISTRY_*: the admin token, the database URL with its password).
+CHILD_ENV_NAMES = frozenset(
+    {
+        "PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "VIRTUAL_ENV", "HOME", "USER",
+        "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+        "no_proxy", "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    }
+)  # fmt: skip
+CHILD_ENV_PREFIXES = ("LC_", "FLWR_", "OMP_", "MKL_", "OPENBLAS_", "TORCH_", "CUDA_", "COVERAGE_")
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` a simulation worker may see (CHILD_ENV_NAMES and
+    CHILD_ENV_PREFIXES); everything else, the registry's secrets included, stays here."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)
+    }
 
 
 class Status:
@@ -199,7 +225,7 @@ class SimulationManager:
         try:
             self.output_dir(sim_id).mkdir(parents=True, exist_ok=True)
             env = {
-                **os.environ,
+                **child_environment(os.environ),
                 "PYTHONUNBUFFERED": "1",
                 "FLWR_TELEMETRY_ENABLED": "0",
                 "FLWR_DISABLE_UPDATE_CHECK": "1",

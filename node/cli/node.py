@@ -52,6 +52,13 @@ def node(
     node_id: Annotated[
         str | None, typer.Option(help="This node's id (default: host name + random suffix).")
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="This node's folder (default data/node): credentials/ keeps its registry "
+            "token (0600), so a restart with the same id and folder keeps its identity."
+        ),
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
@@ -168,6 +175,7 @@ def node(
             config,
             registry_url=registry_url,
             node_id=node_id,
+            data_dir=data_dir,
             node_address=address,
             domain=domain,
             dataset=dataset,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
+from node.credentials import CredentialStore
 from node.errors import RegistryClientError
 from node.federation.inprocess import InMemoryFederation
 from node.federation.round import GroupMember, latest_group_model, run_group_round
@@ -94,6 +95,9 @@ class InProcessNetwork:
     config: NetworkConfig = field(default_factory=NetworkConfig)
     model_factory: Callable[[int], Any] | None = None
     node_prefix: str = "node"
+    # Where the nodes keep their registry tokens; None: in memory only (a registry of
+    # its own, gone with the run).
+    credentials: CredentialStore | None = None
     agents: list[NodeAgent] = field(default_factory=list, init=False)
     members: dict[str, GroupMember] = field(default_factory=dict, init=False)
     history: list[RoundStats] = field(default_factory=list, init=False)
@@ -126,7 +130,9 @@ class InProcessNetwork:
                 NodeAgent(
                     node_id=node_id,
                     learner=learner,
-                    client=RegistryClient(self.registry_url, retries=4, backoff=0.25),
+                    client=RegistryClient(
+                        self.registry_url, retries=4, backoff=0.25, credentials=self.credentials
+                    ),
                     domain=cfg.domain,
                     address=f"in-process/{node_id}",
                     policy=cfg.policy,

@@ -31,6 +31,7 @@ from flwr.common import Scalar
 
 from node.addresses import Address, advertised_host, free_port, parse_address
 from node.config import NodeConfig
+from node.credentials import CredentialStore
 from node.errors import (
     ForbiddenError,
     NotFoundError,
@@ -241,7 +242,12 @@ class NodeProcess:
         self.address = str(Address(advertised_host(advertised.host), port))
         listen = parse_address(self.options.listen or "0.0.0.0:0", allow_port_zero=True)
         self.listen = str(Address(listen.host, listen.port or port))  # port 0: the advertised one
-        self.client = client or RegistryClient(config.registry_url, retries=4, backoff=0.25)
+        self.client = client or RegistryClient(
+            config.registry_url,
+            retries=4,
+            backoff=0.25,
+            credentials=CredentialStore(config.data_dir),
+        )
         self.partition_id = partition_id  # None: the registry's order decides
         self.rounds_done = 0
         self.last_accuracy: float | None = None

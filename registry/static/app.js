@@ -7,7 +7,8 @@ const PALETTE = ["#34d399", "#60a5fa", "#f472b6", "#fbbf24", "#a78bfa", "#f87171
 const EVENT_TYPES = ["registered", "node_updated", "reactivated", "group_created", "joined",
   "left", "migrated", "performance_reported", "model_uploaded", "expired", "group_archived",
   "host_claimed", "host_released", "reward", "simulation_started", "simulation_finished",
-  "snapshot_rejected", "signature_learned", "member_flagged", "member_quarantined"];
+  "snapshot_rejected", "signature_learned", "member_flagged", "member_quarantined",
+  "token_rotated"];
 const REFRESH_ON = {
   groups: new Set(["group_created", "joined", "left", "migrated", "performance_reported",
     "expired", "group_archived", "host_claimed", "host_released", "model_uploaded"]),
@@ -494,7 +495,7 @@ async function startSimulation(event) {
   const msg = $("sim-message");
   const button = $("sim-start");
   const token = $("sim-token").value.trim();
-  localStorage.setItem("mycelium-admin-token", token);
+  sessionStorage.setItem("mycelium-admin-token", token);  // this tab only, gone when it closes
   const body = {
     nodes: Number($("sim-nodes").value),
     rounds: Number($("sim-rounds").value),
@@ -535,7 +536,8 @@ async function startSimulation(event) {
 function main() {
   $("log-pause").addEventListener("click", togglePause);
   $("sim-form").addEventListener("submit", startSimulation);
-  const saved = localStorage.getItem("mycelium-admin-token");
+  localStorage.removeItem("mycelium-admin-token");  // kept there by older versions
+  const saved = sessionStorage.getItem("mycelium-admin-token");
   if (saved) $("sim-token").value = saved;
   renderPerf();
   Promise.all([loadGroups(), loadNodes(), loadLedger(), loadBalances(), loadSimulations()])

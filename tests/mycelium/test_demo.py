@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.registry_proc import RegistryProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,3 +89,24 @@ def test_ctrl_c_still_writes_the_summary(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] >= 1
     assert "summary written" in stdout
+
+
+def test_the_demo_runs_twice_in_a_row_against_one_registry(
+    tmp_path: Path, sqlite_registry: RegistryProcess
+) -> None:
+    # Prepare: the same output folder (where the nodes keep their credentials) both times
+    out = tmp_path / "out"
+    args = ("--registry-url", sqlite_registry.url, "--nodes", "2", "--rounds", "2")
+    args += ("--samples-per-node", "120", "--no-local-only", "--output", str(out))
+
+    # Execute
+    first = _run(*args)
+    second = _run(*args)
+
+    # Assert: the second run's nodes are recognised, not locked out
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and set(summary["nodes"]) == {"node-000", "node-001"}
+    stored = sorted(p.name for p in (out / "credentials").rglob("*.json"))
+    assert stored == ["node-000.json", "node-001.json"]

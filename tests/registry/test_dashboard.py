@@ -58,6 +58,11 @@ def test_the_dashboard_starts_a_simulation_and_shows_it_live(
             page.fill("#sim-rounds", "3")
             page.select_option("#sim-dataset", "digits")
             page.click("#sim-start")
+            # The admin token is kept for this tab's session only, never in localStorage
+            stored = page.evaluate(
+                "() => [sessionStorage.getItem('mycelium-admin-token'),"
+                " localStorage.getItem('mycelium-admin-token')]"
+            )
 
             # Assert: log lines stream in, groups and ledger entries appear without reloading
             page.wait_for_selector("#sim-log .log-line", timeout=60_000)
@@ -79,6 +84,7 @@ def test_the_dashboard_starts_a_simulation_and_shows_it_live(
 
     with httpx.Client(base_url=dashboard_registry.url) as c:
         entries = c.get("/ledger", params={"limit": 1000}).json()["count"]
+    assert stored == [ADMIN, None]
     assert "round 3/3" in log_text and "finished" in log_text
     assert ledger_rows == min(entries, 60) and ledger_rows > 0
     assert balance_rows > 0 and event_rows > 0

@@ -99,3 +99,34 @@ def test_an_unknown_simulation_is_404(admin_registry: RegistryProcess) -> None:
     with httpx.Client(base_url=admin_registry.url, timeout=10) as c:
         assert c.get("/simulations/4242").status_code == 404
         assert c.get("/simulations/4242/stream").status_code == 404
+
+
+def test_a_simulation_worker_does_not_inherit_the_registrys_secrets(tmp_path: Path) -> None:
+    # Prepare: a registry whose admin token and settings reach it through its environment
+    extra = ["--admin-token", ADMIN, "--max-simulations", "1"]
+    long_run = {**TINY, "rounds": 200}
+    with (
+        RegistryProcess(tmp_path / "registry", extra=extra) as proc,
+        httpx.Client(base_url=proc.url, timeout=10) as c,
+    ):
+        started = c.post(
+            "/simulations", headers={"Authorization": f"Bearer {ADMIN}"}, json=long_run
+        )
+        assert started.status_code == 202, started.text
+        pid = None
+        for _ in range(200):  # the event follows the worker's start at once
+            events = c.get("/events", params={"type": "simulation_started"}).json()["data"]
+            if events:
+                pid = events[0]["data"]["pid"]
+                break
+            time.sleep(0.05)
+        assert pid is not None
+
+        # Execute: read the worker's environment while it runs (the registry stops it after)
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+
+    # Assert: what it needs is there, the registry's own settings are not
+    names = {entry.split(b"=", 1)[0].decode() for entry in raw.split(b"\0") if entry}
+    assert "PATH" in names and "PYTHONUNBUFFERED" in names
+    assert ADMIN.encode() not in raw
+    assert not [n for n in names if n.startswith("MYCELIUM_REGISTRY_")]

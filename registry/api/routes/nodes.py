@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
 from registry import crud, snapshots
-from registry.api.deps import BEARER, DatabaseDep, PageDep, SettingsDep, TokenDep
+from registry.api.deps import BEARER, AdminDep, DatabaseDep, PageDep, SettingsDep, TokenDep
 from registry.api.validation import invalid_response
 from registry.db import Database, GroupCommit
 from registry.schemas import (
@@ -27,6 +27,8 @@ from registry.schemas import (
     NodeRegister,
     NodeRegistered,
     NodesPublic,
+    NodeToken,
+    TokenRotate,
 )
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
@@ -42,8 +44,15 @@ NodeIdPath = Annotated[str, Path(pattern=NODE_ID_PATTERN)]
 def register_node(
     db: DatabaseDep, settings: SettingsDep, token: TokenDep, body: NodeRegister, response: Response
 ) -> NodeRegistered:
-    """Register a node (201, returns its secret token once) or update it (200, needs the token);
-    409 when its `model_signature` is not its domain's."""
+    """Register a node (201) or update it (200, needs its token); idempotent with a token.
+
+    Credentials: send a secret of your own as `Authorization: Bearer <secret>` on the first
+    register (at least 32 URL-safe characters, e.g. `secrets.token_urlsafe(32)`; 422 when
+    weaker, 409 when another node holds it) and keep it: the same node and secret again is
+    200 with `created: false`, so a retry after a lost answer is harmless. Without one the
+    registry generates a token and returns it once, in `token`. Re-registering a known node
+    needs its token (401 without, 403 with another); an admin can set a new one with
+    `POST /nodes/{node_id}/token`. 409 when `model_signature` is not its domain's."""
     signature = snapshots.parse_declaration(
         body.model_signature, max_model_bytes=settings.max_model_bytes
     )
@@ -54,6 +63,29 @@ def register_node(
         out = NodeRegistered(node=NodePublic.model_validate(node), token=new_token, created=created)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return out
+
+
+@router.post(
+    "/{node_id}/token",
+    response_model=NodeToken,
+    dependencies=[AdminDep],
+    responses={401: {}, 403: {}, 404: {}, 409: {}},
+)
+def rotate_token(
+    db: DatabaseDep, node_id: NodeIdPath, body: TokenRotate | None = None
+) -> NodeToken:
+    """Admin only: give a node a new credential (its old token stops working at once).
+
+    Body `{"token": "<secret>"}` sets a secret of the node's choosing (at least 32 URL-safe
+    characters; 422 when weaker); an empty body has the registry generate one and return it
+    once in `token`. The recovery for a node that lost its credential file. 401 without the
+    admin token, 403 with another token (a node's), 404 for an unknown node; recorded as a
+    `token_rotated` event."""
+    with db.write() as session:
+        generated = crud.rotate_token(
+            session, node_id=node_id, token=body.token if body is not None else None
+        )
+    return NodeToken(node_id=node_id, token=generated)
 
 
 # Heartbeats are the registry's hottest path (every node, every interval). They are

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ class NodeProcs:
             sys.executable, "-m", "node",
             "--registry-url", self.url,
             "--node-id", node_id,
+            "--data-dir", str(self.tmp / "data" / node_id),
             "--address", "127.0.0.1:0",
             "--listen", "127.0.0.1:0",
             "--partition", "clustered", "--clusters", "2",
@@ -186,6 +188,37 @@ def test_nodes_train_in_groups_and_survive_a_dead_member_and_a_dead_host(
     for n in survivors:
         assert nodes.procs[n].wait(30) == 0, nodes.logs()
         assert node_info(url, n)["group_id"] is None
+
+
+def test_a_node_restarted_with_its_id_and_data_dir_keeps_its_identity(
+    network: tuple[RegistryProcess, NodeProcs],
+) -> None:
+    registry, nodes = network
+
+    def updates() -> int:
+        params = {"type": "node_updated", "node_id": "n0"}
+        return len(httpx.get(f"{registry.url}/events", params=params, timeout=5).json()["data"])
+
+    # Prepare: n0 registers and heartbeats, then dies without a word
+    nodes.start(0, "--warmup-epochs", "0")
+    wait_until(lambda: node_info(registry.url, "n0").get("status") == "active", 60, "n0", nodes)
+    nodes.procs["n0"].kill()
+    nodes.procs["n0"].wait(10)
+    credential = next((nodes.tmp / "data" / "n0" / "credentials").rglob("n0.json"))
+    token = credential.read_text()
+    before, log_size = updates(), (nodes.tmp / "n0.log").stat().st_size
+
+    # Execute: the same id and data dir again
+    nodes.start(0, "--warmup-epochs", "0")
+    wait_until(lambda: updates() > before, 60, "n0 to register again", nodes)
+    beat = node_info(registry.url, "n0")["last_heartbeat"]
+    wait_until(lambda: node_info(registry.url, "n0")["last_heartbeat"] > beat, 30, "a beat", nodes)
+
+    # Assert: recognised by its stored token, never refused
+    after = (nodes.tmp / "n0.log").read_bytes()[log_size:].decode(errors="replace")
+    assert credential.read_text() == token
+    assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+    assert " 401" not in after and " 403" not in after, after[-3000:]
 
 
 def test_dry_run_accepts_the_flags_and_exits(tmp_path: Path) -> None:

@@ -240,7 +240,9 @@ def test_dry_run_accepts_the_flags_and_exits(tmp_path: Path) -> None:
     assert "out of range" in bad.stderr
 
 
-def test_auto_partition_ids_follow_registration_order(sqlite_registry: RegistryProcess) -> None:
+def test_auto_partition_ids_follow_registration_order(
+    sqlite_registry: RegistryProcess, tmp_path: Path
+) -> None:
     # Prepare: three nodes of a fresh domain, registered one after another
     domain = "ordinal-test"
     procs = [
@@ -248,6 +250,7 @@ def test_auto_partition_ids_follow_registration_order(sqlite_registry: RegistryP
             NodeConfig(
                 registry_url=sqlite_registry.url,
                 node_id=f"auto-{i}",
+                data_dir=tmp_path,
                 node_address="127.0.0.1:0",
                 domain=domain,
             ),

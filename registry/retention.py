@@ -22,8 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, CursorResult, delete, exists, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.db import Database
@@ -136,12 +137,13 @@ def _prune_table(
                 )
             )
             if ids:
-                session.execute(
+                # rowcount, not len(ids): another worker's sweeper may have deleted some.
+                result = session.execute(
                     delete(table)
                     .where(table.id.in_(ids))
                     .execution_options(synchronize_session=False)
                 )
-        deleted += len(ids)
+                deleted += cast("CursorResult[Any]", result).rowcount
         if len(ids) < batch:
             break
         cursor = ids[-1]

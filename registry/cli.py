@@ -90,6 +90,28 @@ def registry(
         str | None,
         typer.Option(help="Write calls one client address may make, e.g. '2000/second' or 'off'."),
     ] = None,
+    retention_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Prune events, performance reports and simulation logs older than this "
+            "many days (0: keep them by row count only). Default 7.",
+        ),
+    ] = None,
+    events_max_rows: Annotated[
+        int | None, typer.Option(min=0, help="Newest events kept (0: no row limit).")
+    ] = None,
+    performance_max_rows: Annotated[
+        int | None,
+        typer.Option(min=0, help="Newest performance reports kept (0: no row limit)."),
+    ] = None,
+    simulation_logs_max_rows: Annotated[
+        int | None,
+        typer.Option(min=0, help="Newest simulation log lines kept (0: no row limit)."),
+    ] = None,
+    prune_interval_s: Annotated[
+        float | None, typer.Option(min=0.01, help="Seconds between pruning passes.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -112,6 +134,11 @@ def registry(
         "public_url": public_url,
         "rate_limit_per_token": rate_limit_per_token,
         "rate_limit_per_address": rate_limit_per_address,
+        "retention_days": retention_days,
+        "events_max_rows": events_max_rows,
+        "performance_max_rows": performance_max_rows,
+        "simulation_logs_max_rows": simulation_logs_max_rows,
+        "prune_interval_s": prune_interval_s,
     }
     try:
         settings = build_settings(**overrides)

@@ -868,15 +868,22 @@ def list_events(
     type_: str | None = None,
     node_id: str | None = None,
     group_id: int | None = None,
+    before: int | None = None,
+    newest: bool = False,
 ) -> Sequence[Event]:
-    """Events with id > after_id, oldest first."""
+    """Events with after_id < id (< before, when given), oldest first: the oldest `limit`
+    of them, or with `newest` the newest `limit` (for paging back)."""
     q = select(Event).where(Event.id > after_id)
+    if before is not None:
+        q = q.where(Event.id < before)
     if type_ is not None:
         q = q.where(Event.type == type_)
     if node_id is not None:
         q = q.where(Event.node_id == node_id)
     if group_id is not None:
         q = q.where(Event.group_id == group_id)
+    if newest:
+        return list(reversed(session.scalars(q.order_by(Event.id.desc()).limit(limit)).all()))
     return session.scalars(q.order_by(Event.id).limit(limit)).all()
 
 

@@ -1,14 +1,17 @@
-"""Liveness sweeper: expires silent nodes and archives groups left empty past a grace period."""
+"""Liveness sweeper: expires silent nodes, archives groups left empty past a grace period
+and, every `prune_interval_s`, prunes old history (registry.retention)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import threading
+import time
 
 from registry import crud
 from registry.db import Database
 from registry.models import utcnow
+from registry.retention import prune_once
 from registry.settings import RegistrySettings
 
 __all__ = ["Sweeper", "sweep_once"]
@@ -43,7 +46,8 @@ def sweep_once(
 
 
 class Sweeper:
-    """Runs sweep_once every `sweep_interval` seconds in a daemon thread."""
+    """Runs sweep_once every `sweep_interval` seconds in a daemon thread, and prune_once
+    at the first sweep and then every `prune_interval_s` seconds."""
 
     def __init__(self, db: Database, settings: RegistrySettings) -> None:
         self._db = db
@@ -62,8 +66,15 @@ class Sweeper:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        next_prune = time.monotonic()
         while not self._stop.wait(self._settings.sweep_interval):
             try:
                 sweep_once(self._db, self._settings, started_at=self._started_at)
             except Exception:  # keep sweeping through transient database errors
                 log.exception("liveness sweep failed")
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self._settings.prune_interval_s
+                try:
+                    prune_once(self._db, self._settings)
+                except Exception:  # the next pass tries again
+                    log.exception("retention pruning failed")

@@ -83,6 +83,35 @@ class RegistrySettings(BaseSettings):
         description="The registry's own URL for simulations; default: the request's base URL.",
     )
 
+    # Retention: what the sweeper prunes, and how (registry.retention).
+    retention_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="Events, performance reports and simulation log lines older than this "
+        "many days are pruned (0: no age limit).",
+    )
+    events_max_rows: int = Field(
+        default=1_000_000, ge=0, description="Newest events kept (0: no row limit)."
+    )
+    performance_max_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Newest performance reports kept, beyond each member's latest report "
+        "per metric and its group's recent rounds, which are always kept (0: no row limit).",
+    )
+    simulation_logs_max_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Newest simulation log lines kept, beyond those of running "
+        "simulations, which are always kept (0: no row limit).",
+    )
+    prune_interval_s: float = Field(
+        default=300.0, gt=0, description="Seconds between two pruning passes of the sweeper."
+    )
+    prune_batch_rows: int = Field(
+        default=5000, ge=1, description="Rows deleted per transaction while pruning."
+    )
+
     @field_validator("rate_limit_per_token", "rate_limit_per_address")
     @classmethod
     def _known_limits(cls, value: str) -> str:

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from viz.export import DEFAULT_FPS, DEFAULT_MAX_BYTES
-from viz.session import SNAPSHOTS_FILE, VizOptions, export_snapshots, run_session
-from viz.snapshot import load_snapshots
+from viz.session import SNAPSHOTS_FILE, VizOptions, export_file, run_session
+from viz.snapshot import iter_snapshots
 
 __all__ = ["app", "parse_size", "viz"]
 
@@ -82,15 +82,15 @@ def viz(
         output=output, fps=fps, interval=interval, size=size, max_mb=max_mb, live=live
     )
     if replay is not None:
-        try:
-            snapshots = load_snapshots(replay)
+        try:  # read as a stream: a long recording need not fit in memory
+            first = next(iter_snapshots(replay), None)
         except (ValueError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        if not snapshots:
+        if first is None:
             typer.echo(f"error: {replay} holds no snapshots", err=True)
             raise typer.Exit(1)
-        summary = export_snapshots(snapshots, options)
+        summary = export_file(replay, options)
     else:
         assert registry_url is not None
         typer.echo(f"recording {registry_url} every {interval:g} s; Ctrl+C to stop and export")

@@ -3,6 +3,8 @@
 Frames are drawn one at a time and kept as 8-bit palette images (one byte per pixel) that
 share one palette, so memory stays modest and colours do not flicker between frames. A
 long session is thinned evenly (the last frame always kept) to fit `max_bytes`.
+`export_stream` draws from frames made on demand (twice, in order), so a recording too long
+to hold in memory exports from its file.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_PNG",
     "ExportResult",
+    "FrameSource",
     "export",
+    "export_stream",
     "select_indices",
 ]
 
@@ -40,6 +44,9 @@ DEFAULT_PNG = "mycelium_net_final.png"
 DEFAULT_FPS = 4.0
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 _HEADROOM = 0.92  # aim below the limit: the estimate is per frame, the file has overhead
+
+# Makes the same frames, in the same order, each time it is called.
+FrameSource = Callable[[], Iterable[Frame]]
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,36 @@ def export(
     renderer: Renderer | None = None,
 ) -> ExportResult:
     """Write the GIF of `frames` (thinned to fit `max_bytes`) and a PNG of the last frame."""
-    if not frames:
+    return export_stream(
+        lambda: frames,
+        len(frames),
+        output_dir,
+        fps=fps,
+        size=size,
+        max_bytes=max_bytes,
+        gif_name=gif_name,
+        png_name=png_name,
+        renderer=renderer,
+    )
+
+
+def export_stream(
+    frames: FrameSource,
+    total: int,
+    output_dir: Path,
+    *,
+    fps: float = DEFAULT_FPS,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    gif_name: str = DEFAULT_GIF,
+    png_name: str = DEFAULT_PNG,
+    renderer: Renderer | None = None,
+) -> ExportResult:
+    """As `export`, for `total` frames that `frames()` makes on demand: called twice (to
+    fit the palette and the size estimate, then to draw), so only the frames chosen for
+    the GIF are held, as 8-bit images. Raises ValueError when there are no frames, `fps`
+    is not positive, or `frames()` yields fewer than `total`."""
+    if total <= 0:
         raise ValueError("no frames to export: the recording is empty")
     if fps <= 0:
         raise ValueError("fps must be positive")
@@ -129,24 +165,40 @@ def export(
     renderer = renderer or Renderer(size)
     gif_path, png_path = output_dir / gif_name, output_dir / png_name
 
-    last = renderer.render(frames[-1])
+    middle = total // 2 if total > 2 else None
+    kept: dict[int, Frame] = {}
+    for i, frame in enumerate(frames()):
+        if i == middle or i == total - 1:
+            kept[i] = frame
+        if i == total - 1:
+            break
+    if total - 1 not in kept:
+        raise ValueError(f"expected {total} frames to export, got fewer")
+    last = renderer.render(kept[total - 1])
     iio.imwrite(png_path, last)
     samples = [last]
-    if len(frames) > 2:
-        samples.insert(0, renderer.render(frames[len(frames) // 2]))
+    if middle is not None:
+        samples.insert(0, renderer.render(kept[middle]))
+    kept.clear()
     palette = _palette_image(samples)
 
     # Estimate bytes per frame from the densest sample, then keep what fits.
     per_frame = max(len(_encode([_to_palette(s, palette)], fps)) for s in samples)
-    keep = max(1, min(len(frames), math.floor(max_bytes * _HEADROOM / per_frame)))
-    indices = select_indices(len(frames), keep)
-    if keep < len(frames):
-        log.info("thinning %s frames to %s to stay under %s bytes", len(frames), keep, max_bytes)
+    keep = max(1, min(total, math.floor(max_bytes * _HEADROOM / per_frame)))
+    indices = select_indices(total, keep)
+    if keep < total:
+        log.info("thinning %s frames to %s to stay under %s bytes", total, keep, max_bytes)
 
+    chosen = set(indices)
     images: list[Image.Image] = []
-    for i in indices:
-        rgb = last if i == len(frames) - 1 else renderer.render(frames[i])
-        images.append(_to_palette(rgb, palette))
+    for i, frame in enumerate(frames()):
+        if i >= total - 1:
+            break
+        if i in chosen:
+            images.append(_to_palette(renderer.render(frame), palette))
+    images.append(_to_palette(last, palette))  # the last index is always chosen
+    if len(images) != len(indices):
+        raise ValueError(f"expected {total} frames to export, got fewer the second time")
     data = _encode(images, fps)
     # The estimate can miss (busier middle frames): thin what is rendered until it fits.
     while len(data) > max_bytes and len(images) > 1:
@@ -159,7 +211,7 @@ def export(
     return ExportResult(
         gif=gif_path,
         png=png_path,
-        frames_total=len(frames),
+        frames_total=total,
         frames_written=len(images),
         gif_frames=_count_frames(data),
         frame_indices=tuple(indices),

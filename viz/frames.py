@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from viz.layout import Layout, Point, update_layout
@@ -15,6 +15,7 @@ __all__ = [
     "MigrationMark",
     "Stats",
     "build_frames",
+    "iter_frames",
 ]
 
 PERFORMANCE = "performance_reported"
@@ -162,8 +163,14 @@ class FrameBuilder:
 
 def build_frames(snapshots: Sequence[Snapshot]) -> list[Frame]:
     """One frame per snapshot, in order; the same snapshots always give the same frames."""
+    return list(iter_frames(snapshots))
+
+
+def iter_frames(snapshots: Iterable[Snapshot]) -> Iterator[Frame]:
+    """build_frames one frame at a time, for snapshots read as a stream (a file)."""
     builder = FrameBuilder()
-    return [builder.add(s) for s in snapshots]
+    for snap in snapshots:
+        yield builder.add(snap)
 
 
 def _source(before: Layout | None, mig: Migration) -> Point | None:

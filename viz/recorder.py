@@ -1,10 +1,12 @@
-"""Recorder: polls the registry in a background thread and keeps the snapshots it takes."""
+"""Recorder: polls the registry in a background thread, streams the snapshots it takes to
+a file and keeps the latest of them in memory."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -14,7 +16,7 @@ import httpx
 from node.registry_client import RegistryClient, RegistryClientError
 from viz.snapshot import Snapshot, SnapshotFetcher, file_header, load_snapshots, save_snapshots
 
-__all__ = ["Recorder"]
+__all__ = ["DEFAULT_KEEP", "Recorder"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 # (RegistryClientError), or an answer that does not fit its schema (pydantic's
 # ValidationError is a ValueError). The recorder logs it and polls again.
 _SKIPPED = (RegistryClientError, ValueError)
+# Snapshots a recorder keeps in memory by default: a long run's history lives in its file.
+DEFAULT_KEEP = 500
 
 
 class Recorder:
@@ -29,11 +33,12 @@ class Recorder:
 
     Polling costs three small HTTP requests per snapshot (more past 1000 nodes, groups or
     new events) and never draws, so it can run next to training. With `path`, each snapshot
-    is also appended to that JSON-lines file as it is taken, so an interrupted run still
-    leaves a replayable file. It reads through a RegistryClient with `retries` (short, so
-    polling keeps its pace) and `timeout` in seconds; `transport` replaces httpx's own.
-    When the registry is away the background thread counts the failure in `errors`, logs
-    it and tries again at the next interval.
+    is appended to that JSON-lines file as it is taken, so the file holds the whole run (an
+    interrupted one too); memory holds only the latest `keep` snapshots (None: all of
+    them), so a run of any length costs bounded memory. It reads through a RegistryClient
+    with `retries` (short, so polling keeps its pace) and `timeout` in seconds;
+    `transport` replaces httpx's own. When the registry is away the background thread
+    counts the failure in `errors`, logs it and tries again at the next interval.
     """
 
     def __init__(
@@ -46,15 +51,19 @@ class Recorder:
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
         retries: int = 1,
+        keep: int | None = DEFAULT_KEEP,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
+        if keep is not None and keep < 1:
+            raise ValueError("keep must be at least 1 snapshot (None: keep them all)")
         self.registry_url = registry_url.rstrip("/")
         self.interval = interval
         self.path = path
         self.on_snapshot = on_snapshot
         self.errors = 0
-        self._snapshots: list[Snapshot] = []
+        self._snapshots: deque[Snapshot] = deque(maxlen=keep)
+        self._taken = 0
         self._lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,9 +82,22 @@ class Recorder:
 
     @property
     def snapshots(self) -> list[Snapshot]:
-        """A copy of the snapshots taken so far."""
+        """A copy of the snapshots in memory: the latest `keep` taken, oldest first (the
+        file, with a `path`, holds every one)."""
         with self._lock:
             return list(self._snapshots)
+
+    @property
+    def taken(self) -> int:
+        """How many snapshots were taken so far (in memory or not)."""
+        with self._lock:
+            return self._taken
+
+    def snapshots_since(self, index: int) -> list[Snapshot]:
+        """The snapshots in memory whose `index` is at least `index`, oldest first (those
+        that already left the memory window are skipped)."""
+        with self._lock:
+            return [s for s in self._snapshots if s.index >= index]
 
     def snapshot(self) -> Snapshot:
         """Take one snapshot now (also what the background thread does each interval)."""
@@ -83,6 +105,7 @@ class Recorder:
             snap = self._fetcher.fetch()
         with self._lock:
             self._snapshots.append(snap)
+            self._taken += 1
             if self._file is not None:
                 self._file.write(json.dumps(snap.to_json(), separators=(",", ":")) + "\n")
                 self._file.flush()
@@ -113,7 +136,8 @@ class Recorder:
             self._stop.wait(self.interval)
 
     def stop(self, *, final: bool = True) -> list[Snapshot]:
-        """Stop polling; with `final`, take one last snapshot so the end state is recorded."""
+        """Stop polling; with `final`, take one last snapshot so the end state is recorded.
+        Returns the snapshots in memory (the latest `keep`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 10)
@@ -132,7 +156,7 @@ class Recorder:
         return self.snapshots
 
     def save(self, path: Path) -> None:
-        """Write every snapshot taken so far to a JSON-lines file."""
+        """Write the snapshots in memory (the latest `keep`) to a JSON-lines file."""
         save_snapshots(path, self.snapshots, registry_url=self.registry_url)
 
     @staticmethod

@@ -1,8 +1,11 @@
 """A visualization session: record a running network, show it live if a display exists,
 and write the GIF, the final PNG and the snapshots file when it ends.
 
-`run_session` runs in the calling process (the `viz` command). `VizProcess` runs the same
-session in a child process, so drawing never competes with training for the GIL.
+The recorder streams snapshots to the snapshots file and keeps only the latest
+`keep_snapshots` in memory; the GIF and PNG are drawn from the file (`export_file`), so a
+long session costs bounded memory. `run_session` runs in the calling process (the `viz`
+command). `VizProcess` runs the same session in a child process, so drawing never
+competes with training for the GIL.
 """
 
 from __future__ import annotations
@@ -14,24 +17,33 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from viz.export import DEFAULT_FPS, DEFAULT_GIF, DEFAULT_MAX_BYTES, DEFAULT_PNG, export
-from viz.frames import FrameBuilder, build_frames
-from viz.recorder import Recorder
+from viz.export import (
+    DEFAULT_FPS,
+    DEFAULT_GIF,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_PNG,
+    ExportResult,
+    FrameSource,
+    export_stream,
+)
+from viz.frames import FrameBuilder, iter_frames
+from viz.recorder import DEFAULT_KEEP, Recorder
 from viz.render import DEFAULT_SIZE, Renderer
-from viz.snapshot import Snapshot, save_snapshots
+from viz.snapshot import Snapshot, iter_snapshots
 
 __all__ = [
     "SNAPSHOTS_FILE",
     "SUMMARY_FILE",
     "VizOptions",
     "VizProcess",
+    "export_file",
     "export_snapshots",
     "has_display",
     "run_session",
@@ -64,6 +76,7 @@ class VizOptions:
     live: bool | None = None  # None: a live window when a display exists
     gif_name: str = DEFAULT_GIF
     png_name: str = DEFAULT_PNG
+    keep_snapshots: int = DEFAULT_KEEP  # held in memory while recording; the file has all
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,9 +117,31 @@ class _LiveWindow:
 
 def export_snapshots(snapshots: Sequence[Snapshot], options: VizOptions) -> dict[str, Any]:
     """Frames from snapshots → GIF + PNG in options.output; returns (and writes) a summary."""
-    frames = build_frames(snapshots)
-    result = export(
+    if not snapshots:
+        raise ValueError("no snapshots to export")
+    return _export(lambda: iter_frames(snapshots), len(snapshots), snapshots[-1], options)
+
+
+def export_file(path: Path, options: VizOptions) -> dict[str, Any]:
+    """As export_snapshots, for the snapshots in a file, read as a stream (three passes:
+    count, sample, draw), so memory does not grow with the recording's length. Raises
+    ValueError when the file is not a snapshots file or holds no snapshots."""
+    total, last = 0, None
+    for snap in iter_snapshots(path):
+        total, last = total + 1, snap
+    if last is None:
+        raise ValueError(f"{path} holds no snapshots")
+
+    def frames() -> Iterator[Any]:
+        return iter_frames(iter_snapshots(path))
+
+    return _export(frames, total, last, options)
+
+
+def _export(frames: FrameSource, total: int, last: Snapshot, options: VizOptions) -> dict[str, Any]:
+    result: ExportResult = export_stream(
         frames,
+        total,
         options.output,
         fps=options.fps,
         size=options.size,
@@ -114,10 +149,9 @@ def export_snapshots(snapshots: Sequence[Snapshot], options: VizOptions) -> dict
         gif_name=options.gif_name,
         png_name=options.png_name,
     )
-    last = snapshots[-1]
     summary: dict[str, Any] = {
         **result.to_json(),
-        "snapshots": len(snapshots),
+        "snapshots": total,
         "final": {
             "round": last.round,
             "groups": {g.name: list(g.members) for g in last.groups},
@@ -142,11 +176,14 @@ def run_session(
     """Record until `stop` is set, `duration` passes or Ctrl+C; then export everything.
 
     The snapshots file is written as the run goes, so it survives a crash; the GIF and PNG
-    are drawn at the end, or live in a window (and again at the end) when there is a display.
+    are drawn from it at the end, or live in a window (and again at the end) when there is a
+    display. Memory holds only the latest `options.keep_snapshots` snapshots. Raises
+    RuntimeError when no snapshot could be taken.
     """
     options.output.mkdir(parents=True, exist_ok=True)
     stop_event: _Waitable = stop if stop is not None else threading.Event()
-    recorder = Recorder(registry_url, options.interval, path=options.output / SNAPSHOTS_FILE)
+    path = options.output / SNAPSHOTS_FILE
+    recorder = Recorder(registry_url, options.interval, path=path, keep=options.keep_snapshots)
     live = has_display() if options.live is None else options.live
     window: _LiveWindow | None = None
     if live:
@@ -177,11 +214,10 @@ def run_session(
                 if poke is not None and poke.is_set():
                     poke.clear()
                     recorder.snapshot()
-                snaps = recorder.snapshots
                 frame = None
-                for snap in snaps[seen:]:
+                for snap in recorder.snapshots_since(seen):
                     frame = builder.add(snap)
-                seen = len(snaps)
+                    seen = snap.index + 1
                 if frame is not None:
                     window.show(renderer.render(frame))
                 else:
@@ -191,17 +227,16 @@ def run_session(
     except KeyboardInterrupt:
         log.info("interrupted: writing what was recorded")
     finally:
-        snapshots = recorder.stop()
+        recorder.stop()
         if window is not None:
             window.close()
-    if not snapshots:
+    if not recorder.taken:
         raise RuntimeError(f"no snapshot could be taken from {registry_url}")
-    save_snapshots(options.output / SNAPSHOTS_FILE, snapshots, registry_url=registry_url)
-    summary = export_snapshots(snapshots, options)
+    summary = export_file(path, options)
     summary["recorder_errors"] = recorder.errors
     if live_ms:
         summary["live_ms_per_frame"] = round(sum(live_ms) / len(live_ms), 2)
-    summary["snapshots_file"] = str(options.output / SNAPSHOTS_FILE)
+    summary["snapshots_file"] = str(path)
     (options.output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -24,6 +24,7 @@ __all__ = [
     "Snapshot",
     "SnapshotFetcher",
     "file_header",
+    "iter_snapshots",
     "load_snapshots",
     "save_snapshots",
 ]
@@ -211,19 +212,24 @@ def load_snapshots(path: Path) -> list[Snapshot]:
     Raises ``ValueError`` naming the file when it is not a snapshot file; a file cut
     short by an interrupted run keeps the snapshots before the cut.
     """
+    return list(iter_snapshots(path))
+
+
+def iter_snapshots(path: Path) -> Iterator[Snapshot]:
+    """load_snapshots one snapshot at a time, holding only the current one; the same
+    errors, raised when iteration starts."""
     lines = _iter_lines(path)
     header = next(lines, None)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     if int(header.get("version", 0)) > VERSION:
         raise ValueError(f"{path} has format version {header['version']}; this reads {VERSION}")
-    out: list[Snapshot] = []
     for data in lines:
         try:
-            out.append(Snapshot.from_json(data))
+            snap = Snapshot.from_json(data)
         except (KeyError, TypeError, ValueError, AttributeError):
-            break  # a line cut short by an interrupted run ends the file
-    return out
+            return  # a line cut short by an interrupted run ends the file
+        yield snap
 
 
 @dataclass

@@ -18,6 +18,8 @@ const REFRESH_ON = {
   simulations: new Set(["simulation_started", "simulation_finished"]),
 };
 const MAX_LOG_ROWS = 400;
+const RECENT_EVENTS = 200;  // loaded on open; older ones page by page on demand
+const OLDER_PAGE = 200;
 const MAX_LEDGER_ROWS = 60;
 
 const state = {
@@ -28,6 +30,9 @@ const state = {
   tokensPaid: 0,
   maxEntryId: 0,       // entries up to this id are counted in tokensPaid
   eventCount: 0,
+  lastEventId: 0,      // the live stream continues after this id
+  oldestEventId: null, // "load older" pages back from this id
+  logCap: MAX_LOG_ROWS,
   perf: new Map(),     // group id -> Map(round -> accuracy)
   groupNames: new Map(),
   paused: false,
@@ -128,8 +133,48 @@ const refresh = {
 
 // --- the live event stream ------------------------------------------------------------
 
+// The last events only (history is pruned and may be long); the stream follows from there.
+async function loadRecentEvents() {
+  const page = await getJSON(`/events?latest=true&limit=${RECENT_EVENTS}`);
+  for (const ev of page.data) onEvent(ev);
+  state.lastEventId = page.last_id;
+  state.oldestEventId = page.data.length ? page.data[0].id : null;
+  $("log-older").hidden = page.data.length < RECENT_EVENTS;
+}
+
+async function loadOlderEvents() {
+  if (state.oldestEventId === null) return;
+  const button = $("log-older");
+  button.disabled = true;
+  try {
+    const page = await getJSON(`/events?before=${state.oldestEventId}&limit=${OLDER_PAGE}`);
+    const rows = page.data.map((ev) => {
+      state.eventCount += 1;
+      if (isAccuracyReport(ev)) {
+        const pts = state.perf.get(ev.group_id) || new Map();
+        state.perf.set(ev.group_id, pts);
+        if (!pts.has(ev.data.round)) pts.set(ev.data.round, ev.data.group_value);
+      }
+      return logRow(ev);
+    });
+    state.logCap += rows.length;
+    $("event-log").prepend(...rows);
+    if (page.data.length) state.oldestEventId = page.data[0].id;
+    button.hidden = page.data.length < OLDER_PAGE;
+    schedulePerf();
+    scheduleStats();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function isAccuracyReport(ev) {
+  return ev.type === "performance_reported" && ev.group_id && ev.data.group_value !== undefined
+    && ev.data.metric === "accuracy";
+}
+
 function connectEvents() {
-  const source = new EventSource("/events/stream?after_id=0");
+  const source = new EventSource(`/events/stream?after_id=${state.lastEventId}`);
   const conn = $("conn");
   source.onopen = () => { conn.className = "conn live"; $("conn-text").textContent = "live"; };
   source.onerror = () => { conn.className = "conn down"; $("conn-text").textContent = "reconnecting…"; };
@@ -140,8 +185,7 @@ function connectEvents() {
 
 function onEvent(ev) {
   state.eventCount += 1;
-  if (ev.type === "performance_reported" && ev.group_id && ev.data.group_value !== undefined
-      && ev.data.metric === "accuracy") {
+  if (isAccuracyReport(ev)) {
     if (!state.perf.has(ev.group_id)) state.perf.set(ev.group_id, new Map());
     state.perf.get(ev.group_id).set(ev.data.round, ev.data.group_value);
     schedulePerf();
@@ -211,12 +255,16 @@ function describe(ev) {
   }
 }
 
-function appendLogRow(ev) {
+function logRow(ev) {
   const time = new Date(ev.created_at).toLocaleTimeString([], { hour12: false });
-  const row = el("div", { class: "ev" },
+  return el("div", { class: "ev", "data-event": ev.id },
     el("span", { class: "t" }, time),
     el("span", { class: `ty ${typeClass(ev.type)}` }, ev.type),
     el("span", { class: "d", title: JSON.stringify(ev.data) }, describe(ev)));
+}
+
+function appendLogRow(ev) {
+  const row = logRow(ev);
   if (state.paused) {
     state.pendingRows.push(row);
     if (state.pendingRows.length > MAX_LOG_ROWS) state.pendingRows.shift();
@@ -225,7 +273,7 @@ function appendLogRow(ev) {
   }
   const log = $("event-log");
   log.append(row);
-  while (log.childElementCount > MAX_LOG_ROWS) log.firstElementChild.remove();
+  while (log.childElementCount > state.logCap) log.firstElementChild.remove();
   log.scrollTop = log.scrollHeight;
 }
 
@@ -238,7 +286,7 @@ function togglePause() {
     const log = $("event-log");
     log.append(...state.pendingRows);
     state.pendingRows = [];
-    while (log.childElementCount > MAX_LOG_ROWS) log.firstElementChild.remove();
+    while (log.childElementCount > state.logCap) log.firstElementChild.remove();
     log.scrollTop = log.scrollHeight;
     $("events-pending").textContent = "";
   }
@@ -535,12 +583,15 @@ async function startSimulation(event) {
 
 function main() {
   $("log-pause").addEventListener("click", togglePause);
+  $("log-older").addEventListener("click", () => loadOlderEvents().catch((err) => console.warn(err)));
   $("sim-form").addEventListener("submit", startSimulation);
   localStorage.removeItem("mycelium-admin-token");  // kept there by older versions
   const saved = sessionStorage.getItem("mycelium-admin-token");
   if (saved) $("sim-token").value = saved;
   renderPerf();
   Promise.all([loadGroups(), loadNodes(), loadLedger(), loadBalances(), loadSimulations()])
+    .catch((err) => console.warn(err))
+    .then(loadRecentEvents)
     .catch((err) => console.warn(err))
     .finally(connectEvents);
 }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.registry.helpers import register
 from tests.support.registry_proc import RegistryProcess
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -89,3 +91,55 @@ def test_the_dashboard_starts_a_simulation_and_shows_it_live(
     assert ledger_rows == min(entries, 60) and ledger_rows > 0
     assert balance_rows > 0 and event_rows > 0
     assert not errors, errors
+
+
+def test_the_dashboard_shows_the_last_events_and_pages_back_after_pruning(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a registry keeping 230 events, holding 260 registrations' worth (pruned)
+    extra = ["--events-max-rows", "230", "--prune-interval-s", "0.1", "--sweep-interval", "0.1"]
+    with (
+        RegistryProcess(tmp_path / "registry", extra=extra) as reg,
+        httpx.Client(base_url=reg.url, timeout=10) as c,
+    ):
+        for _ in range(260):
+            register(c)
+        kept: list[int] = []
+        for _ in range(400):  # the sweeper prunes within a few of its 0.1 s passes
+            kept = [e["id"] for e in c.get("/events", params={"limit": 1000}).json()["data"]]
+            if len(kept) == 230:
+                break
+            time.sleep(0.05)
+        assert len(kept) == 230
+
+        with playwright_sync.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                rows = "#event-log .ev"
+
+                # Execute: open the dashboard
+                page.goto(reg.url + "/")
+                page.wait_for_selector("#conn.live", timeout=15_000)
+                page.wait_for_function(f"document.querySelectorAll('{rows}').length >= 200")
+
+                # Assert: the newest 200 events, oldest first; older ones on demand
+                shown = [int(x) for x in page.eval_on_selector_all(rows, _IDS)]
+                assert shown == kept[-200:]
+                page.click("#log-older")
+                page.wait_for_function(f"document.querySelectorAll('{rows}').length == 230")
+                assert [int(x) for x in page.eval_on_selector_all(rows, _IDS)] == kept
+                assert page.is_hidden("#log-older")  # nothing older is left
+
+                # ... and the live stream still follows
+                newcomer, _ = register(c)
+                page.wait_for_function(f"document.querySelectorAll('{rows}').length == 231")
+                assert newcomer in page.inner_text("#event-log .ev:last-child")
+            finally:
+                browser.close()
+    assert not errors, errors
+
+
+_IDS = "els => els.map(e => e.dataset.event)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from viz.export import ExportResult, export
 from viz.frames import Frame, build_frames
 from viz.recorder import Recorder
 from viz.render import Renderer
+from viz.session import SNAPSHOTS_FILE, VizOptions, export_file, run_session
 from viz.snapshot import Snapshot, load_snapshots
 
 
@@ -245,3 +247,57 @@ def test_recorder_keeps_polling_through_a_registry_restart(tmp_path: Path) -> No
     assert len({e.id for e in events}) == len(events)
     assert any(e.node_id == node and e.type == "registered" for e in events)
     assert load_snapshots(path) == snaps
+
+
+def test_a_long_recording_keeps_a_window_in_memory_and_everything_in_its_file(
+    sqlite_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    # Prepare: a recorder that holds 3 snapshots in memory
+    path = tmp_path / "snaps.jsonl"
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as client:
+        net = Network(client, prefix=f"win{uuid.uuid4().hex[:6]}")
+        rec = Recorder(sqlite_registry.url, interval=60, path=path, keep=3).start()
+
+        # Execute: ten more snapshots, a node registering before each
+        for i in range(10):
+            net.register(f"n{i}")
+            rec.snapshot()
+        in_memory = rec.stop(final=True)
+
+    # Assert: memory holds the newest 3; the file every snapshot, each event once
+    on_file = load_snapshots(path)
+    assert rec.taken == len(on_file) >= 11
+    assert [s.index for s in on_file] == list(range(rec.taken))
+    assert in_memory == rec.snapshots == on_file[-3:]
+    registered = [e.node_id for s in on_file for e in s.events if e.type == "registered"]
+    assert [f"{net.prefix}-n{i}" for i in range(10)] == [
+        n for n in registered if n and n.startswith(net.prefix)
+    ]
+    # Export from the file, as a stream, draws what exporting every snapshot at once draws
+    streamed = export_file(path, VizOptions(output=tmp_path / "streamed", size=SMALL, fps=5))
+    whole = export(build_frames(on_file), tmp_path / "whole", fps=5, size=SMALL)
+    assert streamed["frames_total"] == rec.taken == whole.frames_total
+    assert streamed["frame_indices"] == list(whole.frame_indices)
+    assert (tmp_path / "streamed" / whole.gif.name).read_bytes() == whole.gif.read_bytes()
+    assert np.array_equal(iio.imread(tmp_path / "streamed" / whole.png.name), iio.imread(whole.png))
+
+
+def test_a_session_exports_every_snapshot_though_it_keeps_two_in_memory(
+    sqlite_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    # Prepare: once recording, five snapshots are taken, then the session is told to end
+    options = VizOptions(output=tmp_path / "out", size=SMALL, live=False, keep_snapshots=2)
+    stop = threading.Event()
+
+    def five_then_stop(recorder: Recorder) -> None:
+        for _ in range(5):
+            recorder.snapshot()
+        stop.set()
+
+    # Execute
+    summary = run_session(sqlite_registry.url, options, stop=stop, on_ready=five_then_stop)
+
+    # Assert: the GIF covers the whole file (five and the final one, at least), not memory
+    taken = len(load_snapshots(tmp_path / "out" / SNAPSHOTS_FILE))
+    assert taken >= 6
+    assert summary["snapshots"] == summary["frames_total"] == taken

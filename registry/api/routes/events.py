@@ -35,11 +35,27 @@ def list_events(
     type: TypeFilter = None,
     node_id: NodeFilter = None,
     group_id: GroupFilter = None,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=2**62, description="Only events with a smaller id, the newest of them."),
+    ] = None,
+    latest: Annotated[
+        bool, Query(description="The newest `limit` events (as `before` past the last id).")
+    ] = False,
 ) -> EventsPublic:
-    """Every state change after `after_id`, oldest first; continue from `last_id`."""
+    """State changes, oldest first: the first `limit` after `after_id` (continue from
+    `last_id`), or with `before`/`latest` the newest `limit` below it (page back from the
+    first one's id). Old events are pruned by the registry's retention settings."""
     with db.read() as session:
         rows = crud.list_events(
-            session, after_id=after_id, limit=limit, type_=type, node_id=node_id, group_id=group_id
+            session,
+            after_id=after_id,
+            limit=limit,
+            type_=type,
+            node_id=node_id,
+            group_id=group_id,
+            before=before,
+            newest=latest or before is not None,
         )
         data = [EventPublic.model_validate(e) for e in rows]
     return EventsPublic(data=data, last_id=data[-1].id if data else after_id)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.support.registry_proc import RegistryProcess
@@ -78,17 +77,22 @@ def test_ctrl_c_still_writes_the_summary(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "demo.py"), "--rounds", "100000", "--output", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    time.sleep(12)  # past start-up and a few rounds
+    assert proc.stderr is not None
+    # Wait for the progress bar to show a finished round (an event, not a clock).
+    seen = b""
+    while b"round=1" not in seen:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, f"the demo ended before its first round: {seen[-3000:]!r}"
+        seen += chunk
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 0, (seen + stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] >= 1
-    assert "summary written" in stdout
+    assert "summary written" in stdout.decode()
 
 
 def test_the_demo_runs_twice_in_a_row_against_one_registry(

@@ -4,6 +4,7 @@ counted, honest ones keep flowing; keys and secrets are set up from files."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from typer.testing import CliRunner
 
 from node.addresses import Address
@@ -21,6 +24,7 @@ from node.cli import peer as peer_cli
 from node.errors import ConfigError, FrameAuthError, PeerRefusedError
 from node.p2p.auth import (
     FrameAuth,
+    RegistryKeys,
     ReplayGuard,
     SharedSecretAuth,
     auth_from_config,
@@ -250,3 +254,37 @@ def test_the_peer_command_without_a_secret_says_what_to_set() -> None:
     assert result.exit_code == 2
     assert "--shared-secret-file" in result.output
     assert "Traceback" not in result.output
+
+
+def test_registry_keys_cost_one_lookup_per_sender_and_period() -> None:
+    # Prepare: a registry that knows alice (whose key changes) and not ghost
+    now = [0.0]
+    published = {"alice": base64.b64encode(bytes(32)).decode()}
+    asked: list[str] = []
+
+    def fetch(node_id: str) -> str | None:
+        asked.append(node_id)
+        return published.get(node_id)
+
+    keys = RegistryKeys(fetch, ttl_s=300, miss_ttl_s=10, clock=lambda: now[0])
+
+    async def scenario() -> list[bool]:
+        found = [await keys.get("ghost") is None for _ in range(100)]
+        first = await keys.get("alice")
+        published["alice"] = base64.b64encode(bytes(range(32))).decode()
+        cached = await keys.get("alice")
+        now[0] = 301.0
+        rotated = await keys.get("alice")
+        assert first is not None and cached is not None and rotated is not None
+        return [all(found), _raw(first) == _raw(cached), _raw(rotated) == bytes(range(32))]
+
+    # Execute
+    outcome = asyncio.run(scenario())
+
+    # Assert: a flood naming a stranger asked the registry once; a new key is used after the TTL
+    assert outcome == [True, True, True]
+    assert asked == ["ghost", "alice", "alice"]
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

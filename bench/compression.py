@@ -30,6 +30,7 @@ from node.learning.learner import Learner
 from node.learning.merge import age_weighted_merge
 from node.learning.models import build_model
 from node.learning.partition import NodeData, partition
+from node.p2p.auth import SharedSecretAuth
 from node.p2p.codecs import Codec, DenseCodec, ErrorFeedback, QuantizeCodec, TopKCodec
 from node.p2p.gossip import Descriptor, answer_shuffle, bootstrap_view, merge_view, start_shuffle
 from node.p2p.peer import combine_updates, encode_local_update
@@ -50,7 +51,8 @@ def _learners(data: list[NodeData], dataset: str, seed: int, lr: float) -> list[
 
 def _frame_bytes(payload: bytes, sender: str = "10.0.0.1:5000", rnd: int = 1) -> int:
     envelope = Envelope(sender=sender, kind="update", round=rnd, payload=payload, meta={"n": 300})
-    return len(encode_frame(envelope))
+    # The bytes on the wire, signature included (HMAC-SHA256: its size is the scheme's).
+    return len(encode_frame(envelope, auth=SharedSecretAuth(b"bench-secret-of-16+bytes")))
 
 
 def _test_accuracy(learners: list[Learner]) -> tuple[float, float]:

@@ -11,9 +11,11 @@
      │    ├── SerializationError      bytes that do not decode as weights
      │    ├── WeightsMismatchError    weights that do not fit a model (count, shapes)
      │    ├── NonFiniteWeightsError   weights holding NaN or infinity
-     │    └── FrameError              a peer frame: oversized, malformed, of another version
+     │    ├── FrameError              a peer frame: oversized, malformed, of another version
+     │    └── FrameAuthError          a peer frame whose signature, sender or freshness fails
      ├── TransportError               a peer or a group's host could not be reached
-     │    └── PeerUnreachableError    no connection, or no answer in time
+     │    ├── PeerUnreachableError    no connection, or no answer in time
+     │    └── PeerRefusedError        a peer refused this node's frame (its signature failed there)
      ├── RegistryClientError          the registry could not serve a call
      │    ├── RegistryUnavailableError  unreachable or 5xx after retries (or at once, for a
      │    │                             call not safe to repeat: 502/504/timeout)
@@ -44,10 +46,12 @@ __all__ = [
     "DatasetUnavailableError",
     "FlowerCompatError",
     "ForbiddenError",
+    "FrameAuthError",
     "FrameError",
     "NodeError",
     "NonFiniteWeightsError",
     "NotFoundError",
+    "PeerRefusedError",
     "PeerUnreachableError",
     "RegistryClientError",
     "RegistryRequestError",
@@ -102,12 +106,32 @@ class FrameError(RemoteInputError):
     """A frame that cannot be accepted: oversized, not msgpack, wrong version or shape."""
 
 
+class FrameAuthError(RemoteInputError):
+    """A frame that does not prove its sender: bad signature, unknown sender, stale or replayed.
+
+    ``reason`` is the short name it is counted under (``bad_signature``, ``unknown_sender``,
+    ``stale``, ``replayed``, ``scheme``).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class TransportError(NodeError):
     """A peer or a group's host could not be reached."""
 
 
 class PeerUnreachableError(TransportError):
     """A peer could not be connected to, or did not answer in time."""
+
+
+class PeerRefusedError(TransportError):
+    """A peer refused this node's frame: its signature, sender or timestamp failed there."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RegistryClientError(NodeError):

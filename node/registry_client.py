@@ -355,6 +355,7 @@ class RegistryClient:
         capabilities: Mapping[str, Any] | None = None,
         *,
         model_signature: ModelSignature | None = None,
+        public_key: str | None = None,
     ) -> NodeRegistered:
         """Register (keeps the returned token) or, with a token, update the registration.
 
@@ -366,7 +367,8 @@ class RegistryClient:
 
         ``model_signature`` (``WeightsSignature.of(learner.get_weights(),
         learner.weight_names)``) is checked against the domain's: ConflictError naming the
-        first difference when the domain trains another model.
+        first difference when the domain trains another model. ``public_key``: the node's
+        Ed25519 key for P2P frames (base64 or hex of 32 bytes), published to peers.
         """
         body: dict[str, Any] = {
             "node_id": node_id,
@@ -376,6 +378,8 @@ class RegistryClient:
         }
         if model_signature is not None:
             body["model_signature"] = model_signature.to_json()
+        if public_key is not None:
+            body["public_key"] = public_key
         if self.token is None and self.credentials is not None:
             self.token = self.credentials.load_or_create(self.base_url, node_id)
         # With a token a repeat is an update; without, it is refused (401): the token the

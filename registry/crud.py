@@ -139,6 +139,7 @@ def register_node(
             address=body.address,
             domain=body.domain,
             capabilities=dict(body.capabilities),
+            public_key=body.public_key,
             status="active",
             registered_at=now,
             updated_at=now,
@@ -163,6 +164,8 @@ def register_node(
     node.address = body.address
     node.domain = body.domain
     node.capabilities = dict(body.capabilities)
+    if body.public_key is not None:
+        node.public_key = body.public_key
     node.status = "active"
     node.updated_at = now
     node.last_heartbeat = now

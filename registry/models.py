@@ -128,6 +128,7 @@ class Node(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_heartbeat: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    public_key: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Membership(Base):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from typing import Annotated, Any, Literal
 
@@ -149,11 +151,33 @@ class GroupCreate(_In):
     aggregation: Aggregation = "fedavg"
 
 
+def _public_key(value: str | None) -> str | None:
+    """32 raw bytes (an Ed25519 public key) as base64 or hex, to standard base64; else 422."""
+    if value is None:
+        return None
+    raw: bytes | None = None
+    if len(value) == 64:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raw = None
+    if raw is None:
+        try:
+            text = value.replace("-", "+").replace("_", "/").rstrip("=")
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("public_key must be 32 bytes as base64 or hex") from None
+    if len(raw) != 32:
+        raise ValueError(f"public_key must be 32 bytes, got {len(raw)}")
+    return base64.b64encode(raw).decode("ascii")
+
+
 class NodeRegister(_In):
     """Register a node, or update a registered one (with its token).
 
     `model_signature`, when given, is checked against the domain's (409 when they differ);
-    it is not stored.
+    it is not stored. `public_key`: the node's Ed25519 key for signing P2P/gossip frames,
+    32 bytes as base64 or hex (422 otherwise), stored and published as base64.
     """
 
     node_id: NodeId
@@ -163,6 +187,12 @@ class NodeRegister(_In):
         default_factory=dict, max_length=32
     )
     model_signature: ModelSignatureJSON | None = None
+    public_key: str | None = Field(default=None, max_length=100)
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        return _public_key(v)
 
 
 class JoinRequest(_In):
@@ -236,6 +266,7 @@ class NodePublic(BaseModel):
     registered_at: dt.datetime
     last_heartbeat: dt.datetime
     metrics: dict[str, Any]
+    public_key: str | None = None
 
 
 class NodesPublic(BaseModel):

@@ -17,6 +17,7 @@ from node.errors import ConfigError
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import PartitionSpec
+from node.p2p.auth import FrameAuth, auth_from_config
 from node.p2p.codecs import make_codec
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.peer import PeerTrainer
@@ -55,8 +56,14 @@ def build_learner(config: PeerConfig) -> Learner:
     )
 
 
-def build_trainer(config: PeerConfig, peers: list[Address], learner: Learner) -> PeerTrainer:
-    """The peer for ``learner`` as the config's p2p and compression sections set it up."""
+def build_trainer(
+    config: PeerConfig, peers: list[Address], learner: Learner, auth: FrameAuth | None = None
+) -> PeerTrainer:
+    """The peer for ``learner`` as the config's p2p and compression sections set it up.
+
+    Frames are signed with ``auth``, else with the config's shared secret; ``ConfigError``
+    when there is none.
+    """
     codec = make_codec(
         config.compression.mode,
         topk_ratio=config.compression.topk_ratio,
@@ -66,6 +73,8 @@ def build_trainer(config: PeerConfig, peers: list[Address], learner: Learner) ->
         learner,
         peers,
         codec,
+        auth=auth if auth is not None else auth_from_config(config.p2p),
+        replay_window_s=config.p2p.replay_window_s,
         node_id=config.node_id,
         host=config.p2p.host,
         port=config.p2p.local_port,
@@ -79,10 +88,16 @@ def build_trainer(config: PeerConfig, peers: list[Address], learner: Learner) ->
     )
 
 
-async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[str, Any]:
-    """Run the configured rounds with ``peers``; return a JSON-ready summary."""
+async def run_peer_training(
+    config: PeerConfig, peers: list[Address], auth: FrameAuth | None = None
+) -> dict[str, Any]:
+    """Run the configured rounds with ``peers``; return a JSON-ready summary.
+
+    ``refused_by`` maps each peer that refused this peer's frames to its reason;
+    ``frames_refused`` counts frames this peer dropped, by reason.
+    """
     learner = build_learner(config)
-    trainer = build_trainer(config, peers, learner)
+    trainer = build_trainer(config, peers, learner, auth)
     await trainer.start()
     try:
         reports = await trainer.run(config.training.rounds)
@@ -107,6 +122,8 @@ async def run_peer_training(config: PeerConfig, peers: list[Address]) -> dict[st
         "bytes_sent": trainer.server.stats.bytes_sent,
         "bytes_received": trainer.server.stats.bytes_received,
         "late_dropped": trainer.late_dropped,
+        "refused_by": dict(trainer.refused_by),
+        "frames_refused": dict(trainer.server.stats.refused),
         "weights_sha256": digest.hexdigest(),
     }
 
@@ -137,6 +154,13 @@ def peer(
     bits: Annotated[
         int | None, typer.Option(help="Quantization bits: 4, 8 (32: no quant).")
     ] = None,
+    shared_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the secret every peer shares; frames are signed with it "
+            "(p2p.shared_secret_file)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Write the JSON summary here (default: stdout).")
     ] = None,
@@ -159,15 +183,17 @@ def peer(
         "compression.mode": compression,
         "compression.topk_ratio": topk_ratio,
         "compression.bits": bits,
+        "p2p.shared_secret_file": shared_secret_file,
     }
     try:
         cfg = load_config(config, overrides)
         peer_list = parse_peers(peers)
+        auth = auth_from_config(cfg.p2p)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"Invalid configuration: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        summary = asyncio.run(run_peer_training(cfg, peer_list))
+        summary = asyncio.run(run_peer_training(cfg, peer_list, auth))
     except ConfigError as exc:
         typer.echo(f"Invalid configuration: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -179,6 +205,19 @@ def peer(
         typer.echo(text)
     else:
         output.write_text(text)
+    dropped: dict[str, int] = summary.get("frames_refused", {})
+    if dropped:
+        counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items()))
+        typer.echo(f"warning: this peer dropped frames that did not verify ({counts})", err=True)
+    refused_by: dict[str, str] = summary.get("refused_by", {})
+    if refused_by:
+        for address, reason in sorted(refused_by.items()):
+            typer.echo(
+                f"error: peer {address} refused this peer's frames ({reason}): "
+                "do both use the same shared secret?",
+                err=True,
+            )
+        raise typer.Exit(3)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from node.config import layered
@@ -77,6 +77,11 @@ class P2PSection(_Section):
     is refused. ``aggregation``: ``mean`` (example-weighted), ``median`` or
     ``trimmed_mean`` (coordinate-wise, unweighted) over the round's updates;
     ``trim_fraction`` is the share trimmed from each side by ``trimmed_mean``.
+
+    Frames are signed (``node.p2p.auth``): without a registry with the secret every peer
+    shares, ``shared_secret`` or the file ``shared_secret_file`` (one of them); with a
+    registry with this node's Ed25519 key, kept in ``data_dir``. A frame more than
+    ``replay_window_s`` off the receiver's clock, or seen before, is refused.
     """
 
     host: str = "0.0.0.0"
@@ -87,6 +92,16 @@ class P2PSection(_Section):
     max_example_count: int = Field(default=DEFAULT_MAX_EXAMPLE_COUNT, ge=1, le=10**9)
     aggregation: Aggregation = "mean"
     trim_fraction: float = Field(default=0.2, ge=0, lt=0.5)
+    shared_secret: SecretStr | None = None
+    shared_secret_file: Path | None = None
+    data_dir: Path | None = None
+    replay_window_s: float = Field(default=60.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> P2PSection:
+        if self.shared_secret is not None and self.shared_secret_file is not None:
+            raise ValueError("give shared_secret or shared_secret_file, not both")
+        return self
 
 
 class CompressionSection(_Section):

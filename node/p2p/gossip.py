@@ -45,6 +45,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +55,9 @@ from node.addresses import parse_address
 from node.errors import (
     ConfigError,
     ConflictError,
+    FrameAuthError,
+    FrameError,
+    PeerRefusedError,
     PeerUnreachableError,
     RegistryClientError,
     RemoteInputError,
@@ -70,6 +74,7 @@ from node.learning.weights import (
     weights_to_bytes,
 )
 from node.p2p.aggregation import MEAN, aggregate, check_aggregation
+from node.p2p.auth import DEFAULT_REPLAY_WINDOW_S, Ed25519Auth, FrameAuth, auth_from_config
 from node.p2p.codecs import GRADIENTS_TOPK, Codec, DenseCodec, TopKCodec, make_codec
 from node.p2p.config import PeerConfig
 from node.p2p.inbound import (
@@ -231,6 +236,11 @@ class _Group(Protocol):
     def members(self) -> Sequence[_Member]: ...
 
 
+class _Keyed(Protocol):
+    @property
+    def public_key(self) -> str | None: ...
+
+
 class _Snapshot(Protocol):
     @property
     def data(self) -> bytes: ...
@@ -247,7 +257,10 @@ class GossipRegistry(Protocol):
         address: str,
         domain: str,
         capabilities: Mapping[str, Any] | None = None,
+        *,
+        public_key: str | None = None,
     ) -> object: ...
+    def get_node(self, node_id: str | None = None) -> _Keyed: ...
     def join(self, group_id: int) -> object: ...
     def leave(self) -> int: ...
     def get_group(self, group_id: int) -> _Group: ...
@@ -336,7 +349,9 @@ class GossipNode:
     count; ``aggregation`` (``mean``: age-weighted pairwise; ``median``,
     ``trimmed_mean`` with ``trim_fraction``: robust, over ``buffer_size`` senders)
     chooses the merge. ``GossipNode.from_config`` builds one from the peer config.
-    Raises ``ValueError`` for inconsistent arguments.
+    Every frame is signed and verified with ``auth`` (``node.p2p.auth``); with a
+    registry and an ``Ed25519Auth`` the member registers its public key, and peers
+    check its frames against it. Raises ``ValueError`` for inconsistent arguments.
     """
 
     def __init__(
@@ -347,6 +362,8 @@ class GossipNode:
         port: int = 0,
         training_config: TrainingConfig | None = None,
         *,
+        auth: FrameAuth,
+        replay_window_s: float = DEFAULT_REPLAY_WINDOW_S,
         host: str = "127.0.0.1",
         registry: GossipRegistry | None = None,
         group_id: int | None = None,
@@ -404,8 +421,11 @@ class GossipNode:
         self._model_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._registration: _Registration | None = None
+        self.auth = auth
         self.server = TransportServer(
             self._handle,
+            auth=auth,
+            replay_window_s=replay_window_s,
             host=host,
             port=port,
             max_message_bytes=max_message_bytes,
@@ -422,15 +442,20 @@ class GossipNode:
         registry: GossipRegistry | None = None,
         group_id: int | None = None,
         bootstrap_peers: Sequence[Descriptor] = (),
+        auth: FrameAuth | None = None,
     ) -> GossipNode:
         """A member set up from the peer config's gossip, training, compression and p2p keys.
+
+        Frames are signed with ``auth``, else as ``auth_from_config`` says: with a
+        ``registry``, the Ed25519 key in ``p2p.data_dir``; without, the shared secret.
 
         Domain: ``data.dataset``; model: ``model`` or the data set's seeded model
         (``training.seed``); listens on ``p2p.host``:``p2p.local_port``; each received
         model is trained ``gossip.local_steps`` epochs with ``training``'s batch size and
         learning rate. The node id is ``node_id``, else ``config.node_id``, else
         ``host:port``. Raises ``ConfigError`` for ``compression.mode: gradients_topk``
-        (gossip sends whole models).
+        (gossip sends whole models), and when frames cannot be signed (no registry and
+        no shared secret; an unusable key or secret file).
         """
         gossip, training = config.gossip, config.training
         if config.compression.mode == GRADIENTS_TOPK:
@@ -438,6 +463,8 @@ class GossipNode:
                 "compression.mode: gossip sends whole models; use none or weights_quantize"
             )
         codec = make_codec(config.compression.mode, bits=config.compression.bits)
+        if auth is None:
+            auth = auth_from_config(config.p2p, registry=registry)
         name = node_id or config.node_id or f"{config.p2p.host}:{config.p2p.local_port}"
         return cls(
             name,
@@ -449,6 +476,8 @@ class GossipNode:
                 epochs=gossip.local_steps,
                 learning_rate=training.learning_rate,
             ),
+            auth=auth,
+            replay_window_s=config.p2p.replay_window_s,
             host=config.p2p.host,
             registry=registry,
             group_id=group_id,
@@ -488,7 +517,16 @@ class GossipNode:
         candidates = list(self._bootstrap)
         if self.registry is not None and self.group_id is not None:
             registry, group_id = self.registry, self.group_id
-            await asyncio.to_thread(registry.register, self.node_id, self.address, self.domain)
+            public_key = self.auth.public_key if isinstance(self.auth, Ed25519Auth) else None
+            await asyncio.to_thread(
+                partial(
+                    registry.register,
+                    self.node_id,
+                    self.address,
+                    self.domain,
+                    public_key=public_key,
+                )
+            )
             await asyncio.to_thread(registry.join, group_id)
             self._registration = _Registration(group_id=group_id, registry=registry)
             group = await asyncio.to_thread(registry.get_group, group_id)
@@ -576,10 +614,20 @@ class GossipNode:
             reply = await request(
                 parse_address(target.address),
                 message,
+                auth=self.auth,
                 timeout=self.send_timeout,
                 stats=self.server.stats,
             )
             received = [Descriptor.from_wire(raw) for raw in reply.meta.get(ENTRIES_META, [])]
+        except (PeerRefusedError, FrameAuthError, FrameError) as exc:
+            self.stats.dropped_peers += 1
+            logger.warning(
+                "Gossip %s dropped %s from its view: frames not trusted (%s)",
+                self.node_id,
+                target.node_id,
+                exc,
+            )
+            return
         except (PeerUnreachableError, ValueError) as exc:
             self.stats.dropped_peers += 1
             logger.info("Gossip %s dropped %s from its view: %s", self.node_id, target.node_id, exc)
@@ -603,6 +651,7 @@ class GossipNode:
             await send(
                 parse_address(target.address),
                 message,
+                auth=self.auth,
                 timeout=self.send_timeout,
                 max_message_bytes=self.max_message_bytes,
                 stats=self.server.stats,

@@ -38,11 +38,18 @@ from typing import Any
 import numpy as np
 
 from node.addresses import Address
-from node.errors import PeerUnreachableError, RemoteInputError
+from node.errors import (
+    FrameAuthError,
+    FrameError,
+    PeerRefusedError,
+    PeerUnreachableError,
+    RemoteInputError,
+)
 from node.learning.learner import Learner
 from node.learning.merge import add_update, subtract
 from node.learning.weights import WeightsSignature
 from node.p2p.aggregation import MEAN, aggregate, check_aggregation
+from node.p2p.auth import DEFAULT_REPLAY_WINDOW_S, FrameAuth
 from node.p2p.codecs import Codec, EncodedUpdate, ErrorFeedback, compress_with_feedback
 from node.p2p.inbound import (
     DEFAULT_MAX_EXAMPLE_COUNT,
@@ -169,7 +176,9 @@ class PeerTrainer:
     everything. The learner is only touched from one worker thread at a time.
     ``max_example_count`` bounds the counts accepted from peers; ``aggregation``
     (``mean``, ``median``, ``trimmed_mean``) and ``trim_fraction`` choose the merge
-    (``ValueError`` for others).
+    (``ValueError`` for others). Frames are signed and verified with ``auth``
+    (``node.p2p.auth``); a peer that refuses this peer's frames (wrong secret or key) is
+    not waited for, and ``refused_by`` maps its address to the reason it gave.
     """
 
     def __init__(
@@ -178,6 +187,8 @@ class PeerTrainer:
         peers: Sequence[Address],
         codec: Codec,
         *,
+        auth: FrameAuth,
+        replay_window_s: float = DEFAULT_REPLAY_WINDOW_S,
         node_id: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -203,8 +214,15 @@ class PeerTrainer:
         self.max_message_bytes = max_message_bytes
         self.down_after_misses = down_after_misses
         self.peers = [_PeerState(address=a) for a in peers]
+        self.auth = auth
+        self.refused_by: dict[str, str] = {}
         self.server = TransportServer(
-            self._handle, host=host, port=port, max_message_bytes=max_message_bytes
+            self._handle,
+            auth=auth,
+            host=host,
+            port=port,
+            max_message_bytes=max_message_bytes,
+            replay_window_s=replay_window_s,
         )
         self.feedback = ErrorFeedback()
         self.current_round = 0
@@ -274,6 +292,7 @@ class PeerTrainer:
                 reply = await request(
                     peer.address,
                     envelope,
+                    auth=self.auth,
                     timeout=max(0.05, remaining),
                     max_message_bytes=self.max_message_bytes,
                     stats=self.server.stats,
@@ -295,6 +314,22 @@ class PeerTrainer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
                 continue
+            except (PeerRefusedError, FrameAuthError, FrameError) as exc:
+                # Either side's signature failed: retrying cannot help this round.
+                reason = getattr(exc, "reason", "malformed_frame")
+                if self.refused_by.get(key) != reason:
+                    logger.error(
+                        "Peer %s and %s do not trust each other's frames (%s): %s; "
+                        "check both use the same p2p.shared_secret (or registered keys)",
+                        self.node_id,
+                        key,
+                        reason,
+                        exc,
+                    )
+                self.refused_by[key] = reason
+                sends.failed.add(key)
+                self._changed.set()
+                return
             peer.node_id = reply.sender
             peer.answered_once = True
             peer.down = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import httpx
@@ -114,3 +115,24 @@ def test_model_over_the_size_limit_is_413_and_not_stored(tmp_path: Path) -> None
         assert c.get(f"/groups/{gid}/model").content == small
     leftovers = list((tmp_path / "r" / "models" / "incoming").iterdir())
     assert leftovers == []
+
+
+def test_a_public_key_must_be_32_bytes_and_is_published_as_base64(client: httpx.Client) -> None:
+    body = {"node_id": "keyed-node", "address": "127.0.0.1:7001", "domain": "digits"}
+    for bad in ["", "not base64!", "AAAA", "00" * 31, "A" * 100, 42]:
+        r = client.post("/nodes/register", json={**body, "public_key": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert "public_key" in r.text
+    raw = bytes(range(32))
+
+    r = client.post("/nodes/register", json={**body, "public_key": raw.hex()})
+    again = client.post(
+        "/nodes/register",
+        headers={"Authorization": f"Bearer {r.json()['token']}"},
+        json={**body, "public_key": base64.urlsafe_b64encode(raw[::-1]).decode().rstrip("=")},
+    )
+
+    assert r.status_code == 201, r.text
+    assert again.status_code == 200, again.text  # a re-registration may rotate the key
+    published = client.get("/nodes/keyed-node").json()["public_key"]
+    assert base64.b64decode(published) == raw[::-1]

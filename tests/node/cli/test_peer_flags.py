@@ -22,10 +22,10 @@ pytestmark = pytest.mark.usefixtures("no_peer_environment")
 
 
 @pytest.fixture
-def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_training(monkeypatch: pytest.MonkeyPatch, no_peer_environment: None) -> None:
     """Replace the training run by one that reports the settings it was given."""
 
-    async def report(config: PeerConfig, peers: list[Address]) -> dict[str, Any]:
+    async def report(config: PeerConfig, peers: list[Address], *_: object) -> dict[str, Any]:
         return {
             "listen_timeout_s": config.p2p.listen_timeout_s,
             "local_port": config.p2p.local_port,
@@ -33,6 +33,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
         }
 
     monkeypatch.setattr(peer_cli, "run_peer_training", report)
+    monkeypatch.setenv("MYCELIUM_PEER_P2P__SHARED_SECRET", "flags-tests-shared-secret")
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> Result:

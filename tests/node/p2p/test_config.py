@@ -11,6 +11,7 @@ from node.errors import ConfigError
 from node.learning.partition import NodeData
 from node.p2p.config import load_config
 from tests.node.helpers import digits_learner
+from tests.node.p2p.signing import AUTH
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "configs" / "base.yaml"
@@ -149,7 +150,7 @@ def test_the_peer_command_builds_its_peer_with_the_merge_and_bound_configured(
     cfg = load_config(BASE, overrides)
 
     # Execute
-    trainer = build_trainer(cfg, [], digits_learner(iid_digits_nodes[0]))
+    trainer = build_trainer(cfg, [], digits_learner(iid_digits_nodes[0]), AUTH)
 
     # Assert
     assert (trainer.aggregation, trainer.trim_fraction) == ("trimmed_mean", 0.3)

@@ -22,8 +22,9 @@ from node.learning.learner import model_weights
 from node.learning.merge import age_weighted_merge
 from node.learning.models import build_model
 from node.learning.partition import NodeData, partition
+from node.p2p.auth import auth_from_config
 from node.p2p.codecs import DenseCodec, QuantizeCodec
-from node.p2p.config import load_config
+from node.p2p.config import P2PSection, load_config
 from node.p2p.gossip import (
     AGE_META,
     DOMAIN_META,
@@ -39,6 +40,7 @@ from node.p2p.gossip import (
 )
 from node.p2p.transport import Envelope, send
 from tests.node.helpers import digits_learner
+from tests.node.p2p.signing import AUTH, SECRET
 from tests.support.registry_proc import RegistryProcess
 
 # --- Cyclon, pure --------------------------------------------------------------------
@@ -150,10 +152,19 @@ class _FakeRegistry:
         self.address = ""
 
     def register(
-        self, node_id: str, address: str, domain: str, capabilities: Mapping[str, Any] | None = None
+        self,
+        node_id: str,
+        address: str,
+        domain: str,
+        capabilities: Mapping[str, Any] | None = None,
+        *,
+        public_key: str | None = None,
     ) -> object:
         self.me, self.address = node_id, address
         return None
+
+    def get_node(self, node_id: str | None = None) -> _Member:
+        raise AssertionError("members here sign with the shared secret: no key lookups")
 
     def join(self, group_id: int) -> object:
         self.board.members[self.me] = self.address
@@ -227,6 +238,7 @@ def test_eight_churning_members_reach_fedavg_accuracy(digits: Dataset) -> None:
                 build_model("digits", 0),
                 0,
                 TrainingConfig(batch_size=32, epochs=1, learning_rate=0.05),
+                auth=AUTH,
                 registry=_FakeRegistry(board),
                 group_id=1,
                 view_size=4,
@@ -282,15 +294,19 @@ def test_gossip_members_show_up_in_a_real_registry(tmp_path: Path, digits: Datas
         admin.register("gossip-admin", "127.0.0.1:1", "digits")
         group = admin.create_group("gossipers", "digits", max_capacity=10, join=False)
 
-        async def scenario() -> tuple[Any, int]:
+        async def scenario() -> tuple[Any, int, list[GossipNode]]:
             def member(i: int) -> GossipNode:
+                client = RegistryClient(reg.url)
+                # Each member signs with its own key, kept in its data dir and registered.
+                section = P2PSection(data_dir=tmp_path / f"g{i}")
                 return GossipNode(
                     f"g{i}",
                     "digits",
                     build_model("digits", 0),
                     0,
                     TrainingConfig(),
-                    registry=RegistryClient(reg.url),
+                    auth=auth_from_config(section, registry=client),
+                    registry=client,
                     group_id=group.id,
                     period=0.05,
                     seed=i,
@@ -314,13 +330,15 @@ def test_gossip_members_show_up_in_a_real_registry(tmp_path: Path, digits: Datas
             for node in nodes:
                 await node.stop()
             await asyncio.gather(*tasks)
-            return during, newcomer_age
+            return during, newcomer_age, nodes
 
-        during, newcomer_age = asyncio.run(scenario())
+        during, newcomer_age, nodes = asyncio.run(scenario())
         after = admin.get_group(group.id)
         admin.close()
 
     assert sorted(m.id for m in during.members) == ["g0", "g1", "g2"]
+    assert all(m.public_key for m in during.members)  # each published its key
+    assert all(n.server.stats.refused == {} for n in nodes)  # every signed frame verified
     assert during.accuracy is not None and during.accuracy > 0.5  # performance reports arrived
     assert all("accuracy" in m.metrics for m in during.members)  # heartbeats with metrics
     assert after.model_round is not None and after.model_round > 0  # snapshots arrived
@@ -335,6 +353,7 @@ async def _listening_member(
     data: NodeData, training: TrainingConfig, **options: Any
 ) -> tuple[GossipNode, asyncio.Task[Any]]:
     """A member that merges what it receives but, with an hour's period, never sends."""
+    options.setdefault("auth", AUTH)
     node = GossipNode("g0", "digits", build_model("digits", 0), 0, training, period=3600, **options)
     await node.start()
     task = asyncio.create_task(node.run_continuous(data))
@@ -348,7 +367,7 @@ async def _send_model(node: GossipNode, sender: str, weights: list[np.ndarray], 
     meta = {AGE_META: age, DOMAIN_META: "digits"}
     payload = DenseCodec().encode(weights).to_bytes()
     envelope = Envelope(sender=sender, kind=MODEL, round=age, payload=payload, meta=meta)
-    await send(Address("127.0.0.1", node.server.port), envelope)
+    await send(Address("127.0.0.1", node.server.port), envelope, auth=AUTH)
     for _ in range(2000):  # every handled model adds at least one to the age
         if node.age > handled:
             return
@@ -446,6 +465,7 @@ def test_a_member_set_up_from_the_config_uses_its_gossip_keys(tmp_path: Path) ->
         "  buffer_size: 5\ncompression:\n  mode: weights_quantize\n  bits: 4\n"
         "training:\n  learning_rate: 0.1\n  batch_size: 16\n"
         "p2p:\n  host: 127.0.0.1\n  local_port: 0\n"
+        f"  shared_secret: {SECRET.decode()}\n"
     )
 
     # Execute
@@ -460,3 +480,64 @@ def test_a_member_set_up_from_the_config_uses_its_gossip_keys(tmp_path: Path) ->
     assert node.codec == QuantizeCodec(bits=4)
     with pytest.raises(ConfigError, match=r"compression\.mode"):
         GossipNode.from_config(load_config(None, {"compression.mode": "gradients_topk"}))
+
+
+def test_gossip_with_registered_keys_merges_members_and_drops_a_forged_sender(
+    tmp_path: Path, iid_digits_nodes: list[NodeData]
+) -> None:
+    from node.registry_client import RegistryClient
+
+    # Prepare: a real registry; a listening member and an honest one register their keys;
+    # mallory registers too, with her own key
+    honest_model = digits_learner(iid_digits_nodes[1], seed=1).get_weights()
+    with RegistryProcess(tmp_path / "r") as reg:
+        admin = RegistryClient(reg.url)
+        admin.register("gossip-admin", "127.0.0.1:1", "digits")
+        group = admin.create_group("signed", "digits", max_capacity=10, join=False)
+
+        def keyed(name: str) -> tuple[RegistryClient, Any]:
+            client = RegistryClient(reg.url)
+            section = P2PSection(data_dir=tmp_path / name)
+            return client, auth_from_config(section, registry=client)
+
+        async def scenario() -> tuple[GossipNode, str | None]:
+            client, auth = keyed("g0")
+            node, task = await _listening_member(
+                iid_digits_nodes[0], TrainingConfig(), registry=client, group_id=group.id, auth=auth
+            )
+            honest_client, honest_auth = keyed("h1")
+            honest_client.register("h1", "127.0.0.1:2", "digits", public_key=honest_auth.public_key)
+            mallory_client, mallory_auth = keyed("mallory")
+            mallory_client.register(
+                "mallory", "127.0.0.1:3", "digits", public_key=mallory_auth.public_key
+            )
+            to = Address("127.0.0.1", node.server.port)
+            meta = {AGE_META: 0, DOMAIN_META: "digits"}
+            payload = DenseCodec().encode(honest_model).to_bytes()
+            try:
+                # Execute: mallory names h1 as the sender; then h1 itself sends
+                forged = Envelope(sender="h1", kind=MODEL, payload=payload, meta=meta)
+                await send(to, forged, auth=mallory_auth)
+                for _ in range(2000):  # until the member has checked it
+                    if node.server.stats.frames_dropped:
+                        break
+                    await asyncio.sleep(0.01)
+                handled = node.age
+                honest = Envelope(sender="h1", kind=MODEL, payload=payload, meta=meta)
+                await send(to, honest, auth=honest_auth)
+                for _ in range(2000):  # every handled model adds one to the age
+                    if node.age > handled:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await node.stop()
+                await task
+            return node, client.get_node("g0").public_key
+
+        node, published = asyncio.run(scenario())
+        admin.close()
+
+    # Assert: the honest model merged, the forged one never reached the member
+    assert node.stats.received == 1 and node.stats.merged == 1
+    assert node.server.stats.refused == {"bad_signature": 1}
+    assert published == node.auth.public_key  # type: ignore[attr-defined]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.node.p2p.signing import secret_file
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -48,6 +50,7 @@ def test_two_hosts_in_separate_namespaces_train_across_their_addresses(tmp_path:
             _ip("-n", ns, "link", "set", veth, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
 
+        secret = secret_file(tmp_path)
         outputs = [tmp_path / "a.json", tmp_path / "b.json"]
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
         for i, ns in enumerate(namespaces):
@@ -63,6 +66,7 @@ def test_two_hosts_in_separate_namespaces_train_across_their_addresses(tmp_path:
                 "--rounds", "4",
                 "--listen-timeout", "30",
                 "--output", str(outputs[i]),
+                "--shared-secret-file", str(secret),
             ]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             procs.append(

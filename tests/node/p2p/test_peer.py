@@ -23,13 +23,20 @@ from node.p2p.transport import (
     request,
 )
 from tests.node.helpers import digits_learner
+from tests.node.p2p.signing import AUTH, SECRET, secret_file
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "run_peer_training.py"
 
 
 def _start_peer(
-    tmp: Path, port: int, others: list[int], index: int, partitions: int, *extra: str
+    tmp: Path,
+    port: int,
+    others: list[int],
+    index: int,
+    partitions: int,
+    *extra: str,
+    secret: bytes = SECRET,
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     out, log = tmp / f"peer{port}.json", tmp / f"peer{port}.log"
     cmd = [
@@ -49,6 +56,8 @@ def _start_peer(
         str(partitions),
         "--output",
         str(out),
+        "--shared-secret-file",
+        str(secret_file(tmp, secret)),
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -148,15 +157,52 @@ def test_a_killed_peer_does_not_stall_the_others_past_the_timeout(tmp_path: Path
     assert finished_after < listen_timeout + 20
 
 
+@pytest.mark.slow
+def test_a_peer_with_the_wrong_secret_is_refused_and_says_so(tmp_path: Path) -> None:
+    # Prepare: two peers whose secrets differ
+    ports = [free_port(), free_port()]
+    secrets = [SECRET, b"another-secret-entirely"]
+    extra = ("--rounds", "2", "--listen-timeout", "5")
+
+    # Execute
+    procs = [
+        _start_peer(tmp_path, p, [ports[1 - i]], i, 2, *extra, secret=secrets[i])
+        for i, p in enumerate(ports)
+    ]
+    try:
+        codes = [proc.wait(60) for proc, _, _ in procs]
+    finally:
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    # Assert: neither merged the other's update, each dropped or was refused frames and says
+    # so; whoever sent while the other listened was refused by name and exits 3
+    results = [json.loads(out.read_text()) for _, out, _ in procs]
+    logs = [log.read_text() for _, _, log in procs]
+    for i, result in enumerate(results):
+        assert all(r["received_from"] == [] for r in result["rounds"])
+        assert result["refused_by"] or result["frames_refused"], logs[i]
+        assert "did not verify (bad_signature" in logs[i] or "refused this peer" in logs[i]
+    refused = [i for i, r in enumerate(results) if r["refused_by"]]
+    assert refused, logs  # the first to send met the other listening
+    for i in refused:
+        assert results[i]["refused_by"] == {f"127.0.0.1:{ports[1 - i]}": "bad_signature"}
+        assert codes[i] == 3
+        assert f"error: peer 127.0.0.1:{ports[1 - i]} refused this peer's frames" in logs[i]
+    assert "Traceback" not in "".join(logs)
+
+
 def test_late_updates_never_mix_into_a_later_round(iid_digits_nodes: list) -> None:  # type: ignore[type-arg]
     async def scenario() -> tuple[int, list[int]]:
-        trainer = PeerTrainer(digits_learner(iid_digits_nodes[0]), [], DenseCodec())
+        trainer = PeerTrainer(digits_learner(iid_digits_nodes[0]), [], DenseCodec(), auth=AUTH)
         await trainer.start()
         try:
             await trainer.run(2)  # rounds 1 and 2, no peers
             address = Address("127.0.0.1", trainer.port)
-            ack = await request(address, Envelope(sender="x", kind=UPDATE, round=1))
-            await request(address, Envelope(sender="y", kind=UPDATE, round=99))
+            ack = await request(address, Envelope(sender="x", kind=UPDATE, round=1), auth=AUTH)
+            await request(address, Envelope(sender="y", kind=UPDATE, round=99), auth=AUTH)
             return int(ack.meta["late"]), sorted(trainer._inbox)
         finally:
             await trainer.stop()

@@ -32,6 +32,7 @@ from node.p2p.config import load_config
 from node.p2p.peer import ACK, NUM_EXAMPLES_META, UPDATE, PeerTrainer, RoundReport
 from node.p2p.transport import Envelope, TransportServer, request
 from tests.node.helpers import digits_learner
+from tests.node.p2p.signing import AUTH
 
 pytestmark = pytest.mark.usefixtures("no_peer_environment")
 
@@ -44,7 +45,7 @@ class _ScriptedPeer:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.server = TransportServer(self._ack, name=node_id)
+        self.server = TransportServer(self._ack, auth=AUTH, name=node_id)
 
     async def _ack(self, envelope: Envelope) -> Envelope:
         return Envelope(sender=self.node_id, kind=ACK, round=envelope.round)
@@ -56,7 +57,7 @@ class _ScriptedPeer:
     async def send_update(self, to: Address, rnd: int, payload: bytes, count: object) -> None:
         meta = {NUM_EXAMPLES_META: count}
         envelope = Envelope(sender=self.node_id, kind=UPDATE, round=rnd, payload=payload, meta=meta)
-        await request(to, envelope)
+        await request(to, envelope, auth=AUTH)
 
 
 @dataclass
@@ -77,6 +78,7 @@ async def _receive_one_round(
         learner,
         [p.address for p in peers],
         DenseCodec(),
+        auth=AUTH,
         node_id="receiver",
         listen_timeout=20,
         **trainer_options,  # type: ignore[arg-type]
@@ -221,7 +223,7 @@ def _train_together(
         overrides = {"p2p.host": "127.0.0.1", "p2p.local_port": ports[i]}
         config = load_config(config_file, {**overrides, "p2p.listen_timeout_s": 20})
         others = [a for j, a in enumerate(addresses) if j != i]
-        return build_trainer(config, others, digits_learner(data[i]))
+        return build_trainer(config, others, digits_learner(data[i]), AUTH)
 
     async def scenario() -> list[float]:
         peers = [honest(0), honest(1)]
@@ -232,6 +234,7 @@ def _train_together(
                     digits_learner(data[2]),
                     addresses[:2],
                     _SignFlipTimesTen(),
+                    auth=AUTH,  # an insider: it holds the secret, only its updates are wild
                     host="127.0.0.1",
                     port=ports[2],
                     listen_timeout=20,

@@ -16,11 +16,12 @@ from node.p2p.transport import (
     PROTOCOL_VERSION,
     Envelope,
     TransportServer,
-    decode_envelope,
     encode_frame,
+    open_frame,
     request,
     send,
 )
+from tests.node.p2p.signing import AUTH
 
 MAX = 1 << 20
 
@@ -41,7 +42,7 @@ class _Recorder:
 
 
 async def _started(recorder: _Recorder) -> TransportServer:
-    server = TransportServer(recorder, host="127.0.0.1", port=0, max_message_bytes=MAX)
+    server = TransportServer(recorder, auth=AUTH, host="127.0.0.1", port=0, max_message_bytes=MAX)
     await server.start()
     return server
 
@@ -66,11 +67,13 @@ def test_a_large_model_crosses_in_one_message() -> None:
             await send(
                 Address("127.0.0.1", server.port),
                 Envelope(sender="a", kind="update", round=3, payload=payload, meta={"n": 7}),
+                auth=AUTH,
                 max_message_bytes=MAX,
             )
             reply = await request(
                 Address("127.0.0.1", server.port),
                 Envelope(sender="a", kind="ping", round=4),
+                auth=AUTH,
             )
             await asyncio.wait_for(recorder.arrived.wait(), 5)
             return recorder.got[0], reply
@@ -111,7 +114,7 @@ def test_bad_frames_are_dropped_with_a_log_line_and_the_server_keeps_serving(
         try:
             await asyncio.to_thread(_raw_send, server.port, GARBAGE[name])
             reply = await request(
-                Address("127.0.0.1", server.port), Envelope(sender="b", kind="ping")
+                Address("127.0.0.1", server.port), Envelope(sender="b", kind="ping"), auth=AUTH
             )
             return len(recorder.got), reply, server.stats.frames_dropped
         finally:
@@ -131,26 +134,28 @@ def test_a_good_frame_after_a_bad_one_on_the_same_connection_still_arrives() -> 
         recorder = _Recorder()
         server = await _started(recorder)
         try:
-            good = encode_frame(Envelope(sender="c", kind="ping", round=1))
+            good = encode_frame(Envelope(sender="c", kind="ping", round=1), auth=AUTH)
             return await asyncio.to_thread(_raw_send, server.port, GARBAGE["no sender"] + good)
         finally:
             await server.stop()
 
     raw = asyncio.run(scenario())
 
-    assert decode_envelope(raw[4:]).kind == "pong"
+    assert open_frame(raw[4:]).envelope.kind == "pong"
 
 
 def test_senders_refuse_what_receivers_would_drop() -> None:
     with pytest.raises(FrameError, match="exceeds"):
-        encode_frame(Envelope(sender="a", kind="k", payload=b"x" * 2000), max_message_bytes=1000)
+        encode_frame(
+            Envelope(sender="a", kind="k", payload=b"x" * 2000), max_message_bytes=1000, auth=AUTH
+        )
 
 
 def test_an_absent_peer_is_reported_not_raised_raw() -> None:
     port = free_port()  # nobody listens there
 
     with pytest.raises(PeerUnreachableError):
-        asyncio.run(send(Address("127.0.0.1", port), Envelope(sender="a", kind="k")))
+        asyncio.run(send(Address("127.0.0.1", port), Envelope(sender="a", kind="k"), auth=AUTH))
 
 
 def test_parse_address() -> None:

@@ -20,6 +20,7 @@ yes         PUT report_performance                     reports are keyed by roun
 yes         PUT report_evaluation                      the same figures again return the stored ones
 yes         POST heartbeat                             sets liveness and metrics
 yes         POST claim_host (``/groups/{id}/host``)    the holder is granted it again
+yes         POST round_ticket, round_key               each mints a credential, changes nothing
 yes         POST submit_contributions                  ledger keyed on node, group, round
 no          POST register, create_group, join, leave   a repeat is refused (401, 409) or
                                                        hides the move the first one made
@@ -49,8 +50,10 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,7 +85,9 @@ from registry.schemas import (
     NodesPublic,
     RoundEvaluationPublic,
     RoundEvaluationsPublic,
+    RoundKey,
     RoundRewards,
+    RoundTicket,
 )
 from registry.wire import ModelSignature
 
@@ -96,6 +101,7 @@ __all__ = [
     "RegistryRequestError",
     "RegistryUnavailableError",
     "UnauthorizedError",
+    "tls_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,6 +121,30 @@ _BY_STATUS: dict[int, type[RegistryRequestError]] = {
     409: ConflictError,
 }
 _NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def tls_context(ca_cert: Path | str | None) -> ssl.SSLContext | bool:
+    """What httpx should verify a registry's certificate with: the system's trust store
+    (``True``) or, given ``ca_cert`` (a PEM file of CA certificates), that file only.
+
+    Raises ``ConfigError`` naming the file when it cannot be read or holds no certificate.
+    """
+    if ca_cert is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_cert))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ca-cert {ca_cert}: not a readable PEM certificate ({exc})") from exc
+
+
+def _tls_failure(exc: httpx.RequestError) -> ssl.SSLError | None:
+    """The TLS error behind a failed connection, if it was one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,7 @@ class RegistryClient:
         retries: int = 3,
         backoff: float = 0.2,
         client: httpx.Client | None = None,
+        ca_cert: Path | str | None = None,
     ) -> None:
         try:
             self.base_url = check_url(base_url)
@@ -208,8 +239,11 @@ class RegistryClient:
         self.backoff = backoff
         self._own_client = client is None
         if client is None:
-            transport = httpx.HTTPTransport(retries=retries)
-            client = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+            verify = tls_context(ca_cert)
+            transport = httpx.HTTPTransport(retries=retries, verify=verify)
+            client = httpx.Client(
+                base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+            )
         self._http = client
         # Connection attempts per try: the transport's retries on our client, unknown (one
         # as far as this class can tell) on a client passed in.
@@ -293,6 +327,13 @@ class RegistryClient:
                 headers=self._headers(),
             )
         except httpx.RequestError as exc:
+            tls = _tls_failure(exc)
+            if tls is not None:  # a certificate not trusted will not become trusted: stop
+                reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
+                raise ConfigError(
+                    f"TLS with the registry at {self.base_url} failed ({reason}); "
+                    "give its CA certificate with --ca-cert"
+                ) from exc
             raise _Failed(
                 f"{type(exc).__name__}: {exc}",
                 retry=_may_retry_error(exc, idempotent=idempotent),
@@ -514,6 +555,18 @@ class RegistryClient:
             "POST", f"/groups/{group_id}/host", idempotent=True, json={"address": address}
         )
         return GroupHost.model_validate(resp.json())
+
+    def round_ticket(self, group_id: int) -> RoundTicket:
+        """This member's ticket to its group's Flower rounds (shown to the host when
+        connecting). ForbiddenError: not a current member; ConflictError: no host yet."""
+        resp = self._request("POST", f"/groups/{group_id}/round-ticket", idempotent=True)
+        return RoundTicket.model_validate(resp.json())
+
+    def round_key(self, group_id: int) -> RoundKey:
+        """The group's round key for its current host epoch (its host only: else
+        ForbiddenError), which checks the members' round tickets."""
+        resp = self._request("POST", f"/groups/{group_id}/round-key", idempotent=True)
+        return RoundKey.model_validate(resp.json())
 
     # --- models --------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class DemoConfig:
     seed: int = 0
     output: Path = Path("output")
     registry_url: str | None = None
+    ca_cert: Path | None = None  # PEM CA that an https --registry-url's certificate chains to
     local_only: bool = True
     progress: bool = True
     node_prefix: str = "node"
@@ -65,7 +66,7 @@ class _TqdmHandler(logging.Handler):
 def _registry(cfg: DemoConfig) -> Iterator[str]:
     """The registry to use: the given URL, or one started here on a free port."""
     if cfg.registry_url:
-        with RegistryClient(cfg.registry_url, retries=0) as client:
+        with RegistryClient(cfg.registry_url, retries=0, ca_cert=cfg.ca_cert) as client:
             if not client.healthy():
                 raise RegistryUnavailableError(f"no registry answers at {client.base_url}/healthz")
         yield cfg.registry_url
@@ -131,7 +132,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
     with _registry(cfg) as url, _stop_on_signals(stop):
         if cfg.on_registry_ready:
             cfg.on_registry_ready(url)
-        net = InProcessNetwork(url, data, net_cfg, node_prefix=cfg.node_prefix)
+        net = InProcessNetwork(url, data, net_cfg, node_prefix=cfg.node_prefix, ca_cert=cfg.ca_cert)
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("  %(message)s"))
         agent_log = logging.getLogger("node.runtime.agent")

@@ -277,7 +277,8 @@ class RegistryClient:
         ok: tuple[int, ...] = (200, 201),
     ) -> httpx.Response:
         """Send one call under the module's retry policy; the response when its status is in
-        `ok`. Raises RegistryRequestError (by status) or RegistryUnavailableError."""
+        `ok`. Raises RegistryRequestError (by status) or RegistryUnavailableError, and
+        ConfigError when the registry's TLS certificate is not trusted."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         tries = 0
 
@@ -327,13 +328,7 @@ class RegistryClient:
                 headers=self._headers(),
             )
         except httpx.RequestError as exc:
-            tls = _tls_failure(exc)
-            if tls is not None:  # a certificate not trusted will not become trusted: stop
-                reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
-                raise ConfigError(
-                    f"TLS with the registry at {self.base_url} failed ({reason}); "
-                    "give its CA certificate with --ca-cert"
-                ) from exc
+            self._raise_tls_failure(exc)
             raise _Failed(
                 f"{type(exc).__name__}: {exc}",
                 retry=_may_retry_error(exc, idempotent=idempotent),
@@ -353,6 +348,17 @@ class RegistryClient:
             detail = resp.text
         cls = _BY_STATUS.get(resp.status_code, RegistryRequestError)
         raise cls(resp.status_code, detail, method, path)
+
+    def _raise_tls_failure(self, exc: httpx.RequestError) -> None:
+        """ConfigError when ``exc`` is a TLS failure: a certificate this client does not
+        trust will not become trusted by retrying."""
+        tls = _tls_failure(exc)
+        if tls is not None:
+            reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
+            raise ConfigError(
+                f"TLS with the registry at {self.base_url} failed ({reason}); "
+                "give its CA certificate with --ca-cert"
+            ) from exc
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """Exponential backoff, stretched to the registry's Retry-After (bounded)."""
@@ -676,10 +682,12 @@ class RegistryClient:
 
     def healthy(self) -> bool:
         """True when the registry answers /healthz with 200 (no retries beyond the
-        transport's connection attempts)."""
+        transport's connection attempts). ConfigError when its TLS certificate is not
+        trusted (see ``tls_context``)."""
         try:
             return self._http.get("/healthz").status_code == 200
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            self._raise_tls_failure(exc)
             return False
 
     def _me(self) -> str:

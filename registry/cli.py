@@ -77,10 +77,25 @@ def registry(
     public_url: Annotated[
         str | None, typer.Option(help="This registry's URL as simulations should reach it.")
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="PEM certificate: serve HTTPS (with --ssl-keyfile)."
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="PEM private key of --ssl-certfile."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the registry: the network's lookup table, with docs at /docs."""
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter(
+            "give both or neither", param_hint="'--ssl-certfile' / '--ssl-keyfile'"
+        )
+    scheme = "https" if ssl_certfile else "http"
     overrides = {
         "database_url": database_url,
         "data_dir": data_dir,
@@ -128,7 +143,7 @@ def registry(
     if settings.admin_token is None:  # one token for every worker, shown once
         os.environ["MYCELIUM_REGISTRY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
         typer.echo(f"admin token: {os.environ['MYCELIUM_REGISTRY_ADMIN_TOKEN']}")
-    typer.echo(f"registry on http://{host}:{port} (docs: http://{host}:{port}/docs)")
+    typer.echo(f"registry on {scheme}://{host}:{port} (docs: {scheme}://{host}:{port}/docs)")
     uvicorn.run(
         "registry.main:create_app_from_env",
         factory=True,
@@ -138,4 +153,6 @@ def registry(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=3,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,7 @@ class InProcessNetwork:
     config: NetworkConfig = field(default_factory=NetworkConfig)
     model_factory: Callable[[int], Any] | None = None
     node_prefix: str = "node"
+    ca_cert: Path | None = None  # PEM CA the registry's TLS certificate chains to
     agents: list[NodeAgent] = field(default_factory=list, init=False)
     members: dict[str, GroupMember] = field(default_factory=dict, init=False)
     history: list[RoundStats] = field(default_factory=list, init=False)
@@ -126,7 +128,9 @@ class InProcessNetwork:
                 NodeAgent(
                     node_id=node_id,
                     learner=learner,
-                    client=RegistryClient(self.registry_url, retries=4, backoff=0.25),
+                    client=RegistryClient(
+                        self.registry_url, retries=4, backoff=0.25, ca_cert=self.ca_cert
+                    ),
                     domain=cfg.domain,
                     address=f"in-process/{node_id}",
                     policy=cfg.policy,

@@ -25,6 +25,11 @@ class TestPKI:
     cert: Path
     key: Path
 
+    @property
+    def ca_bytes(self) -> bytes:
+        """The CA certificate, PEM."""
+        return self.ca.read_bytes()
+
     def certificates(self) -> tuple[bytes, bytes, bytes]:
         """Flower's (CA, certificate, key) tuple."""
         return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()

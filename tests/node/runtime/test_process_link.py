@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 import sys
@@ -16,7 +17,11 @@ import httpx
 import pytest
 from flwr.client import NumPyClient
 
+from node.config import NodeConfig
+from node.errors import NodeError
 from node.federation.link import run_client
+from node.learning.partition import PartitionSpec
+from node.runtime.process import NodeProcess, ProcessOptions
 from tests.node.runtime.test_process import NodeProcs
 from tests.support.registry_proc import RegistryProcess
 from tests.support.tls import TestPKI
@@ -126,4 +131,43 @@ def test_a_node_whose_flower_port_is_taken_exits_saying_so(
                       "is already in use."]  # fmt: skip
     assert "Traceback" not in done.stderr
     node = httpx.get(f"{sqlite_registry.url}/nodes/busy-port", timeout=5).json()
+    assert node["group_id"] is None
+
+
+def test_a_node_whose_heartbeat_thread_dies_stops_and_says_which(
+    sqlite_registry: RegistryProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a node whose heartbeat meets a fault no registry answer can cause (mocked)
+    proc = NodeProcess(
+        NodeConfig(
+            registry_url=sqlite_registry.url,
+            node_id="dies-in-heartbeat",
+            node_address="127.0.0.1:0",
+            heartbeat_interval_s=0.05,
+        ),
+        PartitionSpec(num_partitions=2),
+        ProcessOptions(warmup_epochs=0, listen="127.0.0.1:0"),
+    )
+    proc.prepare()
+
+    def broken(_metrics: dict[str, float]) -> None:
+        raise RuntimeError("boom")
+
+    proc.agent.heartbeat = broken  # type: ignore[method-assign]
+    stop = threading.Event()
+    caplog.set_level(logging.ERROR, logger="node.runtime.process")
+    timer = threading.Timer(60, stop.set)  # a safety net: the run must end on its own
+    timer.start()
+
+    # Execute
+    try:
+        with pytest.raises(NodeError, match=r"dies-in-heartbeat died: RuntimeError\('boom'\)"):
+            proc.run(stop)
+    finally:
+        timer.cancel()
+
+    # Assert: it ended by itself, said which thread, and left its group
+    assert not stop.is_set()
+    assert any("heartbeat thread died" in r.getMessage() for r in caplog.records)
+    node = httpx.get(f"{sqlite_registry.url}/nodes/dies-in-heartbeat", timeout=5).json()
     assert node["group_id"] is None

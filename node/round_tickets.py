@@ -53,16 +53,20 @@ class TicketGate:
         self._members: frozenset[str] = frozenset()
         self._fetched = float("-inf")  # monotonic time of the last fetch
 
+    def set_members(self, members: Collection[str]) -> frozenset[str]:
+        """Take ``members`` as the group's membership, as fetched just now."""
+        known = frozenset(members)
+        with self._lock:
+            self._members, self._fetched = known, time.monotonic()
+        return known
+
     def refresh(self) -> frozenset[str]:
         """Fetch the group's membership now; the known one if the registry cannot say."""
         try:
-            members = frozenset(self._members_of())
+            return self.set_members(self._members_of())
         except RegistryClientError as exc:
             log.warning("group %s: membership unknown (%s); keeping the last", self.group_id, exc)
-            members = self._members
-        with self._lock:
-            self._members, self._fetched = members, time.monotonic()
-        return members
+            return self.set_members(self._members)
 
     def admit(self, ticket: str | None) -> str:
         """The node id ``ticket`` admits; ``TicketRefused`` saying why when none."""

@@ -43,7 +43,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -381,6 +381,25 @@ class GroupServer:
     def connected(self) -> int:
         """Clients connected right now."""
         return self._manager.num_available()
+
+    def keep_only(self, node_ids: Collection[str]) -> list[str]:
+        """Close the stream of every admitted client whose node is not in ``node_ids`` (it
+        left the group or was expelled since it connected); the node ids dropped."""
+        dropped = []
+        for cid, proxy in list(self._manager.all().items()):
+            node_id = self._manager.identities.get(cid)
+            if node_id is None or node_id in node_ids:
+                continue
+            log.warning(
+                "Flower server %s: %s is no longer a member; closing its stream",
+                self.listen, node_id,
+            )  # fmt: skip
+            bridge = getattr(proxy, "bridge", None)
+            if bridge is not None:
+                bridge.close()
+            self._manager.unregister(proxy)
+            dropped.append(node_id)
+        return dropped
 
     def wait_for_clients(
         self, wanted: int, timeout: float, stop: threading.Event | None = None

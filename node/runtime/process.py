@@ -225,8 +225,11 @@ class _Host:
                         proc.node_id, gid, claim.host_node_id,
                     )  # fmt: skip
                     break
-                members = len(proc.client.get_group(gid).members)
-                self.gate.refresh()
+                member_ids = self.gate.set_members(
+                    [m.id for m in proc.client.get_group(gid).members]
+                )
+                members = len(member_ids)
+                self.server.keep_only(member_ids)  # those who left are left out
             except (ForbiddenError, NotFoundError) as exc:
                 log.info("%s: no longer hosting group %s: %s", proc.node_id, gid, exc)
                 break

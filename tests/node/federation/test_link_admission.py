@@ -160,3 +160,22 @@ def test_a_taken_port_raises_listen_error_naming_it() -> None:
             GroupServer(first.listen)
     finally:
         first.stop()
+
+
+def test_a_member_that_left_is_dropped_from_the_next_round(gated: GroupServer) -> None:
+    # Prepare: alice and bob connected with their tickets; then bob leaves the group
+    outcomes: list[str] = []
+    threads = [_connect(gated.listen, _ticket(n), outcomes) for n in ("alice", "bob")]
+    assert gated.wait_for_clients(2, timeout=30) == 2
+
+    # Execute: the host learns the new membership
+    dropped = gated.keep_only({"alice"})
+    result = gated.fit([np.zeros(2)], 1, {GROUP_ID_KEY: GROUP})
+
+    # Assert: bob's stream was closed and the round had alice only
+    assert dropped == ["bob"]
+    assert [u.member for u in result.updates] == ["alice"]
+    threads[1].join(timeout=30)
+    assert not threads[1].is_alive()
+    gated.stop()
+    threads[0].join(timeout=30)

@@ -49,6 +49,7 @@ class DemoConfig:
     seed: int = 0
     output: Path = Path("output")
     registry_url: str | None = None
+    ca_cert: Path | None = None  # PEM CA that an https --registry-url's certificate chains to
     local_only: bool = True
     progress: bool = True
     node_prefix: str = "node"
@@ -66,7 +67,7 @@ class _TqdmHandler(logging.Handler):
 def _registry(cfg: DemoConfig) -> Iterator[str]:
     """The registry to use: the given URL, or one started here on a free port."""
     if cfg.registry_url:
-        with RegistryClient(cfg.registry_url, retries=0) as client:
+        with RegistryClient(cfg.registry_url, retries=0, ca_cert=cfg.ca_cert) as client:
             if not client.healthy():
                 raise RegistryUnavailableError(f"no registry answers at {client.base_url}/healthz")
         yield cfg.registry_url
@@ -135,7 +136,14 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
         # Against a registry of its own the nodes' tokens die with it; against a given one
         # they are kept under output/credentials/, so the demo can run there again.
         store = CredentialStore(cfg.output) if cfg.registry_url else None
-        net = InProcessNetwork(url, data, net_cfg, node_prefix=cfg.node_prefix, credentials=store)
+        net = InProcessNetwork(
+            url,
+            data,
+            net_cfg,
+            node_prefix=cfg.node_prefix,
+            credentials=store,
+            ca_cert=cfg.ca_cert,
+        )
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("  %(message)s"))
         agent_log = logging.getLogger("node.runtime.agent")

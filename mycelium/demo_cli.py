@@ -74,6 +74,14 @@ def demo(
     registry_url: Annotated[
         str | None, typer.Option(help="Use this registry instead of starting one.")
     ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM CA certificate an https --registry-url's certificate chains to.",
+        ),
+    ] = None,
     local_only: Annotated[
         bool, typer.Option(help="Also train each node alone, for comparison.")
     ] = True,
@@ -107,6 +115,7 @@ def demo(
         seed=seed,
         output=output,
         registry_url=registry_url,
+        ca_cert=ca_cert,
         local_only=local_only,
     )
     try:

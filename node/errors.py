@@ -12,7 +12,8 @@
      │    ├── WeightsMismatchError    weights that do not fit a model (count, shapes)
      │    ├── NonFiniteWeightsError   weights holding NaN or infinity
      │    ├── FrameError              a peer frame: oversized, malformed, of another version
-     │    └── FrameAuthError          a peer frame whose signature, sender or freshness fails
+     │    ├── FrameAuthError          a peer frame whose signature, sender or freshness fails
+     │    └── TicketRefused           a Flower client whose round ticket does not admit it
      ├── TransportError               a peer or a group's host could not be reached
      │    ├── PeerUnreachableError    no connection, or no answer in time
      │    └── PeerRefusedError        a peer refused this node's frame (its signature failed there)
@@ -24,6 +25,7 @@
      │         ├── ForbiddenError       403: not allowed
      │         ├── NotFoundError        404
      │         └── ConflictError        409: full group, name taken, stale round
+     ├── ListenError                  this node cannot serve where told (port taken, bad cert)
      ├── SessionError
      │    └── SessionEnded            a member leaves its group's federation (migration, shutdown)
      └── FlowerCompatError            the installed Flower moved an internal this code relies on
@@ -48,6 +50,7 @@ __all__ = [
     "ForbiddenError",
     "FrameAuthError",
     "FrameError",
+    "ListenError",
     "NodeError",
     "NonFiniteWeightsError",
     "NotFoundError",
@@ -60,6 +63,7 @@ __all__ = [
     "SerializationError",
     "SessionEnded",
     "SessionError",
+    "TicketRefused",
     "TransportError",
     "UnauthorizedError",
     "WeightsMismatchError",
@@ -116,6 +120,23 @@ class FrameAuthError(RemoteInputError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class TicketRefused(RemoteInputError):
+    """A Flower client's round ticket does not admit it to the group's rounds.
+
+    ``authenticated`` is False when the ticket itself is missing or invalid (answered with
+    gRPC UNAUTHENTICATED), True when it is valid but its node is no current member of the
+    group (PERMISSION_DENIED).
+    """
+
+    def __init__(self, reason: str, *, authenticated: bool = False) -> None:
+        super().__init__(reason)
+        self.authenticated = authenticated
+
+
+class ListenError(NodeError):
+    """This node cannot serve where it was told to: the port is taken, or TLS is unusable."""
 
 
 class TransportError(NodeError):

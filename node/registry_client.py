@@ -20,6 +20,7 @@ yes         PUT report_performance                     reports are keyed by roun
 yes         PUT report_evaluation                      the same figures again return the stored ones
 yes         POST heartbeat                             sets liveness and metrics
 yes         POST claim_host (``/groups/{id}/host``)    the holder is granted it again
+yes         POST round_ticket, round_key               each mints a credential, changes nothing
 yes         POST submit_contributions                  ledger keyed on node, group, round
 yes         POST register with a token (stored or      the same node and secret again is
             client-chosen, see below)                  an update (200, created false)
@@ -59,8 +60,10 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -93,7 +96,9 @@ from registry.schemas import (
     NodesPublic,
     RoundEvaluationPublic,
     RoundEvaluationsPublic,
+    RoundKey,
     RoundRewards,
+    RoundTicket,
 )
 from registry.wire import ModelSignature
 
@@ -107,6 +112,7 @@ __all__ = [
     "RegistryRequestError",
     "RegistryUnavailableError",
     "UnauthorizedError",
+    "tls_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,6 +133,30 @@ _BY_STATUS: dict[int, type[RegistryRequestError]] = {
     409: ConflictError,
 }
 _NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def tls_context(ca_cert: Path | str | None) -> ssl.SSLContext | bool:
+    """What httpx should verify a registry's certificate with: the system's trust store
+    (``True``) or, given ``ca_cert`` (a PEM file of CA certificates), that file only.
+
+    Raises ``ConfigError`` naming the file when it cannot be read or holds no certificate.
+    """
+    if ca_cert is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_cert))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ca-cert {ca_cert}: not a readable PEM certificate ({exc})") from exc
+
+
+def _tls_failure(exc: httpx.RequestError) -> ssl.SSLError | None:
+    """The TLS error behind a failed connection, if it was one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -211,6 +241,7 @@ class RegistryClient:
         backoff: float = 0.2,
         client: httpx.Client | None = None,
         credentials: CredentialStore | None = None,
+        ca_cert: Path | str | None = None,
     ) -> None:
         try:
             self.base_url = check_url(base_url)
@@ -223,8 +254,11 @@ class RegistryClient:
         self.backoff = backoff
         self._own_client = client is None
         if client is None:
-            transport = httpx.HTTPTransport(retries=retries)
-            client = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+            verify = tls_context(ca_cert)
+            transport = httpx.HTTPTransport(retries=retries, verify=verify)
+            client = httpx.Client(
+                base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+            )
         self._http = client
         # Connection attempts per try: the transport's retries on our client, unknown (one
         # as far as this class can tell) on a client passed in.
@@ -258,7 +292,8 @@ class RegistryClient:
         ok: tuple[int, ...] = (200, 201),
     ) -> httpx.Response:
         """Send one call under the module's retry policy; the response when its status is in
-        `ok`. Raises RegistryRequestError (by status) or RegistryUnavailableError."""
+        `ok`. Raises RegistryRequestError (by status) or RegistryUnavailableError, and
+        ConfigError when the registry's TLS certificate is not trusted."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         tries = 0
 
@@ -308,6 +343,7 @@ class RegistryClient:
                 headers=self._headers(),
             )
         except httpx.RequestError as exc:
+            self._raise_tls_failure(exc)
             raise _Failed(
                 f"{type(exc).__name__}: {exc}",
                 retry=_may_retry_error(exc, idempotent=idempotent),
@@ -327,6 +363,17 @@ class RegistryClient:
             detail = resp.text
         cls = _BY_STATUS.get(resp.status_code, RegistryRequestError)
         raise cls(resp.status_code, detail, method, path)
+
+    def _raise_tls_failure(self, exc: httpx.RequestError) -> None:
+        """ConfigError when ``exc`` is a TLS failure: a certificate this client does not
+        trust will not become trusted by retrying."""
+        tls = _tls_failure(exc)
+        if tls is not None:
+            reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
+            raise ConfigError(
+                f"TLS with the registry at {self.base_url} failed ({reason}); "
+                "give its CA certificate with --ca-cert"
+            ) from exc
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """Exponential backoff, stretched to the registry's Retry-After (bounded)."""
@@ -547,6 +594,18 @@ class RegistryClient:
         )
         return GroupHost.model_validate(resp.json())
 
+    def round_ticket(self, group_id: int) -> RoundTicket:
+        """This member's ticket to its group's Flower rounds (shown to the host when
+        connecting). ForbiddenError: not a current member; ConflictError: no host yet."""
+        resp = self._request("POST", f"/groups/{group_id}/round-ticket", idempotent=True)
+        return RoundTicket.model_validate(resp.json())
+
+    def round_key(self, group_id: int) -> RoundKey:
+        """The group's round key for its current host epoch (its host only: else
+        ForbiddenError), which checks the members' round tickets."""
+        resp = self._request("POST", f"/groups/{group_id}/round-key", idempotent=True)
+        return RoundKey.model_validate(resp.json())
+
     # --- models --------------------------------------------------------------------
 
     def upload_model(self, group_id: int, round: int, data: bytes) -> ModelInfo:
@@ -655,10 +714,12 @@ class RegistryClient:
 
     def healthy(self) -> bool:
         """True when the registry answers /healthz with 200 (no retries beyond the
-        transport's connection attempts)."""
+        transport's connection attempts). ConfigError when its TLS certificate is not
+        trusted (see ``tls_context``)."""
         try:
             return self._http.get("/healthz").status_code == 200
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            self._raise_tls_failure(exc)
             return False
 
     def _me(self) -> str:

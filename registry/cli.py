@@ -112,10 +112,25 @@ def registry(
     prune_interval_s: Annotated[
         float | None, typer.Option(min=0.01, help="Seconds between pruning passes.")
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="PEM certificate: serve HTTPS (with --ssl-keyfile)."
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="PEM private key of --ssl-certfile."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the registry: the network's lookup table, with docs at /docs."""
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter(
+            "give both or neither", param_hint="'--ssl-certfile' / '--ssl-keyfile'"
+        )
+    scheme = "https" if ssl_certfile else "http"
     overrides = {
         "database_url": database_url,
         "data_dir": data_dir,
@@ -175,7 +190,7 @@ def registry(
             typer.echo(f"error: admin token: {exc}", err=True)
             raise typer.Exit(2) from exc
         typer.echo(f"admin token: in {settings.admin_token_path.resolve()} (mode 0600)")
-    typer.echo(f"registry on http://{host}:{port} (docs: http://{host}:{port}/docs)")
+    typer.echo(f"registry on {scheme}://{host}:{port} (docs: {scheme}://{host}:{port}/docs)")
     uvicorn.run(
         "registry.main:create_app_from_env",
         factory=True,
@@ -185,4 +200,6 @@ def registry(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=3,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
+import hmac
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -54,12 +57,17 @@ __all__ = [
     "PerformanceReportsPublic",
     "RoundEvaluationPublic",
     "RoundEvaluationsPublic",
+    "RoundKey",
     "RoundRewards",
+    "RoundTicket",
+    "RoundTicketClaims",
     "SimulationCreate",
     "SimulationPublic",
     "SimulationsPublic",
     "TensorSpecJSON",
     "TokenRotate",
+    "open_round_ticket",
+    "sign_round_ticket",
 ]
 
 DEFAULT_METRIC = "accuracy"
@@ -568,3 +576,86 @@ class SimulationsPublic(BaseModel):
 
     data: list[SimulationPublic]
     count: int
+
+
+# --- round tickets: who may join a group's Flower rounds ----------------------------
+#
+# The registry gives a group's current host the group's round key for its host epoch
+# (``RoundKey``) and each current member a ticket (``RoundTicket``): the claims below,
+# MACed with that key. The member shows the ticket when it connects to the host's Flower
+# server; the host checks it with ``open_round_ticket``. The format:
+# ``v1.<base64url(claims JSON)>.<base64url(HMAC-SHA256(key, "v1.<claims>"))>``.
+
+ROUND_TICKET_VERSION = "v1"
+MAX_ROUND_TICKET_CHARS = 1024
+
+
+class RoundTicketClaims(BaseModel):
+    """What a round ticket vouches for: `node_id` is a member of `group_id` while
+    `host_epoch` is the group's hosting, until `expires_at` (Unix time, seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: GroupId
+    node_id: NodeId
+    host_epoch: int = Field(ge=1)
+    expires_at: Finite
+
+
+class RoundTicket(RoundTicketClaims):
+    """A member's credential for its group's Flower rounds (`ticket`: the signed claims)."""
+
+    ticket: str = Field(max_length=MAX_ROUND_TICKET_CHARS)
+
+
+class RoundKey(BaseModel):
+    """A group's round key for one host epoch, given to its host only: the HMAC-SHA256 key
+    (32 bytes, urlsafe base64) that checks the members' round tickets of that epoch."""
+
+    group_id: int
+    host_epoch: int
+    key: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_round_ticket(claims: RoundTicketClaims, key: bytes) -> str:
+    """``claims`` as a ticket string MACed with ``key`` (the group's round key)."""
+    body = f"{ROUND_TICKET_VERSION}.{_b64(claims.model_dump_json().encode())}"
+    mac = hmac.new(key, body.encode(), hashlib.sha256).digest()
+    return f"{body}.{_b64(mac)}"
+
+
+def open_round_ticket(ticket: str, key: bytes) -> RoundTicketClaims:
+    """The claims of ``ticket`` when its MAC is ``key``'s.
+
+    Checks the form and the MAC only (the caller checks group, epoch, expiry, membership).
+    Raises ``ValueError`` saying why: too long, malformed, another version, a MAC that does
+    not match, or claims that do not parse.
+    """
+    if len(ticket) > MAX_ROUND_TICKET_CHARS:
+        raise ValueError(f"ticket longer than {MAX_ROUND_TICKET_CHARS} characters")
+    parts = ticket.split(".")
+    if len(parts) != 3:
+        raise ValueError("ticket is not <version>.<claims>.<mac>")
+    version, payload, mac_text = parts
+    if version != ROUND_TICKET_VERSION:
+        raise ValueError(f"ticket version {version[:16]!r} is not {ROUND_TICKET_VERSION!r}")
+    try:
+        mac = _unb64(mac_text)
+        raw = _unb64(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"ticket is not base64url: {exc}") from exc
+    expected = hmac.new(key, f"{version}.{payload}".encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, expected):
+        raise ValueError("ticket MAC does not match this group's round key")
+    try:
+        return RoundTicketClaims.model_validate(json.loads(raw))
+    except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError
+        raise ValueError(f"ticket claims unreadable: {exc}") from exc

@@ -78,6 +78,11 @@ class RegistrySettings(BaseSettings):
         description="Write calls one client address may make, same notation. Per worker.",
     )
     max_simulations: int = Field(default=1, ge=0, description="Simulations running at once.")
+    round_ticket_ttl: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a member's round ticket admits it to its group's Flower server.",
+    )
     public_url: str | None = Field(
         default=None,
         description="The registry's own URL for simulations; default: the request's base URL.",

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.postgres import FreshDatabase, ensure_server
 from tests.support.registry_proc import RegistryProcess
+from tests.support.tls import TestPKI, make_pki
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -46,3 +47,9 @@ def sqlite_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
     """One SQLite registry shared by a module's tests (each uses its own node ids)."""
     with RegistryProcess(tmp_path_factory.mktemp("registry")) as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """A throwaway CA and its server certificate for 127.0.0.1 and localhost."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

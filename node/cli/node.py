@@ -16,12 +16,12 @@ import typer
 from node.addresses import AUTO, parse_address
 from node.cli.common import one_of
 from node.config import load_node_config
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeError
 from node.federation.strategies import STRATEGY_NAMES, set_flower_log_level
 from node.learning.data import DATASET_NAMES
 from node.learning.partition import CLUSTER_MODES, SCHEMES, PartitionSpec
 from node.runtime.policy import POLICIES
-from node.runtime.process import NodeProcess, ProcessOptions
+from node.runtime.process import NodeProcess, ProcessOptions, load_tls
 
 __all__ = ["node", "parse_partition_id"]
 
@@ -164,6 +164,29 @@ def node(
     warmup_epochs: Annotated[
         int, typer.Option(min=0, help="Local epochs before choosing a group.")
     ] = 1,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM CA certificate(s) the registry's and group hosts' TLS certificates "
+            "chain to; with it, this node talks TLS to both (default: plaintext Flower, "
+            "the system's CAs for an https registry).",
+        ),
+    ] = None,
+    tls_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM certificate this node's Flower server presents when it hosts its group "
+            "(with --tls-keyfile); members verify it with their --ca-cert.",
+        ),
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="PEM private key of --tls-certfile."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the settings, print them, exit.")
@@ -229,7 +252,15 @@ def node(
         round_pause_s=round_pause_s,
         warmup_epochs=warmup_epochs,
         measure_contribution=contributions,
+        ca_cert=ca_cert,
+        tls_certfile=tls_certfile,
+        tls_keyfile=tls_keyfile,
     )
+    try:
+        load_tls(options)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if dry_run:
         typer.echo(f"node {cfg.node_id}: settings are valid")
         typer.echo(f"  config:  {cfg.model_dump()}")
@@ -248,11 +279,16 @@ def node(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    proc = NodeProcess(cfg, spec, options, partition_id=part_id)
-    log.info("%s: starting, registry %s, address %s", cfg.node_id, cfg.registry_url, proc.address)
     try:
+        proc = NodeProcess(cfg, spec, options, partition_id=part_id)
+        log.info(
+            "%s: starting, registry %s, address %s", cfg.node_id, cfg.registry_url, proc.address
+        )
         proc.run(stop)
     except (ConfigError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except NodeError as exc:  # a thread died or the Flower server cannot listen: say so, stop
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     log.info("%s: stopped", cfg.node_id)

@@ -14,6 +14,19 @@ parts ``start_server`` does: ``start_grpc_server`` (internal), a public
 ``SimpleClientManager`` and ``Server.fit_round``/``evaluate_round``.
 ``check_legacy_compat`` fails loudly when a Flower upgrade moves them.
 
+Who may connect: a server given ``admit`` runs it on every new stream with the client's
+round ticket (gRPC metadata ``mycelium-round-ticket``; ``node.round_tickets``) and refuses
+the stream (UNAUTHENTICATED or PERMISSION_DENIED, logged with the client's address) when
+it raises ``TicketRefused``; each admitted stream's updates are attributed to the node id
+its ticket names. Flower's legacy client cannot send metadata, so ``run_client`` hands
+the ticket to Flower's channel through a client interceptor (the channel factory of
+Flower's ``grpc_connection``, wrapped once per process, reads it per thread).
+
+TLS: ``certificates`` (CA, server certificate, server key as PEM bytes, Flower's own
+tuple) makes the server's port TLS-only; ``run_client(root_certificates=...)`` verifies it.
+A server that cannot listen (its port taken, bad certificates) raises ``ListenError``
+instead of Flower's ``sys.exit``.
+
 ``LinkFederation`` makes a ``GroupServer`` the transport of ``node.federation.round``'s
 group round; ``LinkMember`` is a member's Flower client around its ``GroupMember``.
 An evaluation instruction carries every model to evaluate as one list of tensors
@@ -23,14 +36,15 @@ answers with ``loss-<j>``/``accuracy-<j>`` metrics per model.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -53,7 +67,13 @@ from flwr.server import ClientManager, Server, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from node.errors import FlowerCompatError, RemoteInputError, SessionEnded
+from node.errors import (
+    FlowerCompatError,
+    ListenError,
+    RemoteInputError,
+    SessionEnded,
+    TicketRefused,
+)
 from node.federation.keys import (
     ACCURACY_KEY,
     EXTRA_SECONDS_KEY,
@@ -77,6 +97,8 @@ from node.federation.strategies import FLOWER_LOGGER_NAME, check_strategy, make_
 from node.learning.weights import Weights, WeightsSignature
 
 __all__ = [
+    "TICKET_METADATA_KEY",
+    "Admit",
     "GroupServer",
     "LinkFederation",
     "LinkMember",
@@ -91,6 +113,11 @@ LOSS_KEY = "loss-{}"
 _LABEL_SEPARATOR = "\n"
 ACCURACY_OF_KEY = "accuracy-{}"
 _WAIT_STEP = 0.05
+TICKET_METADATA_KEY = "mycelium-round-ticket"
+
+# The node id a round ticket admits, from its ticket (None: no ticket); TicketRefused when
+# it admits none.
+Admit = Callable[[str | None], str]
 
 
 class _QuietLegacy(logging.Filter):
@@ -128,6 +155,25 @@ class _BoundedClientManager(SimpleClientManager):
     def __init__(self, wait_s: float) -> None:
         super().__init__()
         self.wait_s = max(1, math.ceil(wait_s))
+        self.identities: dict[str, str] = {}  # Flower's client id -> node id its ticket names
+
+    def register(self, client: ClientProxy) -> bool:
+        """Flower's registration, noting the node id the stream was admitted as."""
+        node_id = getattr(_admitted, "node_id", None)
+        if node_id is not None:
+            self.identities[client.cid] = node_id
+        return super().register(client)
+
+    def unregister(self, client: ClientProxy) -> None:
+        """Flower's, forgetting the client's node id."""
+        self.identities.pop(client.cid, None)
+        super().unregister(client)
+
+    def identity(self, proxy: ClientProxy, metrics: Mapping[str, Scalar]) -> str:
+        """Who a reply is from: the node its ticket admitted, else what it says, else its
+        connection's id."""
+        admitted = self.identities.get(proxy.cid)
+        return admitted if admitted is not None else _member_id(proxy, metrics)
 
     def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
         """Wait until ``num_clients`` are connected, at most ``wait_s`` seconds."""
@@ -138,8 +184,9 @@ class _Screening(Strategy):
     """Flower's legacy strategy behind ``screen_updates``: replies that fail the checks
     never reach ``aggregate_fit``, and the kept ones weigh by their clamped count."""
 
-    def __init__(self, signature: WeightsSignature) -> None:
+    def __init__(self, signature: WeightsSignature, manager: _BoundedClientManager) -> None:
         self.signature = signature
+        self.manager = manager
         self.inner: Strategy | None = None
         self.kept: list[MemberUpdate] = []
         self.refused: list[tuple[str, RemoteInputError]] = []
@@ -168,7 +215,7 @@ class _Screening(Strategy):
         """Screen ``results``, then let the inner strategy aggregate what is kept."""
         received: list[tuple[ClientProxy, FitRes, MemberUpdate]] = []
         for proxy, res in results:
-            member = _member_id(proxy, res.metrics)
+            member = self.manager.identity(proxy, res.metrics)
             try:
                 weights = parameters_to_ndarrays(res.parameters)
             except (ValueError, TypeError) as exc:
@@ -214,11 +261,100 @@ class _Screening(Strategy):
         return self._strategy().evaluate(server_round, parameters)
 
 
+_admitted = threading.local()  # the node id of the stream this gRPC thread is serving
+
+
+class _Admission(grpc.ServerInterceptor):
+    """Runs ``admit`` on each new stream's round ticket; refuses it, logged, when it raises."""
+
+    def __init__(self, admit: Admit, listen: str) -> None:
+        self.admit = admit
+        self.listen = listen
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.stream_stream is None:
+            return handler
+        inner = handler.stream_stream
+
+        def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            metadata = dict(context.invocation_metadata() or ())
+            ticket = metadata.get(TICKET_METADATA_KEY)
+            try:
+                node_id = self.admit(ticket if isinstance(ticket, str) else None)
+            except TicketRefused as exc:
+                log.warning(
+                    "Flower server %s refused the client at %s: %s",
+                    self.listen, context.peer(), exc,
+                )  # fmt: skip
+                code = grpc.StatusCode.PERMISSION_DENIED
+                if not exc.authenticated:
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                context.abort(code, str(exc))
+                raise  # abort() raised already; this keeps the type checker informed
+            log.debug("Flower server %s admitted %s at %s", self.listen, node_id, context.peer())
+            return _as(node_id, inner(requests, context))
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _as(node_id: str, stream: Iterator[Any]) -> Iterator[Any]:
+    """``stream``, served as ``node_id``: Flower registers the client in its first step,
+    in the thread that steps it, where ``_BoundedClientManager.register`` reads it."""
+    _admitted.node_id = node_id
+    try:
+        yield from stream
+    finally:
+        _admitted.node_id = None
+
+
+def _serve(
+    manager: ClientManager,
+    listen: str,
+    certificates: tuple[bytes, bytes, bytes] | None,
+    interceptors: list[grpc.ServerInterceptor],
+) -> grpc.Server:
+    """Flower's ``start_grpc_server``, with interceptors, raising ``ListenError`` where it
+    would ``sys.exit`` (port taken, bad certificates)."""
+    from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import (
+        FlowerServiceServicer,
+    )
+    from flwr.server.superlink.fleet.grpc_bidi.grpc_server import (
+        add_FlowerServiceServicer_to_server,
+    )
+    from flwr.supercore.grpc import generic_create_grpc_server
+
+    try:
+        server = generic_create_grpc_server(
+            servicer_and_add_fn=(
+                FlowerServiceServicer(manager),
+                add_FlowerServiceServicer_to_server,
+            ),
+            server_address=listen,
+            certificates=certificates,
+            interceptors=interceptors or None,
+        )
+        server.start()
+    except SystemExit as exc:  # Flower's answer to a taken port or unusable certificates
+        why = exc.code if isinstance(exc.code, str) else "invalid TLS certificates"
+        raise ListenError(f"cannot serve Flower on {listen}: {why}") from None
+    except RuntimeError as exc:  # gRPC could not bind (or load the certificates)
+        raise ListenError(f"cannot serve Flower on {listen}: {exc}") from None
+    return server
+
+
 class GroupServer:
     """A group's Flower server, listening on ``listen`` (``host:port``) until ``stop()``.
 
     Safe to drive from any thread. Each phase waits at most ``round_timeout_s`` seconds
     for a member: one that died or hangs is counted as a failure, not waited for.
+    ``certificates`` (CA, certificate, key; PEM bytes) serve TLS only; ``admit`` checks
+    every client's round ticket (see the module docstring); without it anyone may join.
+    Raises ``ListenError`` when it cannot listen on ``listen``.
     """
 
     def __init__(
@@ -228,22 +364,42 @@ class GroupServer:
         strategy: str = "fedavg",
         strategy_options: Mapping[str, Any] | None = None,
         round_timeout_s: float = 30.0,
+        certificates: tuple[bytes, bytes, bytes] | None = None,
+        admit: Admit | None = None,
     ) -> None:
-        from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
-
         self.listen = listen
         self.strategy = check_strategy(strategy)
         self.strategy_options = dict(strategy_options or {})
         self.round_timeout_s = round_timeout_s
         _install_quiet_filter()
         self._manager = _BoundedClientManager(round_timeout_s)
-        self._grpc = start_grpc_server(client_manager=self._manager, server_address=listen)
+        interceptors = [_Admission(admit, listen)] if admit is not None else []
+        self._grpc = _serve(self._manager, listen, certificates, interceptors)
         self._stopped = False
 
     @property
     def connected(self) -> int:
         """Clients connected right now."""
         return self._manager.num_available()
+
+    def keep_only(self, node_ids: Collection[str]) -> list[str]:
+        """Close the stream of every admitted client whose node is not in ``node_ids`` (it
+        left the group or was expelled since it connected); the node ids dropped."""
+        dropped = []
+        for cid, proxy in list(self._manager.all().items()):
+            node_id = self._manager.identities.get(cid)
+            if node_id is None or node_id in node_ids:
+                continue
+            log.warning(
+                "Flower server %s: %s is no longer a member; closing its stream",
+                self.listen, node_id,
+            )  # fmt: skip
+            bridge = getattr(proxy, "bridge", None)
+            if bridge is not None:
+                bridge.close()
+            self._manager.unregister(proxy)
+            dropped.append(node_id)
+        return dropped
 
     def wait_for_clients(
         self, wanted: int, timeout: float, stop: threading.Event | None = None
@@ -273,7 +429,7 @@ class GroupServer:
         connection's id).
         """
         start = time.perf_counter()
-        screening = _Screening(WeightsSignature.of(weights))
+        screening = _Screening(WeightsSignature.of(weights), self._manager)
         server = self._server(dict(config), screening)
         server.parameters = ndarrays_to_parameters(list(weights))
         try:
@@ -317,7 +473,9 @@ class GroupServer:
         for proxy, res in ok:
             try:
                 out.append(
-                    _evaluation(_member_id(proxy, res.metrics), res, list(labels), len(models))
+                    _evaluation(
+                        self._manager.identity(proxy, res.metrics), res, list(labels), len(models)
+                    )
                 )
             except RemoteInputError as exc:
                 log.warning("An evaluation reply was unusable: %s", exc)
@@ -331,17 +489,91 @@ class GroupServer:
         self._grpc.stop(grace).wait(grace + 1.0)
 
 
-def run_client(address: str, client: NumPyClient) -> None:
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _Ticket(grpc.StreamStreamClientInterceptor):
+    """Adds the round ticket to every stream's metadata."""
+
+    def __init__(self, ticket: str) -> None:
+        self.ticket = ticket
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        metadata = [*(client_call_details.metadata or ()), (TICKET_METADATA_KEY, self.ticket)]
+        details = _CallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+            getattr(client_call_details, "compression", None),
+        )
+        return continuation(details, request_iterator)
+
+
+_client_ticket = threading.local()  # the ticket run_client is connecting with, per thread
+_channel_wrapped = threading.Lock()
+
+
+def _wrap_flower_channel() -> None:
+    """Make Flower's legacy ``grpc_connection`` build its channel with this thread's
+    ticket interceptor (it takes no interceptors of its own). Idempotent."""
+    from flwr.compat.client.grpc_client import connection
+
+    with _channel_wrapped:
+        original = connection.create_channel
+        if getattr(original, "_mycelium", False):
+            return
+
+        @functools.wraps(original)
+        def create_channel(*args: Any, **kwargs: Any) -> grpc.Channel:
+            ticket = getattr(_client_ticket, "ticket", None)
+            if ticket is not None:
+                kwargs["interceptors"] = [*(kwargs.get("interceptors") or ()), _Ticket(ticket)]
+            return original(*args, **kwargs)
+
+        create_channel._mycelium = True  # type: ignore[attr-defined]
+        connection.create_channel = create_channel
+
+
+def run_client(
+    address: str,
+    client: NumPyClient,
+    *,
+    ticket: str | None = None,
+    root_certificates: bytes | None = None,
+) -> None:
     """Take part in the federation served at ``address`` until the server lets go.
 
+    ``ticket`` is this member's round ticket (``RegistryClient.round_ticket``);
+    ``root_certificates`` (PEM bytes) make the connection TLS, verified against them.
     Returns when the host disconnects this client (it stopped hosting or shut down).
-    Raises ``grpc.RpcError`` when the host cannot be reached or its stream breaks,
-    and ``SessionEnded`` when ``client`` raised it to leave.
+    Raises ``grpc.RpcError`` when the host cannot be reached, refuses the ticket
+    (UNAUTHENTICATED, PERMISSION_DENIED) or its stream breaks, and ``SessionEnded`` when
+    ``client`` raised it to leave.
     """
     from flwr.client import start_client
 
     _install_quiet_filter()
-    start_client(server_address=address, client=client.to_client())
+    _wrap_flower_channel()
+    _client_ticket.ticket = ticket
+    try:
+        start_client(
+            server_address=address,
+            client=client.to_client(),
+            root_certificates=root_certificates,
+            insecure=root_certificates is None,
+        )
+    finally:
+        _client_ticket.ticket = None
 
 
 class LinkFederation:
@@ -480,6 +712,31 @@ def check_legacy_compat() -> None:
         for name in ("client_manager", "server_address"):
             if name not in params:
                 problems.append(f"start_grpc_server has no parameter {name!r}")
+    try:
+        from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import (
+            FlowerServiceServicer,  # noqa: F401
+        )
+        from flwr.server.superlink.fleet.grpc_bidi.grpc_server import (
+            add_FlowerServiceServicer_to_server,  # noqa: F401
+        )
+        from flwr.supercore.grpc import generic_create_grpc_server
+    except ImportError as exc:
+        problems.append(f"the legacy gRPC server's parts moved ({exc})")
+    else:
+        params = inspect.signature(generic_create_grpc_server).parameters
+        for name in ("servicer_and_add_fn", "server_address", "certificates", "interceptors"):
+            if name not in params:
+                problems.append(f"generic_create_grpc_server has no parameter {name!r}")
+    try:
+        from flwr.compat.client.grpc_client import connection
+    except ImportError as exc:
+        problems.append(f"the legacy client's grpc_connection moved ({exc})")
+    else:
+        create = getattr(connection, "create_channel", None)
+        if create is None or "create_channel(" not in inspect.getsource(connection.grpc_connection):
+            problems.append("grpc_connection no longer builds its channel with create_channel")
+        elif "interceptors" not in inspect.signature(create).parameters:
+            problems.append("create_channel takes no interceptors")
     for method in ("fit_round", "evaluate_round"):
         params = inspect.signature(getattr(Server, method, lambda: None)).parameters
         if not {"server_round", "timeout"} <= set(params):

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,7 @@ class InProcessNetwork:
     # Where the nodes keep their registry tokens; None: in memory only (a registry of
     # its own, gone with the run).
     credentials: CredentialStore | None = None
+    ca_cert: Path | None = None  # PEM CA the registry's TLS certificate chains to
     agents: list[NodeAgent] = field(default_factory=list, init=False)
     members: dict[str, GroupMember] = field(default_factory=dict, init=False)
     history: list[RoundStats] = field(default_factory=list, init=False)
@@ -131,7 +133,11 @@ class InProcessNetwork:
                     node_id=node_id,
                     learner=learner,
                     client=RegistryClient(
-                        self.registry_url, retries=4, backoff=0.25, credentials=self.credentials
+                        self.registry_url,
+                        retries=4,
+                        backoff=0.25,
+                        credentials=self.credentials,
+                        ca_cert=self.ca_cert,
                     ),
                     domain=cfg.domain,
                     address=f"in-process/{node_id}",

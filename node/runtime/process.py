@@ -16,6 +16,17 @@ Threads, each with one job:
   re-checks its claim before every round. Each round is
   ``node.federation.round.run_group_round`` over Flower's gRPC link: members report
   their own evaluation, the host uploads the snapshot and submits contributions.
+
+Only members take part: the host asks the registry for the group's round key and
+admits a Flower client only with a valid round ticket of a current member
+(``node.round_tickets``); each member asks for its ticket before connecting. With
+``tls_certfile``/``tls_keyfile`` the host serves TLS; with ``ca_cert`` members verify
+the host (and the registry) against that CA.
+
+Failures are loud: a thread that dies (heartbeat, member, host) is logged, stops the
+node and ``run`` raises its error; a Flower server that cannot bind (its port taken)
+raises ``ListenError``. The node leaves its group first, so the registry stops naming
+it as host. The ``node`` command prints the error on one line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flwr.common import Scalar
 
@@ -33,7 +45,10 @@ from node.addresses import Address, advertised_host, free_port, parse_address
 from node.config import NodeConfig
 from node.credentials import CredentialStore
 from node.errors import (
+    ConfigError,
+    ConflictError,
     ForbiddenError,
+    NodeError,
     NotFoundError,
     RegistryClientError,
     RemoteInputError,
@@ -51,12 +66,14 @@ from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import PartitionSpec
 from node.registry_client import RegistryClient
+from node.round_tickets import TicketGate
 from node.runtime.agent import NodeAgent
 from node.runtime.policy import Leave, Migrate, PolicyConfig
 
 __all__ = [
     "NodeProcess",
     "ProcessOptions",
+    "load_tls",
     "registration_ordinal",
 ]
 
@@ -76,6 +93,37 @@ class ProcessOptions:
     host_retry_s: float = 0.5  # pause before looking for a host again
     warmup_epochs: int = 1  # local training before the first group choice
     measure_contribution: bool = True  # as host: leave-one-out contributions, to the ledger
+    ca_cert: Path | None = None  # PEM CA that the registry's and hosts' certificates chain to
+    tls_certfile: Path | None = None  # PEM certificate this node's Flower server presents
+    tls_keyfile: Path | None = None  # its PEM private key
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise ConfigError(f"{what} {path}: not a PEM file")
+    return data
+
+
+def load_tls(options: ProcessOptions) -> tuple[bytes | None, tuple[bytes, bytes, bytes] | None]:
+    """The CA certificate members verify hosts with, and Flower's (CA, certificate, key)
+    tuple this node serves with (None: plaintext), read from ``options``' PEM files.
+
+    Raises ``ConfigError`` naming the file that is missing, unreadable or not PEM, or the
+    flag missing from the certificate/key pair.
+    """
+    ca = _read_pem(options.ca_cert, "--ca-cert") if options.ca_cert else None
+    cert_file, key_file = options.tls_certfile, options.tls_keyfile
+    if (cert_file is None) != (key_file is None):
+        raise ConfigError("--tls-certfile and --tls-keyfile go together: give both or neither")
+    if cert_file is None or key_file is None:
+        return ca, None
+    cert = _read_pem(cert_file, "--tls-certfile")
+    key = _read_pem(key_file, "--tls-keyfile")
+    return ca, (ca or cert, cert, key)  # Flower wants a CA first; it is not used to serve
 
 
 def registration_ordinal(client: RegistryClient, node_id: str, domain: str) -> int:
@@ -116,13 +164,20 @@ class _Host:
         self.session = session
         self.epoch = epoch
         self.stop = threading.Event()
+        gid = session.group_id
+        self.gate = TicketGate(
+            proc.client.round_key(gid),
+            lambda: {m.id for m in proc.client.get_group(gid).members},
+        )
         self.server = GroupServer(
             proc.listen,
             strategy=self._aggregation(),
             round_timeout_s=proc.options.round_timeout_s,
+            certificates=proc.certificates,
+            admit=self.gate.admit,
         )
         self.thread = threading.Thread(
-            target=self._run, name=f"host-g{session.group_id}", daemon=True
+            target=proc.supervised(self._run), name=f"host-g{gid}", daemon=True
         )
 
     def _aggregation(self) -> str:
@@ -171,7 +226,11 @@ class _Host:
                         proc.node_id, gid, claim.host_node_id,
                     )  # fmt: skip
                     break
-                members = len(proc.client.get_group(gid).members)
+                member_ids = self.gate.set_members(
+                    [m.id for m in proc.client.get_group(gid).members]
+                )
+                members = len(member_ids)
+                self.server.keep_only(member_ids)  # those who left are left out
             except (ForbiddenError, NotFoundError) as exc:
                 log.info("%s: no longer hosting group %s: %s", proc.node_id, gid, exc)
                 break
@@ -242,10 +301,12 @@ class NodeProcess:
         self.address = str(Address(advertised_host(advertised.host), port))
         listen = parse_address(self.options.listen or "0.0.0.0:0", allow_port_zero=True)
         self.listen = str(Address(listen.host, listen.port or port))  # port 0: the advertised one
+        self.ca_cert, self.certificates = load_tls(self.options)
         self.client = client or RegistryClient(
             config.registry_url,
             retries=4,
             backoff=0.25,
+            ca_cert=self.options.ca_cert,
             credentials=CredentialStore(config.data_dir),
         )
         self.partition_id = partition_id  # None: the registry's order decides
@@ -260,6 +321,8 @@ class NodeProcess:
         self._learner: Learner | None = None
         self._agent: NodeAgent | None = None
         self._group_member: GroupMember | None = None
+        self._failed = threading.Event()
+        self.failure: BaseException | None = None  # what ended a thread of this node
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -335,12 +398,14 @@ class NodeProcess:
         """Run until ``stop`` is set, then leave the group and stop Flower."""
         if self._agent is None:
             self.prepare()
-        beat = threading.Thread(target=self._heartbeats, args=(stop,), name="heartbeat")
+        beat = threading.Thread(
+            target=self.supervised(self._heartbeats), args=(stop,), name="heartbeat"
+        )
         beat.daemon = True
         beat.start()
         next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self._failed.is_set():
                 self._decide(time.monotonic() >= next_evaluation)
                 if time.monotonic() >= next_evaluation:
                     next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
@@ -350,6 +415,29 @@ class NodeProcess:
                 stop.wait(_LOOP_STEP)
         finally:
             self.shutdown()
+        if self.failure is not None:
+            if isinstance(self.failure, NodeError):
+                raise self.failure
+            raise NodeError(f"a thread of node {self.node_id} died: {self.failure!r}")
+
+    def supervised(self, target: Callable[..., None]) -> Callable[..., None]:
+        """``target`` as a thread's body whose death stops this node: the error is logged
+        and kept (``failure``), and ``run`` ends and raises it."""
+
+        def body(*args: object) -> None:
+            try:
+                target(*args)
+            except BaseException as exc:  # SystemExit too: Flower exits where it should raise
+                name = threading.current_thread().name
+                if isinstance(exc, NodeError):
+                    log.error("%s: %s thread stopped: %s", self.node_id, name, exc)
+                else:
+                    log.exception("%s: %s thread died", self.node_id, name)
+                if self.failure is None:
+                    self.failure = exc
+                self._failed.set()
+
+        return body
 
     def _decide(self, evaluate: bool) -> None:
         agent = self.agent
@@ -411,7 +499,10 @@ class NodeProcess:
             self._sessions += 1
             session = _Session(group_id=gid, number=self._sessions)
             session.member = threading.Thread(
-                target=self._member, args=(session,), name=f"member-g{gid}", daemon=True
+                target=self.supervised(self._member),
+                args=(session,),
+                name=f"member-g{gid}",
+                daemon=True,
             )
             self._session = session
             session.member.start()
@@ -440,10 +531,12 @@ class NodeProcess:
                 session.host.close()  # it stepped down on its own: serve afresh
                 session.host = None
             if session.host is None and not session.stop.is_set():
-                try:
+                try:  # a ListenError (port taken, bad certificates) ends the node: loud
                     session.host = _Host(self, session, claim.host_epoch)
-                except Exception as exc:  # e.g. the port is taken: try again later
-                    log.warning("%s: cannot serve on %s: %s", self.node_id, self.listen, exc)
+                except (ForbiddenError, NotFoundError):
+                    return None  # no longer its host, or no longer a member
+                except RegistryClientError as exc:
+                    log.warning("%s: no round key for group %s: %s", self.node_id, gid, exc)
                     return None
                 session.host.start()
             return self.address
@@ -452,6 +545,18 @@ class NodeProcess:
             session.host = None
         return claim.host_address
 
+    def _ticket(self, session: _Session) -> str | None:
+        """This member's round ticket for the group's current host (None: not now)."""
+        try:
+            return self.client.round_ticket(session.group_id).ticket
+        except (ForbiddenError, NotFoundError):
+            return None  # left or expelled: the main loop notices and moves on
+        except ConflictError:
+            return None  # no host at the moment: claim again
+        except RegistryClientError as exc:
+            log.warning("%s: no round ticket for group %s: %s", self.node_id, session.group_id, exc)
+            return None
+
     def _member(self, session: _Session) -> None:
         """Take part in the group's federation until the session ends."""
         gid = session.group_id
@@ -459,6 +564,10 @@ class NodeProcess:
         while not session.stop.is_set():
             address = self._find_host(session)
             if address is None or session.stop.is_set():
+                session.stop.wait(self.options.host_retry_s)
+                continue
+            ticket = self._ticket(session)
+            if ticket is None or session.stop.is_set():
                 session.stop.wait(self.options.host_retry_s)
                 continue
             level = logging.DEBUG if address == failing else logging.INFO
@@ -470,14 +579,20 @@ class NodeProcess:
                 on_evaluated=self.round_done,
             )
             try:
-                run_client(address, client)
+                run_client(address, client, ticket=ticket, root_certificates=self.ca_cert)
             except SessionEnded:
                 break
             except RemoteInputError as exc:  # the host sent something unusable: reconnect
                 log.warning("%s: group %s's host sent bad input: %s", self.node_id, gid, exc)
             except RpcError as exc:
                 code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
-                if not session.stop.is_set():
+                if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                    details = exc.details() if hasattr(exc, "details") else ""
+                    log.warning(
+                        "%s: group %s's host at %s refused this node: %s",
+                        self.node_id, gid, address, details,
+                    )  # fmt: skip
+                elif not session.stop.is_set():
                     log.log(
                         level, "%s: lost group %s's host at %s (%s); claiming it",
                         self.node_id, gid, address, code,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -25,13 +26,15 @@ class RegistryProcess:
         workers: int = 1,
         extra: list[str] | None = None,
         port: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
         self.workers = workers
         self.extra = extra or []
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls  # (CA, certificate, key) PEM files: serve HTTPS, checked with the CA
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"registry-{self.port}.log"
 
@@ -52,6 +55,8 @@ class RegistryProcess:
             str(self.workers),
             *self.extra,
         ]
+        if self.tls:
+            cmd += ["--ssl-certfile", str(self.tls[1]), "--ssl-keyfile", str(self.tls[2])]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYCELIUM_REGISTRY_")}
@@ -62,7 +67,8 @@ class RegistryProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited early:\n{self.log_path.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                verify = ssl.create_default_context(cafile=self.tls[0]) if self.tls else True
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

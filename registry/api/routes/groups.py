@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from registry import crud, snapshots
+from registry import crud, round_tickets, snapshots
 from registry.api.deps import DatabaseDep, PageDep, SettingsDep, TokenDep
 from registry.schemas import (
     GroupCreate,
@@ -23,6 +23,8 @@ from registry.schemas import (
     PerformanceReportIn,
     PerformanceReportPublic,
     PerformanceReportsPublic,
+    RoundKey,
+    RoundTicket,
 )
 
 router = APIRouter(prefix="/groups", tags=["groups"])
@@ -185,3 +187,39 @@ def claim_host(
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
         return crud.claim_host(session, caller=caller, group_id=group_id, address=body.address)
+
+
+@router.post(
+    "/{group_id}/round-ticket",
+    response_model=RoundTicket,
+    responses={**AUTH_ERRORS, 404: {}, 409: {}},
+)
+def round_ticket(
+    db: DatabaseDep, settings: SettingsDep, token: TokenDep, group_id: GroupIdPath
+) -> RoundTicket:
+    """A current member's ticket to the group's Flower rounds under its current host
+    (`round_ticket_ttl` seconds); 403 for non-members, 409 while the group has no host."""
+    secret = round_tickets.load_secret(settings.data_dir)
+    with db.read() as session:
+        caller = crud.authenticate(session, token=token)
+        return round_tickets.issue_round_ticket(
+            session,
+            caller=caller,
+            group_id=group_id,
+            secret=secret,
+            ttl_s=settings.round_ticket_ttl,
+        )
+
+
+@router.post("/{group_id}/round-key", response_model=RoundKey, responses={**AUTH_ERRORS, 404: {}})
+def round_key(
+    db: DatabaseDep, settings: SettingsDep, token: TokenDep, group_id: GroupIdPath
+) -> RoundKey:
+    """The group's round key for its current host epoch, which checks members' tickets;
+    the current host only (403 for anyone else)."""
+    secret = round_tickets.load_secret(settings.data_dir)
+    with db.read() as session:
+        caller = crud.authenticate(session, token=token)
+        return round_tickets.issue_round_key(
+            session, caller=caller, group_id=group_id, secret=secret
+        )

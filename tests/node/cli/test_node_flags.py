@@ -81,3 +81,21 @@ def test_an_invalid_file_value_exits_2_naming_the_key(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "invalid node config key 'cooldown_rounds'" in result.output
+
+
+def test_tls_flags_are_checked_before_the_node_starts(tmp_path: Path) -> None:
+    # Prepare: a certificate without its key, and a CA file that is not PEM
+    cert = tmp_path / "server.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("hello")
+
+    # Execute
+    half = _dry_run("--tls-certfile", str(cert))
+    bad_ca = _dry_run("--ca-cert", str(not_pem))
+
+    # Assert: exit status 2 and the flag named, no traceback
+    assert half.exit_code == 2
+    assert "--tls-certfile and --tls-keyfile go together" in half.output
+    assert bad_ca.exit_code == 2 and f"--ca-cert {not_pem}: not a PEM file" in bad_ca.output
+    assert half.exception is None or isinstance(half.exception, SystemExit)

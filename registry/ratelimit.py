@@ -27,32 +27,16 @@ import math
 import time
 from typing import Any
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from registry.settings import OFF, parse_limits
+
 __all__ = ["OFF", "RateLimitMiddleware", "document_rate_limits", "parse_limits"]
 
-OFF = "off"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def parse_limits(text: str) -> list[RateLimitItem]:
-    """The limits of a setting such as ``"20/second;600/minute"``; [] for ``"off"`` or "".
-
-    Raises ValueError naming the text when it is not in the `limits` notation
-    (``N/second|minute|hour|day``, several joined by ``;``).
-    """
-    text = text.strip()
-    if text.lower() in ("", OFF):
-        return []
-    try:
-        return parse_many(text)
-    except ValueError as exc:
-        raise ValueError(
-            f"rate limit {text!r} is not like '20/second;600/minute' (or 'off')"
-        ) from exc
 
 
 TOO_MANY = {

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from limits import RateLimitItem, parse_many
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from registry.ratelimit import parse_limits
+__all__ = ["OFF", "RegistrySettings", "build_settings", "parse_limits"]
 
-__all__ = ["RegistrySettings", "build_settings"]
+OFF = "off"
+
+
+def parse_limits(text: str) -> list[RateLimitItem]:
+    """The limits of a setting such as ``"20/second;600/minute"``; [] for ``"off"`` or "".
+
+    Raises ValueError naming the text when it is not in the `limits` notation
+    (``N/second|minute|hour|day``, several joined by ``;``).
+    """
+    text = text.strip()
+    if text.lower() in ("", OFF):
+        return []
+    try:
+        return parse_many(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"rate limit {text!r} is not like '20/second;600/minute' (or 'off')"
+        ) from exc
+
 
 # Budgets for write calls (see registry/ratelimit.py), set to stop floods, not honest nodes.
 # Measured: a node of the 4-node digits demo peaks at 18 writes in a second (about 11 a

@@ -14,6 +14,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.readcache import ReadVersions
+
 __all__ = ["Database", "GroupCommit"]
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,8 @@ R = TypeVar("R")
 
 _BEGIN_OPTION = "mycelium_sqlite_begin"
 EVENTS_PENDING = "mycelium_events_added"
+# Set by a transaction that only records heartbeats: it leaves GET /groups as it was.
+HEARTBEATS_ONLY = "mycelium_heartbeats_only"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -72,6 +76,8 @@ class Database:
             _configure_sqlite(self.engine)
             write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self.on_events_committed: Callable[[], None] | None = None
+        # What cached read answers are built at (registry.readcache); bumped per commit.
+        self.read_versions = ReadVersions()
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(write_engine, expire_on_commit=False)
         # SQLite has one writer at a time, and a writer that finds the lock taken polls
@@ -95,7 +101,10 @@ class Database:
         with self._write_lock, self._writer() as session:
             with session.begin():
                 yield session
-            if session.info.pop(EVENTS_PENDING, False) and self.on_events_committed:
+            events = session.info.pop(EVENTS_PENDING, False)
+            beats_only = session.info.pop(HEARTBEATS_ONLY, False) and not events
+            self.read_versions.bump(heartbeats_only=beats_only)
+            if events and self.on_events_committed:
                 self.on_events_committed()
 
     def group_commit(

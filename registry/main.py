@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.api import reads
 from registry.api.routes import (
     dashboard,
     domains,
@@ -141,6 +142,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         app.state.db = db
         app.state.bus = bus
         app.state.store = ModelStore(settings.models_dir)
+        app.state.reads = reads.ReadState(db).start()
         app.state.shutting_down = False
         app.state.admin_token = settings.admin_token
         if app.state.admin_token is None:  # every worker reads the same file
@@ -162,6 +164,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             bus.notify()
             manager.shutdown()
             sweeper.stop()
+            app.state.reads.stop()
             db.dispose()
 
     app = RegistryApp(
@@ -192,7 +195,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
     # Hot paths served ahead of FastAPI's routing (documented by RegistryApp.openapi).
-    app.router.routes[0:0] = nodes.FAST_ROUTES
+    app.router.routes[0:0] = [*nodes.FAST_ROUTES, *reads.FAST_ROUTES]
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     return app
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from registry import crud, round_tickets, snapshots
+from registry.api import reads
 from registry.api.deps import DatabaseDep, PageDep, SettingsDep, TokenDep
 from registry.schemas import (
     GroupCreate,
@@ -19,7 +20,6 @@ from registry.schemas import (
     LeaveRequest,
     LeaveResult,
     MembershipPublic,
-    NodePublic,
     PerformanceReportIn,
     PerformanceReportPublic,
     PerformanceReportsPublic,
@@ -68,23 +68,20 @@ def create_group(
         return crud.group_public(group, 1 if body.join else 0)
 
 
-@router.get("", response_model=GroupsPublic)
-def list_groups(
-    db: DatabaseDep,
+@router.get("", response_model=GroupsPublic, responses={**reads.READ_RESPONSES, **AUTH_ERRORS})
+async def list_groups(
+    request: Request,
     page: PageDep,
+    token: TokenDep,
     domain: Annotated[str | None, Query(max_length=64)] = None,
     include_archived: bool = False,
-) -> GroupsPublic:
-    """Groups with member count, capacity, performance and round; filter by domain."""
-    with db.read() as session:
-        rows, total = crud.list_groups(
-            session,
-            domain=domain,
-            include_archived=include_archived,
-            offset=page.offset,
-            limit=page.limit,
-        )
-        return GroupsPublic(data=rows, count=total)
+    if_none_match: reads.IfNoneMatchHeader = None,
+) -> Response:
+    """Groups with member count, capacity, performance and round; filter by domain.
+    With a node's token, only the node's domain (403 for another `domain`, 401 for an
+    unknown token); without one, every domain. Tagged with an `ETag`; 304 when
+    `If-None-Match` names the current answer."""
+    return await reads.list_groups(request)
 
 
 @router.post("/join", response_model=MembershipPublic, responses={**AUTH_ERRORS, 404: {}, 409: {}})
@@ -121,15 +118,13 @@ def leave_group(db: DatabaseDep, token: TokenDep, body: LeaveRequest | None = No
         return LeaveResult(node_id=caller.id, group_id=group_id)
 
 
-@router.get("/{group_id}", response_model=GroupDetail, responses={404: {}})
-def get_group(db: DatabaseDep, group_id: GroupIdPath) -> GroupDetail:
-    """One group with its members."""
-    with db.read() as session:
-        group, members = crud.get_group(session, group_id=group_id)
-        public = crud.group_public(group, len(members))
-        return GroupDetail(
-            **public.model_dump(), members=[NodePublic.model_validate(m) for m in members]
-        )
+@router.get("/{group_id}", response_model=GroupDetail, responses={**reads.READ_RESPONSES, 404: {}})
+async def get_group(
+    request: Request, group_id: GroupIdPath, if_none_match: reads.IfNoneMatchHeader = None
+) -> Response:
+    """One group with its members. Tagged with an `ETag`; 304 when `If-None-Match` names
+    the current answer."""
+    return await reads.get_group(request)
 
 
 @router.put(

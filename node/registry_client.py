@@ -50,6 +50,13 @@ for that registry URL and node id or, when there is none, generates a secret, st
 (0600) and only then sends it as the bearer token of the first register. A node restarted
 with the same data directory, or a register whose answer was lost, is recognised.
 
+Revalidated reads
+-----------------
+``list_groups``, ``get_group``, ``list_nodes`` and ``all_nodes`` keep, per URL and query,
+the last answer's ``ETag`` and the decoded answer, and send ``If-None-Match``; on ``304 Not
+Modified`` they return the decoded answer they kept (the same object: treat it as
+read-only) without reading or parsing a body. At most ``MAX_REVALIDATED`` URLs are kept.
+
 tenacity drives the retries: up to ``retries`` more tries, waiting ``backoff * 2**n`` s
 (n = 0, 1, ...; at most ``MAX_BACKOFF_S``, at least ``Retry-After``). When a call gives up it
 raises ``RegistryUnavailableError`` naming the method, the URL, the tries and the last failure.
@@ -64,10 +71,11 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 import tenacity
+from pydantic import BaseModel
 
 from node.addresses import check_url
 from node.credentials import CredentialStore
@@ -124,6 +132,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 NOTHING_APPLIED = frozenset({429, 503})
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 10.0
+MAX_REVALIDATED = 256  # URLs whose last answer and ETag a client keeps
+_M = TypeVar("_M", bound=BaseModel)
 PAGE = 1000  # the registry's largest page
 
 _BY_STATUS: dict[int, type[RegistryRequestError]] = {
@@ -260,6 +270,8 @@ class RegistryClient:
                 base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
             )
         self._http = client
+        # (path, query) -> (ETag, decoded answer) of the revalidated reads.
+        self._revalidated: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, Any]] = {}
         # Connection attempts per try: the transport's retries on our client, unknown (one
         # as far as this class can tell) on a client passed in.
         self._connects_per_try = retries + 1 if self._own_client else 1
@@ -277,6 +289,33 @@ class RegistryClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def _get_revalidated(
+        self, path: str, model: type[_M], params: Mapping[str, Any] | None = None
+    ) -> _M:
+        """GET `path` as `model`, sending the ETag of the answer kept for this URL and
+        query: on 304 that answer is returned as it was decoded (see the module docstring).
+        Raises as `_request` does."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        key = (path, tuple(sorted((k, str(v)) for k, v in query.items())))
+        kept = self._revalidated.get(key)
+        resp = self._request(
+            "GET",
+            path,
+            idempotent=True,
+            params=query,
+            headers={"If-None-Match": kept[0]} if kept else None,
+            ok=(200, 304) if kept else (200,),
+        )
+        if resp.status_code == 304 and kept is not None:
+            return cast(_M, kept[1])
+        value = model.model_validate_json(resp.content)
+        etag = resp.headers.get("etag")
+        if etag:
+            if len(self._revalidated) >= MAX_REVALIDATED:
+                self._revalidated.clear()
+            self._revalidated[key] = (etag, value)
+        return value
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
@@ -290,6 +329,7 @@ class RegistryClient:
         params: Mapping[str, Any] | None = None,
         content: bytes | None = None,
         ok: tuple[int, ...] = (200, 201),
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Send one call under the module's retry policy; the response when its status is in
         `ok`. Raises RegistryRequestError (by status) or RegistryUnavailableError, and
@@ -301,7 +341,14 @@ class RegistryClient:
             nonlocal tries
             tries += 1
             return self._send_once(
-                method, path, idempotent=idempotent, json=json, params=query, content=content, ok=ok
+                method,
+                path,
+                idempotent=idempotent,
+                json=json,
+                params=query,
+                content=content,
+                ok=ok,
+                headers=headers,
             )
 
         retrying = tenacity.Retrying(
@@ -332,6 +379,7 @@ class RegistryClient:
         params: Mapping[str, Any],
         content: bytes | None,
         ok: tuple[int, ...],
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
             resp = self._http.request(
@@ -340,7 +388,7 @@ class RegistryClient:
                 json=json,
                 params=params,
                 content=content,
-                headers=self._headers(),
+                headers={**self._headers(), **(headers or {})},
             )
         except httpx.RequestError as exc:
             self._raise_tls_failure(exc)
@@ -458,8 +506,7 @@ class RegistryClient:
     ) -> NodesPublic:
         """Nodes, optionally of one domain or group (the first `limit`; see all_nodes)."""
         params = {"domain": domain, "group_id": group_id, "limit": limit}
-        resp = self._request("GET", "/nodes", idempotent=True, params=params)
-        return NodesPublic.model_validate(resp.json())
+        return self._get_revalidated("/nodes", NodesPublic, params)
 
     def all_nodes(
         self,
@@ -480,8 +527,7 @@ class RegistryClient:
                 "offset": len(out),
                 "limit": page_size,
             }
-            resp = self._request("GET", "/nodes", idempotent=True, params=params)
-            page = NodesPublic.model_validate(resp.json())
+            page = self._get_revalidated("/nodes", NodesPublic, params)
             out.extend(page.data)
             if len(page.data) < page_size or len(out) >= page.count:
                 return out
@@ -494,8 +540,7 @@ class RegistryClient:
         offset = 0
         while True:
             params = {"domain": domain, "offset": offset, "limit": limit}
-            resp = self._request("GET", "/groups", idempotent=True, params=params)
-            page = GroupsPublic.model_validate(resp.json())
+            page = self._get_revalidated("/groups", GroupsPublic, params)
             out.extend(page.data)
             offset += len(page.data)
             if not page.data or offset >= page.count:
@@ -503,8 +548,7 @@ class RegistryClient:
 
     def get_group(self, group_id: int) -> GroupDetail:
         """One group with its members."""
-        resp = self._request("GET", f"/groups/{group_id}", idempotent=True)
-        return GroupDetail.model_validate(resp.json())
+        return self._get_revalidated(f"/groups/{group_id}", GroupDetail)
 
     def create_group(
         self,

@@ -14,8 +14,9 @@ SQLite's `PRAGMA data_version` (on a connection of its own), PostgreSQL's
 following poll (a PostgreSQL commit is in the WAL a moment before it is visible). So a
 write through another worker shows in this worker's answers within two poll intervals
 (`interval_s`, 0.2 s by default: at most ~0.4 s plus one rebuild). The marker cannot
-tell a heartbeat from other writes, so other workers' heartbeats rebuild `/groups` at
-most once per poll.
+tell a heartbeat from other writes, nor this worker's commits from others', so under
+steady heartbeats `/groups` is rebuilt about once per poll (its ETag stays while its
+bytes do).
 
 `AnswerCache` keeps, per query, the serialised answer with its ETag and the version it
 was built at; the request path compares two integers and answers from memory. The ETag
@@ -31,7 +32,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
     "Answer",
@@ -168,21 +168,24 @@ class ChangeWatcher:
 
     def _run(self) -> None:
         last: object = None
-        changed_last_poll = False
+        changed_last_poll = failing = False
         while not self._stop.is_set():
             try:
                 with self._engine.connect() as conn:
                     while not self._stop.is_set():
                         marker = conn.execute(self._query).scalar()
                         conn.rollback()  # hold no transaction (and no SQLite snapshot)
+                        failing = False
                         changed = marker != last
                         if changed or changed_last_poll:
                             self._versions.bump()
                         changed_last_poll = changed
                         last = marker
                         self._stop.wait(self._interval_s)
-            except SQLAlchemyError as exc:
-                log.warning("read cache: change marker unavailable (%s); retrying", exc)
+            except Exception as exc:  # keep watching through any database failure
+                if not failing:  # once per outage, not once per poll
+                    log.warning("read cache: change marker unavailable (%s); retrying", exc)
+                failing = True
                 self._versions.bump()
                 last = None
                 self._stop.wait(self._interval_s)

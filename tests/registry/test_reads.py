@@ -144,6 +144,25 @@ def test_a_nodes_token_lists_its_own_domain(
     assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
 
 
+def test_a_rotated_token_stops_listing_at_once(
+    client: httpx.Client, registry: RegistryProcess
+) -> None:
+    # Prepare: the node's token has listed groups (so its lookup is cached)
+    node, h = register(client, domain=unique("d"))
+    assert client.get("/groups", headers=h).status_code == 200
+    admin = {"Authorization": f"Bearer {(registry.data_dir / 'admin_token').read_text().strip()}"}
+
+    # Execute
+    rotated = client.post(f"/nodes/{node}/token", headers=admin)
+    old = client.get("/groups", headers=h)
+    new = client.get("/groups", headers={"Authorization": f"Bearer {rotated.json()['token']}"})
+
+    # Assert
+    assert rotated.status_code == 200, rotated.text
+    assert old.status_code == 401
+    assert new.status_code == 200
+
+
 def test_pagination_and_filters_are_cached_per_query(client: httpx.Client) -> None:
     # Prepare: three groups of one domain
     domain = unique("d")

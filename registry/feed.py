@@ -83,7 +83,6 @@ class EventFeed:
         self._keep, self._batch, self._poll_s = keep, batch, poll_s
         self.floor = 0
         self.head = 0
-        self.fetches = 0  # database queries the pump made: one per wake-up with news or not
         self._ids: list[int] = []
         self._items: list[FedEvent] = []
         self._subscribers = 0
@@ -145,7 +144,6 @@ class EventFeed:
     async def _read_new(self) -> None:
         got = False
         while True:
-            self.fetches += 1
             batch = await run_in_threadpool(self._fetch, self.head)
             if batch:
                 got = True

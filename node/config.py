@@ -66,6 +66,15 @@ class NodeConfig(BaseSettings):
     group_evaluation_interval_s: float = Field(
         default=60.0, gt=0, description="Between re-evaluations of the groups."
     )
+    event_stream: bool = Field(
+        default=True,
+        description="Follow the registry's event stream of this domain and re-evaluate "
+        "as soon as another group's snapshot or a membership changes (the interval stays "
+        "as the fallback).",
+    )
+    event_wake_gap_s: float = Field(
+        default=5.0, ge=0, description="Shortest time between two re-evaluations events wake."
+    )
     switch_threshold: float = Field(default=0.05, ge=0)
     cooldown_rounds: int = Field(
         default=3, ge=0, description="Rounds after a move before the next."

@@ -39,6 +39,8 @@ What is retried, and by what:
   applied, and it sets ``Retry-After``, which is honoured up to ``MAX_RETRY_AFTER_S``.
 - 502, 504, a timeout or a connection lost after the request was sent: idempotent calls
   only, because the registry (or a proxy before it) may have applied a POST.
+- ``follow_events`` (the live stream) is never retried here: its caller reconnects,
+  resuming after the last event it got.
 - Anything else (4xx, 500): never; it raises the ``RegistryRequestError`` of its status:
   ``ConflictError`` for 409 (e.g. a ``model_signature`` that is not the domain's), the base
   ``RegistryRequestError`` with ``status`` 422 for a refused snapshot (``detail`` says why).
@@ -68,12 +70,14 @@ import datetime as dt
 import email.utils
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx
+import httpx_sse
+import pydantic
 import tenacity
 from pydantic import BaseModel
 
@@ -92,6 +96,7 @@ from node.errors import (
 from registry.schemas import (
     Balance,
     DomainSignaturePublic,
+    EventPublic,
     EventsPublic,
     GroupDetail,
     GroupHost,
@@ -112,6 +117,7 @@ from registry.wire import ModelSignature
 
 __all__ = [
     "ConflictError",
+    "EventPublic",
     "ForbiddenError",
     "ModelBlob",
     "NotFoundError",
@@ -135,6 +141,8 @@ MAX_RETRY_AFTER_S = 10.0
 MAX_REVALIDATED = 256  # URLs whose last answer and ETag a client keeps
 _M = TypeVar("_M", bound=BaseModel)
 PAGE = 1000  # the registry's largest page
+# The registry pings a stream every 15 s: this long without a byte means the link is dead.
+STREAM_READ_TIMEOUT_S = 45.0
 
 _BY_STATUS: dict[int, type[RegistryRequestError]] = {
     401: UnauthorizedError,
@@ -212,6 +220,16 @@ def _may_retry_error(exc: httpx.RequestError, *, idempotent: bool) -> bool:
     if isinstance(exc, httpx.PoolTimeout):  # never left this process
         return True
     return idempotent and isinstance(exc, httpx.TransportError)
+
+
+def _request_error(resp: httpx.Response, method: str, path: str) -> RegistryRequestError:
+    """The error of a refused call: its status's class, with the registry's detail."""
+    try:
+        detail = resp.json().get("detail", resp.text)
+    except (ValueError, AttributeError):
+        detail = resp.text
+    cls = _BY_STATUS.get(resp.status_code, RegistryRequestError)
+    return cls(resp.status_code, detail, method, path)
 
 
 def _parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
@@ -405,12 +423,7 @@ class RegistryClient:
                 retry=_may_retry_status(resp.status_code, idempotent=idempotent),
                 retry_after_s=_parse_retry_after(resp.headers.get("retry-after")),
             )
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except (ValueError, AttributeError):
-            detail = resp.text
-        cls = _BY_STATUS.get(resp.status_code, RegistryRequestError)
-        raise cls(resp.status_code, detail, method, path)
+        raise _request_error(resp, method, path)
 
     def _raise_tls_failure(self, exc: httpx.RequestError) -> None:
         """ConfigError when ``exc`` is a TLS failure: a certificate this client does not
@@ -755,6 +768,51 @@ class RegistryClient:
             last_id = page.last_id
             if len(page.data) < page_size:
                 return EventsPublic(data=data, last_id=last_id)
+
+    def follow_events(
+        self,
+        *,
+        after_id: int = 0,
+        types: Collection[str] | None = None,
+        read_timeout_s: float = STREAM_READ_TIMEOUT_S,
+        **filters: Any,
+    ) -> Generator[EventPublic]:
+        """Follow ``GET /events/stream``: the events after ``after_id`` (sent as
+        Last-Event-ID), oldest first, then each as it commits, until the registry closes
+        the stream (the generator returns). ``types`` any of these event types;
+        ``filters`` as for ``events`` (``domain``, ``node_id``, ``group_id``). An event
+        that does not parse is logged and skipped.
+
+        Not retried: the caller resumes from the last id it got. Raises the
+        ``RegistryRequestError`` of a refused call (422 when the registry knows no such
+        filter or type: an older registry), ``RegistryUnavailableError`` when the stream
+        cannot be opened or breaks (no byte for ``read_timeout_s`` seconds; the registry
+        pings every 15 s), ConfigError when its TLS certificate is not trusted.
+        """
+        path = "/events/stream"
+        params = {k: v for k, v in filters.items() if v is not None}
+        if types is not None:
+            params["types"] = ",".join(sorted(types))
+        headers = {**self._headers(), "Last-Event-ID": str(after_id)}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
+        try:
+            with httpx_sse.connect_sse(
+                self._http, "GET", path, params=params, headers=headers, timeout=timeout
+            ) as source:
+                if source.response.status_code != 200:
+                    source.response.read()
+                    raise _request_error(source.response, "GET", path)
+                for sse in source.iter_sse():
+                    try:
+                        yield EventPublic.model_validate_json(sse.data)
+                    except pydantic.ValidationError as exc:
+                        log.warning("event %r from the registry skipped: %s", sse.id, exc)
+        except (httpx.RequestError, httpx_sse.SSEError) as exc:
+            if isinstance(exc, httpx.RequestError):
+                self._raise_tls_failure(exc)
+            raise RegistryUnavailableError(
+                f"GET {self.base_url}{path}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def healthy(self) -> bool:
         """True when the registry answers /healthz with 200 (no retries beyond the

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, delete, func, select, update
@@ -869,18 +869,25 @@ def list_events(
     after_id: int,
     limit: int,
     type_: str | None = None,
+    types: Collection[str] | None = None,
+    domain: str | None = None,
     node_id: str | None = None,
     group_id: int | None = None,
     before: int | None = None,
     newest: bool = False,
 ) -> Sequence[Event]:
     """Events with after_id < id (< before, when given), oldest first: the oldest `limit`
-    of them, or with `newest` the newest `limit` (for paging back)."""
+    of them, or with `newest` the newest `limit` (for paging back). Each filter given
+    narrows: `type_` one type, `types` any of several, `domain` the events of that domain."""
     q = select(Event).where(Event.id > after_id)
     if before is not None:
         q = q.where(Event.id < before)
     if type_ is not None:
         q = q.where(Event.type == type_)
+    if types is not None:
+        q = q.where(Event.type.in_(sorted(types)))
+    if domain is not None:
+        q = q.where(Event.domain == domain)
     if node_id is not None:
         q = q.where(Event.node_id == node_id)
     if group_id is not None:

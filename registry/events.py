@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from registry.db import EVENTS_PENDING
-from registry.models import Event
+from registry.models import Event, Group, Node
 
-__all__ = ["EventBus", "EventType", "record_event"]
+__all__ = ["EVENT_TYPES", "EventBus", "EventType", "event_domain", "record_event"]
 
 
 class EventType:
@@ -40,6 +40,10 @@ class EventType:
     SIMULATION_FINISHED = "simulation_finished"
 
 
+# Every event type's name, for checking a client's filter.
+EVENT_TYPES = frozenset(v for k, v in vars(EventType).items() if k.isupper())
+
+
 def record_event(
     session: Session,
     type_: str,
@@ -48,9 +52,29 @@ def record_event(
     group_id: int | None = None,
     **data: Any,
 ) -> None:
-    """Add an event to the current transaction (it appears when that commits)."""
-    session.add(Event(type=type_, node_id=node_id, group_id=group_id, data=data))
+    """Add an event to the current transaction (it appears when that commits), with its
+    domain (``event_domain``) so streams can filter by it."""
+    domain = data.get("domain")
+    if not isinstance(domain, str):
+        domain = event_domain(session, node_id=node_id, group_id=group_id)
+    session.add(Event(type=type_, node_id=node_id, group_id=group_id, domain=domain, data=data))
     session.info[EVENTS_PENDING] = True
+
+
+def event_domain(session: Session, *, node_id: str | None, group_id: int | None) -> str | None:
+    """The domain an event belongs to: its group's, else its node's, else None (events of
+    neither, such as simulations'). Objects the transaction already holds cost no query;
+    others one primary-key SELECT."""
+    with session.no_autoflush:
+        if group_id is not None:
+            group = session.get(Group, group_id)
+            if group is not None:
+                return group.domain
+        if node_id is not None:
+            node = session.get(Node, node_id)
+            if node is not None:
+                return node.domain
+    return None
 
 
 class EventBus:
@@ -67,6 +91,19 @@ class EventBus:
         for loop, ev in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(ev.set)
+
+    def listen(self) -> asyncio.Event:
+        """An event of the running loop that every ``notify`` sets until ``unlisten``;
+        the listener clears it, so no notification between two waits is lost."""
+        ev = asyncio.Event()
+        with self._lock:
+            self._waiters.add((asyncio.get_running_loop(), ev))
+        return ev
+
+    def unlisten(self, ev: asyncio.Event) -> None:
+        """Stop setting ``ev`` (from ``listen``)."""
+        with self._lock:
+            self._waiters = {w for w in self._waiters if w[1] is not ev}
 
     async def wait(self, timeout: float) -> None:
         """Return when notified or after `timeout` seconds."""

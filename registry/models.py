@@ -238,6 +238,8 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(32), index=True)
     node_id: Mapped[str | None] = mapped_column(String(128), index=True, default=None)
     group_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+    # The domain of its group (else node), kept with the event so streams filter by index.
+    domain: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

@@ -410,6 +410,7 @@ class EventPublic(BaseModel):
     type: str
     node_id: str | None
     group_id: int | None
+    domain: str | None = None  # its group's domain, else its node's; None for neither
     data: dict[str, Any]
     created_at: dt.datetime
 

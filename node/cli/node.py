@@ -124,6 +124,16 @@ def node(
             help="Seconds between group re-evaluations.",
         ),
     ] = None,
+    event_stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--event-stream/--no-event-stream",
+            help="Follow the registry's events of this domain and re-evaluate at once when "
+            "another group's snapshot or a membership changes (default: on; the interval "
+            "stays as the fallback).",
+            show_default=False,
+        ),
+    ] = None,
     listen: Annotated[
         str | None, typer.Option(help="Where the Flower server binds (default 0.0.0.0:<port>).")
     ] = None,
@@ -208,6 +218,7 @@ def node(
             local_epochs=local_epochs,
             heartbeat_interval_s=heartbeat_interval_s,
             group_evaluation_interval_s=group_evaluation_interval_s,
+            event_stream=event_stream,
             seed=seed,
         )
     except ConfigError as exc:

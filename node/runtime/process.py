@@ -5,6 +5,10 @@ Threads, each with one job:
 - main: the decisions (register, choose or create a group, re-evaluate every
   ``group_evaluation_interval_s`` seconds, migrate) through ``NodeAgent``;
 - heartbeat: every ``heartbeat_interval_s`` seconds;
+- events (with ``event_stream``, the default): follows the registry's event stream of the
+  node's domain (``node.runtime.follow``) and wakes the main thread's re-evaluation at once
+  when another group's snapshot or a membership changes, at most every
+  ``event_wake_gap_s`` seconds; the interval stays as the fallback;
 - member: the Flower client of the node's current group. Before each connection it
   asks the registry for the host with an atomic claim: when the group has no live
   host the claim is granted and this node starts hosting, else it connects to the
@@ -65,9 +69,10 @@ from node.federation.round import (
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import PartitionSpec
-from node.registry_client import RegistryClient
+from node.registry_client import EventPublic, RegistryClient
 from node.round_tickets import TicketGate
 from node.runtime.agent import NodeAgent
+from node.runtime.follow import EventFollower
 from node.runtime.policy import Leave, Migrate, PolicyConfig
 
 __all__ = [
@@ -323,6 +328,12 @@ class NodeProcess:
         self._group_member: GroupMember | None = None
         self._failed = threading.Event()
         self.failure: BaseException | None = None  # what ended a thread of this node
+        self.reevaluations = 0  # of its group, on the interval or woken by an event
+        self.follower: EventFollower | None = None  # with config.event_stream, once running
+        self._woken_by: EventPublic | None = None  # the event that asks for a re-evaluation
+        self._woken = threading.Event()
+        self._last_wake = -float("inf")  # monotonic time of the last re-evaluation an event woke
+        self._follow_stop = threading.Event()
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -403,11 +414,14 @@ class NodeProcess:
         )
         beat.daemon = True
         beat.start()
+        if self.config.event_stream:
+            self._start_following()
         next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
         try:
             while not stop.is_set() and not self._failed.is_set():
-                self._decide(time.monotonic() >= next_evaluation)
-                if time.monotonic() >= next_evaluation:
+                evaluate = self._take_wake() or time.monotonic() >= next_evaluation
+                self._decide(evaluate)
+                if evaluate:
                     next_evaluation = time.monotonic() + self.config.group_evaluation_interval_s
                 self._follow_group()
                 if self.agent.group_id is None and time.monotonic() < self._next_try:
@@ -439,6 +453,42 @@ class NodeProcess:
 
         return body
 
+    def _start_following(self) -> None:
+        self.follower = EventFollower(
+            self.client,
+            domain=self.config.domain,
+            node_id=self.node_id,
+            group_id=lambda: self.agent.group_id,
+            wake=self._wake,
+        )
+        follow = threading.Thread(
+            target=self.supervised(self.follower.run), args=(self._follow_stop,), name="events"
+        )
+        follow.daemon = True  # may sit in a read until the registry's next ping
+        follow.start()
+
+    def _wake(self, event: EventPublic) -> None:
+        """Ask the main thread to re-evaluate now (called by the follower's thread)."""
+        self._woken_by = event
+        self._woken.set()
+
+    def _take_wake(self) -> bool:
+        """True (once) when an event asked for a re-evaluation and the last one an event
+        woke is ``event_wake_gap_s`` seconds past; a node backing off tries again too."""
+        now = time.monotonic()
+        if not self._woken.is_set() or now - self._last_wake < self.config.event_wake_gap_s:
+            return False
+        self._woken.clear()
+        self._last_wake = now
+        self._next_try = 0.0
+        event = self._woken_by
+        if event is not None:
+            log.info(
+                "%s: re-evaluating now: %s (node %s, group %s)",
+                self.node_id, event.type, event.node_id, event.group_id,
+            )  # fmt: skip
+        return True
+
     def _decide(self, evaluate: bool) -> None:
         agent = self.agent
         with self._agent_lock:
@@ -454,6 +504,7 @@ class NodeProcess:
                     if agent.choose_group(max(self.rounds_done, self._choices)) is None:
                         self._back_off("no group")
                 elif evaluate and agent.group_id is not None:
+                    self.reevaluations += 1
                     decision = agent.reconsider(self.rounds_done)
                     if decision is not None and not isinstance(decision, Migrate | Leave):
                         log.info(
@@ -621,6 +672,7 @@ class NodeProcess:
 
     def shutdown(self) -> None:
         """Leave the group (its slot and hosting free at once), stop Flower, close."""
+        self._follow_stop.set()
         with self._agent_lock:
             if self._agent is not None:
                 gid = self._agent.group_id

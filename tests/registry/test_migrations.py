@@ -73,3 +73,44 @@ def test_unreachable_database_is_a_clear_cli_error(tmp_path: Path) -> None:
         raise AssertionError("registry started without a database")
     assert "error: cannot prepare database" in message
     assert "Traceback" not in message
+
+
+def test_event_domains_are_backfilled_from_groups_then_nodes(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    # Prepare: a database at 0006 with a node, its group, and events of each and of neither
+    url = database_url or f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0006")
+    engine = create_engine(url)
+    now = "CURRENT_TIMESTAMP"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO groups (id, name, domain, max_capacity, created_at, updated_at, "
+                f"round, performance, host_epoch, aggregation) VALUES (7, 'g', 'alpha', 5, {now}, "
+                f"{now}, 0, '{{}}', 0, 'fedavg')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO nodes (id, address, domain, status, capabilities, metrics, "
+                "token_hash, registered_at, updated_at, last_heartbeat) VALUES ('n', 'h:1', "
+                f"'beta', 'active', '{{}}', '{{}}', 'x', {now}, {now}, {now})"
+            )
+        )
+        for node, group in (("'n'", "7"), ("'n'", "NULL"), ("NULL", "NULL")):
+            conn.execute(
+                text(
+                    "INSERT INTO events (type, node_id, group_id, data, created_at) "
+                    f"VALUES ('joined', {node}, {group}, '{{}}', {now})"
+                )
+            )
+
+    # Execute
+    upgrade(url, "0007")
+    with engine.connect() as conn:
+        domains = conn.execute(text("SELECT domain FROM events ORDER BY id")).scalars().all()
+    engine.dispose()
+
+    # Assert: the group's domain wins, then the node's; an event of neither has none
+    assert domains == ["alpha", "beta", None]

@@ -17,6 +17,7 @@ The records and logs live in the database, so reads and streams work on every wo
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import math
@@ -93,6 +94,7 @@ FINAL = frozenset({Status.FINISHED, Status.FAILED})
 ACTIVE = (Status.QUEUED, Status.RUNNING)
 _ADVISORY_KEY = 0x6D7963  # serialises the "how many run" check across PostgreSQL workers
 _PICKUP_SECONDS = 0.5
+STALE_QUEUED_S = 60.0  # a request no leader picked up for this long is failed, not run
 _REQUEST_FILE = "request.json"
 _FLUSH_SECONDS = 0.2
 _FLUSH_LINES = 200
@@ -153,19 +155,30 @@ class SimulationManager:
         self._runner: threading.Thread | None = None
 
     def recover(self) -> int:
-        """Mark records left running by a previous leader (a registry process or a worker
-        that died) as failed; queued ones stay for this leader to run."""
+        """Mark as failed the records a previous leader (a registry process, or a worker
+        that died) left running, and requests queued longer than `STALE_QUEUED_S` (no one
+        led for that long: the registry was down); fresher queued requests stay to run."""
+        stale = utcnow() - dt.timedelta(seconds=STALE_QUEUED_S)
         with self.db.write() as session:
-            ids = list(
+            running = list(
                 session.scalars(select(Simulation.id).where(Simulation.status == Status.RUNNING))
             )
-            for sim_id in ids:
-                self._finish(
-                    session, sim_id, Status.FAILED, error="the registry worker running it stopped"
+            old = list(
+                session.scalars(
+                    select(Simulation.id).where(
+                        Simulation.status == Status.QUEUED, Simulation.created_at < stale
+                    )
                 )
-        if ids:
-            log.warning("marked %d unfinished simulations as failed", len(ids))
-        return len(ids)
+            )
+            for sim_id in running:
+                why = "the registry worker running it stopped"
+                self._finish(session, sim_id, Status.FAILED, error=why)
+            for sim_id in old:
+                why = f"not started within {STALE_QUEUED_S:.0f} s (the registry was down)"
+                self._finish(session, sim_id, Status.FAILED, error=why)
+        if running or old:
+            log.warning("marked %d unfinished simulations as failed", len(running) + len(old))
+        return len(running) + len(old)
 
     def start(self, params: SimulationCreate, registry_url: str) -> SimulationPublic:
         """Record a simulation request for the leader to run; BusyError when too many are

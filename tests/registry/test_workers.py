@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from registry.db import Database
 from registry.events import EventType
 from registry.migrate import upgrade
-from registry.models import Event
+from registry.models import Event, Simulation, utcnow
 from registry.schemas import SimulationCreate
 from registry.settings import build_settings
 from registry.simulations import SimulationManager, Status, get_simulation
@@ -103,13 +104,20 @@ def test_killing_the_leader_worker_hands_the_jobs_to_another(
 def test_a_request_recorded_by_a_worker_that_does_not_lead_is_run_by_the_leader(
     tmp_path: Path,
 ) -> None:
-    # Prepare: two workers' managers on one database; only the second leads
-    settings = build_settings(data_dir=tmp_path, max_simulations=1)
+    # Prepare: two workers' managers on one database; only the second leads. A dead
+    # leader left one run running and one request queued since long ago.
+    settings = build_settings(data_dir=tmp_path, max_simulations=3)
     upgrade(settings.effective_database_url)
     db = Database(settings.effective_database_url)
     follower, leader = SimulationManager(db, settings), SimulationManager(db, settings)
     url = "http://127.0.0.1:9"  # where the run should find the registry
     params = SimulationCreate(nodes=2, rounds=200)
+    long_ago = utcnow() - dt.timedelta(minutes=5)
+    with db.write() as session:
+        orphan = Simulation(params=params.model_dump(), status=Status.RUNNING)
+        forgotten = Simulation(params=params.model_dump(), status=Status.QUEUED)
+        forgotten.created_at = long_ago
+        session.add_all([orphan, forgotten])
     try:
         # Execute: the follower records the request; the leader starts it
         queued = follower.start(params, url)
@@ -130,9 +138,13 @@ def test_a_request_recorded_by_a_worker_that_does_not_lead_is_run_by_the_leader(
         follower.shutdown()
     with db.read() as session:
         final = get_simulation(session, sim_id=queued.id)
+        left_running = get_simulation(session, sim_id=orphan.id)
+        left_queued = get_simulation(session, sim_id=forgotten.id)
     db.dispose()
 
     # Assert: queued at first, then started once, with the URL the follower recorded
     assert queued.status == Status.QUEUED
     assert len(started) == 1 and url.encode() in command.split(b"\0")
     assert final.status == Status.FAILED and "stopped" in (final.error or "")
+    assert left_running.status == Status.FAILED and "stopped" in (left_running.error or "")
+    assert left_queued.status == Status.FAILED and "not started" in (left_queued.error or "")

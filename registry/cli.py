@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +19,11 @@ from registry.migrate import upgrade
 from registry.settings import build_settings
 
 app = typer.Typer(add_completion=False)
+
+# The name only: importing registry.metrics here would fix prometheus-client's mode early.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOG_LEVEL_ENV = "MYCELIUM_REGISTRY_LOG_LEVEL"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @app.command()
@@ -76,6 +85,10 @@ def registry(
     ] = None,
     max_simulations: Annotated[
         int | None, typer.Option(min=0, help="Simulations that may run at once.")
+    ] = None,
+    metrics_token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token GET /metrics asks for; default: /metrics is open."),
     ] = None,
     public_url: Annotated[
         str | None, typer.Option(help="This registry's URL as simulations should reach it.")
@@ -146,6 +159,7 @@ def registry(
         "quarantine_flags": quarantine_flags,
         "quarantine_s": quarantine_s,
         "max_simulations": max_simulations,
+        "metrics_token": metrics_token,
         "public_url": public_url,
         "rate_limit_per_token": rate_limit_per_token,
         "rate_limit_per_address": rate_limit_per_address,
@@ -162,7 +176,8 @@ def registry(
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    os.environ[LOG_LEVEL_ENV] = log_level  # workers (separate processes) log the same way
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -191,6 +206,35 @@ def registry(
             raise typer.Exit(2) from exc
         typer.echo(f"admin token: in {settings.admin_token_path.resolve()} (mode 0600)")
     typer.echo(f"registry on {scheme}://{host}:{port} (docs: {scheme}://{host}:{port}/docs)")
+    with _metrics_dir(workers):
+        _serve(host, port, workers, log_level, access_log, ssl_certfile, ssl_keyfile)
+
+
+@contextlib.contextmanager
+def _metrics_dir(workers: int) -> Iterator[None]:
+    """With several workers, a fresh PROMETHEUS_MULTIPROC_DIR for this run (removed after),
+    so /metrics sums every worker's counts; one given in the environment is kept."""
+    if workers == 1 or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="mycelium-registry-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    access_log: bool,
+    ssl_certfile: Path | None,
+    ssl_keyfile: Path | None,
+) -> None:
     uvicorn.run(
         "registry.main:create_app_from_env",
         factory=True,

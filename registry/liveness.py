@@ -49,11 +49,14 @@ class Sweeper:
     """Runs sweep_once every `sweep_interval` seconds in a daemon thread, and prune_once
     at the first sweep and then every `prune_interval_s` seconds."""
 
-    def __init__(self, db: Database, settings: RegistrySettings) -> None:
+    def __init__(
+        self, db: Database, settings: RegistrySettings, *, started_at: dt.datetime | None = None
+    ) -> None:
         self._db = db
         self._settings = settings
         self._stop = threading.Event()
-        self._started_at = utcnow()
+        # When the registry started (a worker taking the lead later keeps that time).
+        self._started_at = started_at or utcnow()
         self._thread = threading.Thread(target=self._run, name="liveness-sweeper", daemon=True)
 
     def start(self) -> None:

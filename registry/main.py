@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,16 +25,19 @@ from registry.api.routes import (
     groups,
     health,
     ledger,
+    metrics,
     models,
     nodes,
 )
 from registry.api.routes import simulations as simulation_routes
 from registry.api.validation import invalid_response
+from registry.cli import LOG_FORMAT, LOG_LEVEL_ENV
 from registry.credentials import load_or_create_admin_token
 from registry.db import Database
 from registry.errors import RegistryError
 from registry.events import EventBus
-from registry.liveness import Sweeper
+from registry.leader import background_jobs
+from registry.metrics import MetricsMiddleware, mark_worker_exited
 from registry.migrate import upgrade
 from registry.ratelimit import RateLimitMiddleware, document_rate_limits, parse_limits
 from registry.settings import RegistrySettings, build_settings
@@ -151,21 +155,20 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                 "admin token: in %s (set MYCELIUM_REGISTRY_ADMIN_TOKEN to choose one)",
                 settings.admin_token_path,
             )
-        manager = SimulationManager(db, settings)
-        manager.recover()
-        app.state.simulations = manager
-        sweeper = Sweeper(db, settings)
-        sweeper.start()
+        app.state.simulations = manager = SimulationManager(db, settings)
+        leadership = background_jobs(db, settings, manager)
+        leadership.start()
         log.info("registry ready: database %s", db.engine.url.render_as_string(hide_password=True))
         try:
             yield
         finally:
             app.state.shutting_down = True
             bus.notify()
+            leadership.stop()
             manager.shutdown()
-            sweeper.stop()
             app.state.reads.stop()
             db.dispose()
+            mark_worker_exited()
 
     app = RegistryApp(
         title="Mycelium Net registry",
@@ -181,6 +184,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         per_token=parse_limits(settings.rate_limit_per_token),
         per_address=parse_limits(settings.rate_limit_per_address),
     )
+    app.add_middleware(MetricsMiddleware)  # outermost: refusals are counted too
     _error_handlers(app)
     for module in (
         groups,
@@ -190,6 +194,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         events,
         health,
         ledger,
+        metrics,
         simulation_routes,
         dashboard,
     ):
@@ -202,4 +207,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
 
 def create_app_from_env(**_: Any) -> FastAPI:
     """App factory for uvicorn workers: settings come from MYCELIUM_REGISTRY_* variables."""
+    level = os.environ.get(LOG_LEVEL_ENV)
+    if level and not logging.getLogger().handlers:  # a spawned worker: log like the CLI
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
     return create_app(build_settings())

@@ -102,6 +102,18 @@ class RegistrySettings(BaseSettings):
         gt=0,
         description="Seconds a member's round ticket admits it to its group's Flower server.",
     )
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=8,
+        description="Bearer token GET /metrics asks for; unset: /metrics is open, as "
+        "Prometheus expects (it shows counts, never secrets).",
+    )
+    leader_check_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between a worker's attempts to take the lead of the background "
+        "jobs (sweeper, simulations), and between the leader's checks that it still has it.",
+    )
     public_url: str | None = Field(
         default=None,
         description="The registry's own URL for simulations; default: the request's base URL.",

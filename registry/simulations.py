@@ -5,11 +5,19 @@ in-process runtime against this registry's own URL: torch and its threads stay o
 the server process, a crash cannot take the registry down, and the log is simply the
 child's stdout. A thread per run pumps those lines into `simulation_logs` (so a stream
 can replay from the start and then follow) and writes the record's final status.
+
+With several workers, any worker takes `POST /simulations`: it records the request as a
+`queued` row (the capacity check counts queued rows too) and the registry URL the run
+should use in the run's output folder. Only the leader worker (registry.leader) runs
+simulations: its runner claims queued rows (``queued -> running`` in one UPDATE, so a
+row is claimed once) within `_PICKUP_SECONDS`, at once when it took the request itself.
+The records and logs live in the database, so reads and streams work on every worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import math
@@ -22,9 +30,9 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.db import Database
@@ -85,6 +93,9 @@ class Status:
 FINAL = frozenset({Status.FINISHED, Status.FAILED})
 ACTIVE = (Status.QUEUED, Status.RUNNING)
 _ADVISORY_KEY = 0x6D7963  # serialises the "how many run" check across PostgreSQL workers
+_PICKUP_SECONDS = 0.5
+STALE_QUEUED_S = 60.0  # a request no leader picked up for this long is failed, not run
+_REQUEST_FILE = "request.json"
 _FLUSH_SECONDS = 0.2
 _FLUSH_LINES = 200
 _MAX_LINE = 2000
@@ -128,7 +139,8 @@ def log_lines(
 
 
 class SimulationManager:
-    """Starts simulations (at most `max_simulations` at once) and follows them."""
+    """Records simulation requests (any worker, at most `max_simulations` active at
+    once) and, in the leader worker only (between `lead` and `step_down`), runs them."""
 
     def __init__(self, db: Database, settings: RegistrySettings) -> None:
         self.db = db
@@ -138,19 +150,39 @@ class SimulationManager:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closing = False
+        self._halt = threading.Event()
+        self._wake = threading.Event()
+        self._runner: threading.Thread | None = None
 
     def recover(self) -> int:
-        """Mark records left queued or running by a previous registry process as failed."""
+        """Mark as failed the records a previous leader (a registry process, or a worker
+        that died) left running, and requests queued longer than `STALE_QUEUED_S` (no one
+        led for that long: the registry was down); fresher queued requests stay to run."""
+        stale = utcnow() - dt.timedelta(seconds=STALE_QUEUED_S)
         with self.db.write() as session:
-            ids = list(session.scalars(select(Simulation.id).where(Simulation.status.in_(ACTIVE))))
-            for sim_id in ids:
-                self._finish(session, sim_id, Status.FAILED, error="the registry restarted")
-        if ids:
-            log.warning("marked %d unfinished simulations as failed", len(ids))
-        return len(ids)
+            running = list(
+                session.scalars(select(Simulation.id).where(Simulation.status == Status.RUNNING))
+            )
+            old = list(
+                session.scalars(
+                    select(Simulation.id).where(
+                        Simulation.status == Status.QUEUED, Simulation.created_at < stale
+                    )
+                )
+            )
+            for sim_id in running:
+                why = "the registry worker running it stopped"
+                self._finish(session, sim_id, Status.FAILED, error=why)
+            for sim_id in old:
+                why = f"not started within {STALE_QUEUED_S:.0f} s (the registry was down)"
+                self._finish(session, sim_id, Status.FAILED, error=why)
+        if running or old:
+            log.warning("marked %d unfinished simulations as failed", len(running) + len(old))
+        return len(running) + len(old)
 
     def start(self, params: SimulationCreate, registry_url: str) -> SimulationPublic:
-        """Record a simulation and start its worker; BusyError when too many run."""
+        """Record a simulation request for the leader to run; BusyError when too many are
+        queued or running. OSError when its output folder cannot be written."""
         if self._closing:
             raise BusyError("the registry is shutting down")
         with self.db.write() as session:
@@ -166,21 +198,31 @@ class SimulationManager:
             session.add(sim)
             session.flush()
             out = SimulationPublic.model_validate(sim)
-        thread = threading.Thread(
-            target=self._run,
-            args=(out.id, params, registry_url),
-            name=f"simulation-{out.id}",
-            daemon=True,
-        )
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
+            # Before the commit, so the leader never sees the row without its URL.
+            folder = self.output_dir(out.id)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / _REQUEST_FILE).write_text(json.dumps({"registry_url": registry_url}))
+        self._wake.set()  # when this worker leads, it starts the run now
         return out
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every running simulation (SIGTERM, then SIGKILL) and wait for its thread."""
-        self._closing = True
+    def lead(self) -> None:
+        """Become the worker that runs simulations: fail what a previous leader left
+        running, then run queued requests as they come."""
+        self.recover()
+        self._halt.clear()
+        self._runner = threading.Thread(
+            target=self._pickup_loop, name="simulation-runner", daemon=True
+        )
+        self._runner.start()
+
+    def step_down(self, timeout: float = 10.0) -> None:
+        """Stop running simulations: stop picking up requests, stop every running one
+        (SIGTERM, then SIGKILL) and wait for its thread."""
+        self._halt.set()
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.join(timeout)
+            self._runner = None
         with self._lock:
             procs = list(self._procs.values())
             threads = list(self._threads)
@@ -197,6 +239,63 @@ class SimulationManager:
         for thread in threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         self.logs.notify()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Refuse new requests and stop running simulations (see `step_down`)."""
+        self._closing = True
+        self.step_down(timeout)
+
+    def _pickup_loop(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self._pickup()
+            except Exception:  # the database is away: the next pass tries again
+                log.exception("simulations: could not pick up queued requests")
+            self._wake.wait(_PICKUP_SECONDS)
+            self._wake.clear()
+
+    def _pickup(self) -> None:
+        with self.db.read() as session:
+            queued = session.execute(
+                select(Simulation.id, Simulation.params)
+                .where(Simulation.status == Status.QUEUED)
+                .order_by(Simulation.id)
+            ).all()
+        for sim_id, raw_params in queued:
+            if self._halt.is_set():
+                return
+            with self.db.write() as session:
+                result = session.execute(
+                    update(Simulation)
+                    .where(Simulation.id == sim_id, Simulation.status == Status.QUEUED)
+                    .values(status=Status.RUNNING)
+                )
+                claimed = cast("CursorResult[Any]", result).rowcount
+            if claimed != 1:
+                continue
+            thread = threading.Thread(
+                target=self._run_request,
+                args=(sim_id, raw_params),
+                name=f"simulation-{sim_id}",
+                daemon=True,
+            )
+            with self._lock:
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(thread)
+            thread.start()
+
+    def _run_request(self, sim_id: int, raw_params: dict[str, Any]) -> None:
+        try:
+            params = SimulationCreate.model_validate(raw_params)
+            request = json.loads((self.output_dir(sim_id) / _REQUEST_FILE).read_text())
+            registry_url = str(request["registry_url"])
+        except (ValueError, OSError, KeyError, TypeError) as exc:
+            log.warning("simulation %s: unreadable request: %s", sim_id, exc)
+            with self.db.write() as session:
+                self._finish(session, sim_id, Status.FAILED, error=f"unreadable request: {exc}")
+            self.logs.notify()
+            return
+        self._run(sim_id, params, registry_url)
 
     # --- the worker thread -------------------------------------------------------------
 
@@ -249,6 +348,9 @@ class SimulationManager:
             return
         with self._lock:
             self._procs[sim_id] = proc
+        if self._halt.is_set():  # step_down took its list of children before this one
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         with self.db.write() as session:
             session.execute(
                 update(Simulation)
@@ -324,7 +426,7 @@ class SimulationManager:
                 }
                 self._finish(session, sim_id, Status.FINISHED, metrics=metrics, summary=summary)
             else:
-                why = "stopped" if self._closing else f"exited with status {rc}"
+                why = "stopped" if self._halt.is_set() else f"exited with status {rc}"
                 error = f"the simulation {why}" + ("\n" + "\n".join(tail[-5:]) if tail else "")
                 self._finish(session, sim_id, Status.FAILED, error=error, summary=summary)
         self.logs.notify()

@@ -192,7 +192,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
     # Hot paths served ahead of FastAPI's routing (documented by RegistryApp.openapi).
-    app.router.routes[0:0] = nodes.FAST_ROUTES
+    app.router.routes[0:0] = [*nodes.FAST_ROUTES, *groups.FAST_ROUTES]
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     return app
 

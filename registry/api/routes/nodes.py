@@ -17,7 +17,15 @@ from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
 from registry import crud, snapshots
-from registry.api.deps import BEARER, AdminDep, DatabaseDep, PageDep, SettingsDep, TokenDep
+from registry.api.deps import (
+    BEARER,
+    AdminDep,
+    DatabaseDep,
+    PageDep,
+    SettingsDep,
+    TokenDep,
+    request_token,
+)
 from registry.api.validation import invalid_response
 from registry.db import Database, GroupCommit
 from registry.schemas import (
@@ -109,12 +117,6 @@ async def _beat(
     return Response(node.model_dump_json(), media_type="application/json")
 
 
-def _bearer_token(request: Request) -> str | None:
-    """What HTTPBearer(auto_error=False) yields: the credentials of a Bearer header."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
-
-
 async def heartbeat_fast(request: Request) -> Response:
     """Liveness plus the node's own latest metrics; only the node itself may send it."""
     node_id: str = request.path_params["node_id"]
@@ -133,7 +135,7 @@ async def heartbeat_fast(request: Request) -> Response:
             metrics = Heartbeat.model_validate_json(raw).metrics
         except ValidationError as exc:
             return invalid_response(exc.errors(include_url=False), loc_prefix=("body",))
-    return await _beat(request, _bearer_token(request), node_id, metrics)
+    return await _beat(request, request_token(request), node_id, metrics)
 
 
 FAST_ROUTES = [Route(HEARTBEAT_PATH, heartbeat_fast, methods=["POST"])]

@@ -122,10 +122,29 @@ def registry(
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="PEM private key of --ssl-certfile."),
     ] = None,
+    proxy_headers: Annotated[
+        bool,
+        typer.Option(
+            help="Take client addresses from X-Forwarded-For/-Proto (behind a reverse proxy; "
+            "per-address rate limits then count the real clients). Off: the socket's peer, "
+            "and no header parsing per request."
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies trusted with --proxy-headers, comma-separated IPs or networks "
+            "(uvicorn's default: 127.0.0.1)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the registry: the network's lookup table, with docs at /docs."""
+    if forwarded_allow_ips is not None and not proxy_headers:
+        raise typer.BadParameter(
+            "only means something with --proxy-headers", param_hint="'--forwarded-allow-ips'"
+        )
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter(
             "give both or neither", param_hint="'--ssl-certfile' / '--ssl-keyfile'"
@@ -200,6 +219,8 @@ def registry(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=3,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

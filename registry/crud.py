@@ -249,25 +249,31 @@ def heartbeat(
         changed[node["id"]] = node
         outcomes.append(NodePublic.model_validate(node))
     if changed:
-        session.execute(
-            update(nodes)
-            .where(nodes.c.id == bindparam("node_id"))
-            .values(
-                last_heartbeat=bindparam("beat"),
-                metrics=bindparam("merged"),
-                status=bindparam("new_status"),
-            ),
-            [
-                {
-                    "node_id": n["id"],
-                    "beat": n["last_heartbeat"],
-                    "merged": n["metrics"],
-                    "new_status": n["status"],
-                }
-                for n in changed.values()
-            ],
-        )
+        _store_beats(session, nodes, list(changed.values()), now)
     return outcomes
+
+
+def _store_beats(
+    session: Session, nodes: Table, beats: Sequence[dict[str, Any]], now: dt.datetime
+) -> None:
+    """One executemany UPDATE of the beats, in the driver's own SQL: every heartbeat of the
+    network passes here, and SQLAlchemy's per-row parameter handling cost more than the
+    statement. Values go through the columns' own bind processors, so they are stored
+    exactly as SQLAlchemy would store them."""
+    conn = session.connection()
+    dialect = conn.dialect
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    to_time = nodes.c.last_heartbeat.type.dialect_impl(dialect).bind_processor(dialect)
+    to_json = nodes.c.metrics.type.dialect_impl(dialect).bind_processor(dialect)
+    stamp = to_time(now) if to_time else now
+    conn.exec_driver_sql(
+        f"UPDATE nodes SET last_heartbeat = {mark}, metrics = {mark}, status = {mark} "
+        f"WHERE id = {mark}",
+        [
+            (stamp, to_json(n["metrics"]) if to_json else n["metrics"], n["status"], n["id"])
+            for n in beats
+        ],
+    )
 
 
 def list_nodes(

@@ -135,10 +135,29 @@ def registry(
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="PEM private key of --ssl-certfile."),
     ] = None,
+    proxy_headers: Annotated[
+        bool,
+        typer.Option(
+            help="Take client addresses from X-Forwarded-For/-Proto (behind a reverse proxy; "
+            "per-address rate limits then count the real clients). Off: the socket's peer, "
+            "and no header parsing per request."
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies trusted with --proxy-headers, comma-separated IPs or networks "
+            "(uvicorn's default: 127.0.0.1)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the registry: the network's lookup table, with docs at /docs."""
+    if forwarded_allow_ips is not None and not proxy_headers:
+        raise typer.BadParameter(
+            "only means something with --proxy-headers", param_hint="'--forwarded-allow-ips'"
+        )
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter(
             "give both or neither", param_hint="'--ssl-certfile' / '--ssl-keyfile'"
@@ -207,7 +226,17 @@ def registry(
         typer.echo(f"admin token: in {settings.admin_token_path.resolve()} (mode 0600)")
     typer.echo(f"registry on {scheme}://{host}:{port} (docs: {scheme}://{host}:{port}/docs)")
     with _metrics_dir(workers):
-        _serve(host, port, workers, log_level, access_log, ssl_certfile, ssl_keyfile)
+        _serve(
+            host,
+            port,
+            workers,
+            log_level,
+            access_log,
+            ssl_certfile,
+            ssl_keyfile,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
 
 
 @contextlib.contextmanager
@@ -234,6 +263,9 @@ def _serve(
     access_log: bool,
     ssl_certfile: Path | None,
     ssl_keyfile: Path | None,
+    *,
+    proxy_headers: bool,
+    forwarded_allow_ips: str | None,
 ) -> None:
     uvicorn.run(
         "registry.main:create_app_from_env",
@@ -244,6 +276,8 @@ def _serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=3,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

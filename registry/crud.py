@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from registry.errors import (
@@ -25,10 +25,11 @@ from registry.errors import (
     NotFoundError,
     RegistryError,
 )
-from registry.events import EventType, record_event
+from registry.events import EventType, record_event, record_events
 from registry.models import (
     Event,
     Group,
+    LedgerEntry,
     MemberMetric,
     Membership,
     ModelSnapshot,
@@ -37,19 +38,21 @@ from registry.models import (
     RoundEvaluation,
     utcnow,
 )
-from registry.quarantine import quarantine_of
+from registry.quarantine import REASON_FLAGGED, quarantine_of
 from registry.schemas import (
     DEFAULT_METRIC,
     EvaluationReportIn,
     GroupCreate,
     GroupHost,
     GroupPublic,
+    MembershipPublic,
     NodePublic,
     NodeRegister,
     PerformanceReportIn,
 )
 
 __all__ = [
+    "JoinIn",
     "archive_empty_groups",
     "authenticate",
     "create_group",
@@ -58,6 +61,7 @@ __all__ = [
     "group_public",
     "heartbeat",
     "join_group",
+    "join_groups",
     "latest_snapshot",
     "leave_group",
     "list_events",
@@ -244,25 +248,31 @@ def heartbeat(
         changed[node["id"]] = node
         outcomes.append(NodePublic.model_validate(node))
     if changed:
-        session.execute(
-            update(nodes)
-            .where(nodes.c.id == bindparam("node_id"))
-            .values(
-                last_heartbeat=bindparam("beat"),
-                metrics=bindparam("merged"),
-                status=bindparam("new_status"),
-            ),
-            [
-                {
-                    "node_id": n["id"],
-                    "beat": n["last_heartbeat"],
-                    "merged": n["metrics"],
-                    "new_status": n["status"],
-                }
-                for n in changed.values()
-            ],
-        )
+        _store_beats(session, nodes, list(changed.values()), now)
     return outcomes
+
+
+def _store_beats(
+    session: Session, nodes: Table, beats: Sequence[dict[str, Any]], now: dt.datetime
+) -> None:
+    """One executemany UPDATE of the beats, in the driver's own SQL: every heartbeat of the
+    network passes here, and SQLAlchemy's per-row parameter handling cost more than the
+    statement. Values go through the columns' own bind processors, so they are stored
+    exactly as SQLAlchemy would store them."""
+    conn = session.connection()
+    dialect = conn.dialect
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    to_time = nodes.c.last_heartbeat.type.dialect_impl(dialect).bind_processor(dialect)
+    to_json = nodes.c.metrics.type.dialect_impl(dialect).bind_processor(dialect)
+    stamp = to_time(now) if to_time else now
+    conn.exec_driver_sql(
+        f"UPDATE nodes SET last_heartbeat = {mark}, metrics = {mark}, status = {mark} "
+        f"WHERE id = {mark}",
+        [
+            (stamp, to_json(n["metrics"]) if to_json else n["metrics"], n["status"], n["id"])
+            for n in beats
+        ],
+    )
 
 
 def list_nodes(
@@ -467,38 +477,30 @@ def round_evaluations(session: Session, *, group_id: int, round_: int) -> list[R
     )
 
 
-def _recompute_performance(session: Session, group: Group) -> None:
+def _performance(session: Session, group_id: int) -> dict[str, float]:
     """Group performance: example-weighted mean of current members' latest reports."""
     rows = session.execute(
         select(MemberMetric.metric, MemberMetric.value, MemberMetric.num_examples)
         .join(Node, Node.id == MemberMetric.node_id)
-        .where(MemberMetric.group_id == group.id, Node.group_id == group.id)
+        .where(MemberMetric.group_id == group_id, Node.group_id == group_id)
     ).all()
     sums: dict[str, list[float]] = {}
     for metric, value, n in rows:
         acc = sums.setdefault(metric, [0.0, 0.0])
         acc[0] += value * n
         acc[1] += n
-    group.performance = {m: s / w for m, (s, w) in sums.items() if w > 0}
+    return {m: s / w for m, (s, w) in sums.items() if w > 0}
+
+
+def _recompute_performance(session: Session, group: Group) -> None:
+    group.performance = _performance(session, group.id)
 
 
 def _remove_member(session: Session, *, node: Node, group: Group, reason: str) -> None:
     """Take `node` out of `group` (locked by the caller) and close its membership."""
     now = utcnow()
-    session.execute(
-        update(Membership)
-        .where(
-            Membership.node_id == node.id,
-            Membership.group_id == group.id,
-            Membership.left_at.is_(None),
-        )
-        .values(left_at=now, left_reason=reason)
-    )
-    session.execute(
-        delete(MemberMetric).where(
-            MemberMetric.group_id == group.id, MemberMetric.node_id == node.id
-        )
-    )
+    session.flush()
+    _close_memberships(session, [(node.id, group.id)], now, reason=reason)
     node.group_id = None
     if group.host_node_id == node.id:  # its host left: the hosting is free to claim
         group.host_node_id = None
@@ -520,53 +522,347 @@ def join_group(
     group_id: int,
     quarantine_flags: int = 0,
     quarantine_s: float = 0.0,
-) -> tuple[int | None, bool]:
-    """Put the caller in `group_id`, moving it out of its old group in the same transaction.
+) -> MembershipPublic:
+    """Put the caller in `group_id`, moving it out of its old group in the same transaction
+    (``join_groups`` for one node already authenticated; raises its errors).
 
-    Returns (previous group id, migrated). ConflictError when the group is full,
-    ForbiddenError while the caller is quarantined (``registry.quarantine``).
+    ORM objects of the session are expired afterwards: the join wrote past them.
     """
-    node = _lock_node(session, caller.id)
-    held = quarantine_of(session, node.id, flags=quarantine_flags, duration_s=quarantine_s)
-    if held is not None and node.group_id != group_id:
-        raise ForbiddenError(held.reason())
-    target = session.get(Group, group_id)
-    if target is None:
-        raise NotFoundError(f"no group {group_id}")
-    if target.domain != node.domain:
-        raise ForbiddenError(
-            f"group {group_id} is in domain '{target.domain}', node '{node.id}' in '{node.domain}'"
-        )
-    if node.group_id == group_id:
-        return group_id, False
-    previous = node.group_id
-    locked = lock_groups(session, [group_id] + ([previous] if previous else []))
-    target = locked[group_id]
-    if target.archived_at is not None:
-        raise ConflictError(f"group {group_id} is archived")
-    members = _member_count(session, group_id)
-    if members >= target.max_capacity:
-        raise ConflictError(
-            f"group {group_id} ('{target.name}') is full: {members}/{target.max_capacity} members"
-        )
-    now = utcnow()
-    if previous is not None:
-        _remove_member(session, node=node, group=locked[previous], reason="migrated")
-    node.group_id = group_id
-    node.status = "active"
-    node.last_heartbeat = now
-    session.add(Membership(node_id=node.id, group_id=group_id, joined_at=now))
-    target.empty_since = None
-    target.updated_at = now
     session.flush()
-    _recompute_performance(session, target)
-    if previous is not None:
-        record_event(
-            session, EventType.MIGRATED, node_id=node.id, group_id=group_id, from_group=previous
+    nodes = cast(Table, Node.__table__)
+    row = session.execute(
+        select(nodes.c.id, nodes.c.domain, nodes.c.group_id)
+        .where(nodes.c.id == caller.id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise AuthError(f"node '{caller.id}' is not registered")
+    [outcome] = _apply_joins(
+        session,
+        [_Ask(row.id, row.domain, group_id)],
+        {row.id: row.group_id},
+        quarantine_flags=quarantine_flags,
+        quarantine_s=quarantine_s,
+    )
+    session.expire_all()
+    if isinstance(outcome, RegistryError):
+        raise outcome
+    return outcome
+
+
+class JoinIn(NamedTuple):
+    """One join request: the bearer token sent, the node id the body names (if any), the
+    group asked for."""
+
+    token: str | None
+    node_id: str | None
+    group_id: int
+
+
+def join_groups(
+    session: Session,
+    *,
+    joins: Sequence[JoinIn],
+    quarantine_flags: int = 0,
+    quarantine_s: float = 0.0,
+) -> list[MembershipPublic | RegistryError]:
+    """Apply a batch of joins (migrations when the node is in another group) in one
+    transaction, in order, with a handful of statements whatever the batch size.
+
+    One outcome per join: the membership, or the error for that join alone (AuthError for a
+    missing or unknown token, ForbiddenError for another node's id, while quarantined or
+    for a group of another domain, NotFoundError for an unknown group, ConflictError when
+    the group is archived or full). Node rows, then group rows, are locked in id order,
+    and members are counted after the group locks: capacity holds under races between
+    workers (PostgreSQL), and crossing migrations cannot deadlock.
+    """
+    nodes = cast(Table, Node.__table__)
+    digests = [hash_token(j.token) if j.token else None for j in joins]
+    rows = session.execute(
+        select(nodes.c.id, nodes.c.token_hash, nodes.c.domain, nodes.c.group_id)
+        .where(nodes.c.token_hash.in_({d for d in digests if d}))
+        .order_by(nodes.c.id)
+        .with_for_update()
+    ).all()
+    by_digest = {row.token_hash: row for row in rows}
+    asks: list[_Ask | RegistryError] = []
+    for join, digest in zip(joins, digests, strict=True):
+        row = by_digest.get(digest) if digest else None
+        if row is None:
+            asks.append(AuthError(INVALID_TOKEN if join.token else MISSING_TOKEN))
+        elif join.node_id is not None and join.node_id != row.id:
+            asks.append(ForbiddenError(f"token belongs to '{row.id}', not '{join.node_id}'"))
+        else:
+            asks.append(_Ask(row.id, row.domain, join.group_id))
+    return _apply_joins(
+        session,
+        asks,
+        {row.id: row.group_id for row in rows},
+        quarantine_flags=quarantine_flags,
+        quarantine_s=quarantine_s,
+    )
+
+
+class _Ask(NamedTuple):
+    node_id: str
+    domain: str
+    group_id: int
+
+
+class _GroupState:
+    """A locked group's row as the batch changes it."""
+
+    def __init__(self, row: Any, members: int) -> None:
+        self.id: int = row.id
+        self.name: str = row.name
+        self.domain: str = row.domain
+        self.capacity: int = row.max_capacity
+        self.archived = row.archived_at is not None
+        self.host_node_id: str | None = row.host_node_id
+        self.host_address: str | None = row.host_address
+        self.members = members
+        self.touched = False
+
+
+def _held_nodes(
+    session: Session, node_ids: set[str], *, flags: int, duration_s: float, now: dt.datetime
+) -> dict[str, str]:
+    """Refusal reasons of the quarantined among `node_ids` (``registry.quarantine``).
+
+    Only a node with a flag inside the quarantine window can be held: one query finds
+    those, and only they get the full check.
+    """
+    if flags <= 0 or not node_ids:
+        return {}
+    suspects = session.scalars(
+        select(LedgerEntry.node_id)
+        .where(
+            LedgerEntry.node_id.in_(node_ids),
+            LedgerEntry.reason == REASON_FLAGGED,
+            LedgerEntry.created_at >= now - dt.timedelta(seconds=duration_s),
         )
-    else:
-        record_event(session, EventType.JOINED, node_id=node.id, group_id=group_id)
-    return previous, previous is not None
+        .distinct()
+    ).all()
+    held = {}
+    for node_id in suspects:
+        q = quarantine_of(session, node_id, flags=flags, duration_s=duration_s, now=now)
+        if q is not None:
+            held[node_id] = q.reason()
+    return held
+
+
+def _apply_joins(
+    session: Session,
+    asks: Sequence[_Ask | RegistryError],
+    at: dict[str, int | None],
+    *,
+    quarantine_flags: int,
+    quarantine_s: float,
+) -> list[MembershipPublic | RegistryError]:
+    """The joins of `asks` (nodes locked by the caller, `at` their current groups)."""
+    groups = cast(Table, Group.__table__)
+    nodes = cast(Table, Node.__table__)
+    now = utcnow()
+    wanted = [a for a in asks if isinstance(a, _Ask)]
+    if not wanted:
+        return [a for a in asks if isinstance(a, RegistryError)]
+    held = _held_nodes(
+        session,
+        {a.node_id for a in wanted},
+        flags=quarantine_flags,
+        duration_s=quarantine_s,
+        now=now,
+    )
+    # Every group a node may leave in this batch is its current one or an earlier target.
+    ids = sorted({a.group_id for a in wanted} | {g for g in at.values() if g is not None})
+    locked = session.execute(
+        select(groups).where(groups.c.id.in_(ids)).order_by(groups.c.id).with_for_update()
+    ).all()
+    counts: dict[int, int] = dict(
+        session.execute(  # after the locks: no join of another transaction is in between
+            select(nodes.c.group_id, func.count())
+            .where(nodes.c.group_id.in_(ids))
+            .group_by(nodes.c.group_id)
+        ).all()
+    )
+    state = {row.id: _GroupState(row, int(counts.get(row.id, 0))) for row in locked}
+    where = dict(at)
+    outcomes: list[MembershipPublic | RegistryError] = []
+    moves: list[tuple[str, int | None, int]] = []  # (node, from, to), in order
+    for ask in asks:
+        if isinstance(ask, RegistryError):
+            outcomes.append(ask)
+            continue
+        previous = where[ask.node_id]
+        try:
+            _check_join(ask, previous, state.get(ask.group_id), held.get(ask.node_id))
+        except RegistryError as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(
+            MembershipPublic(
+                node_id=ask.node_id,
+                group_id=ask.group_id,
+                previous_group_id=previous if previous != ask.group_id else None,
+                migrated=previous is not None and previous != ask.group_id,
+            )
+        )
+        if previous == ask.group_id:
+            continue
+        target = state[ask.group_id]
+        target.members += 1
+        target.touched = True
+        if previous is not None:
+            state[previous].members -= 1
+            state[previous].touched = True
+        where[ask.node_id] = ask.group_id
+        moves.append((ask.node_id, previous, ask.group_id))
+    if moves:
+        _write_moves(session, moves, state, now)
+    return outcomes
+
+
+def _check_join(
+    ask: _Ask, previous: int | None, target: _GroupState | None, held: str | None
+) -> None:
+    """Raise the refusal of one join, in the order the API documents them."""
+    if held is not None and previous != ask.group_id:
+        raise ForbiddenError(held)
+    if target is None:
+        raise NotFoundError(f"no group {ask.group_id}")
+    if target.domain != ask.domain:
+        raise ForbiddenError(
+            f"group {target.id} is in domain '{target.domain}', node '{ask.node_id}' in "
+            f"'{ask.domain}'"
+        )
+    if previous == ask.group_id:
+        return
+    if target.archived:
+        raise ConflictError(f"group {target.id} is archived")
+    if target.members >= target.capacity:
+        raise ConflictError(
+            f"group {target.id} ('{target.name}') is full: {target.members}/{target.capacity} "
+            "members"
+        )
+
+
+def _write_moves(
+    session: Session,
+    moves: Sequence[tuple[str, int | None, int]],
+    state: dict[int, _GroupState],
+    now: dt.datetime,
+) -> None:
+    """Store checked moves: memberships closed and opened, nodes moved, hosts released,
+    groups' emptiness and performance, and one event per move; a few executemany
+    statements. A node moving twice in the batch is written move by move."""
+    rounds: list[list[tuple[str, int | None, int]]] = [[]]
+    for move in moves:
+        if any(m[0] == move[0] for m in rounds[-1]):
+            rounds.append([])
+        rounds[-1].append(move)
+    events: list[dict[str, Any]] = []
+    rescore: set[int] = set()
+    for batch in rounds:
+        leaving = [(n, p) for n, p, _ in batch if p is not None]
+        if leaving:
+            rescore |= _close_memberships(session, leaving, now, reason="migrated")
+        session.execute(
+            update(cast(Table, Node.__table__))
+            .where(cast(Table, Node.__table__).c.id == bindparam("node"))
+            .values(group_id=bindparam("to"), status="active", last_heartbeat=now),
+            [{"node": n, "to": t} for n, _, t in batch],
+        )
+        session.execute(
+            insert(cast(Table, Membership.__table__)),
+            [{"node_id": n, "group_id": t, "joined_at": now} for n, _, t in batch],
+        )
+        for node_id, previous, target in batch:
+            group = state.get(previous) if previous is not None else None
+            if group is not None and group.host_node_id == node_id:
+                group.host_node_id = group.host_address = None
+                released = _event(EventType.HOST_RELEASED, node_id, previous, group.domain)
+                events.append({**released, "data": {"reason": "migrated"}})
+            if previous is None:
+                events.append(_event(EventType.JOINED, node_id, target, state[target].domain))
+            else:
+                domain = state[target].domain
+                events.append(
+                    _event(EventType.MIGRATED, node_id, target, domain, from_group=previous)
+                )
+    groups = cast(Table, Group.__table__)
+    touched = [g for g in state.values() if g.touched]
+    session.execute(
+        update(groups)
+        .where(groups.c.id == bindparam("gid"))
+        .values(
+            updated_at=now,
+            empty_since=bindparam("empty"),
+            host_node_id=bindparam("host"),
+            host_address=bindparam("host_at"),
+        ),
+        [
+            {
+                "gid": g.id,
+                "empty": now if g.members == 0 else None,
+                "host": g.host_node_id,
+                "host_at": g.host_address,
+            }
+            for g in touched
+        ],
+    )
+    for gid in sorted(rescore):
+        session.execute(
+            update(groups).where(groups.c.id == gid).values(performance=_performance(session, gid))
+        )
+    record_events(session, events)
+
+
+def _event(
+    type_: str, node_id: str, group_id: int | None, domain: str, **data: Any
+) -> dict[str, Any]:
+    return {"type": type_, "node_id": node_id, "group_id": group_id, "domain": domain, "data": data}
+
+
+def _close_memberships(
+    session: Session, leaving: Sequence[tuple[str, int]], now: dt.datetime, *, reason: str
+) -> set[int]:
+    """Close the open memberships of (node, group) pairs and drop the nodes' latest
+    metrics there; returns the groups whose performance those metrics were part of.
+
+    Open memberships are found by node first: by (node, group) SQLite's planner (without
+    statistics) picks the group index and reads the group's whole history.
+    """
+    memberships = cast(Table, Membership.__table__)
+    metrics = cast(Table, MemberMetric.__table__)
+    pairs = set(leaving)
+    node_ids = {n for n, _ in leaving}
+    open_rows = session.execute(
+        select(memberships.c.id, memberships.c.node_id, memberships.c.group_id).where(
+            memberships.c.node_id.in_(node_ids), memberships.c.left_at.is_(None)
+        )
+    ).all()
+    closing = [{"mid": row.id} for row in open_rows if (row.node_id, row.group_id) in pairs]
+    if closing:
+        session.execute(
+            update(memberships)
+            .where(memberships.c.id == bindparam("mid"))
+            .values(left_at=now, left_reason=reason),
+            closing,
+        )
+    scored = session.execute(
+        select(metrics.c.node_id, metrics.c.group_id)
+        .where(metrics.c.node_id.in_(node_ids))
+        .distinct()
+    ).all()
+    gone = {(n, g) for n, g in scored} & pairs
+    if gone:
+        session.execute(
+            delete(metrics).where(
+                metrics.c.node_id == bindparam("node"), metrics.c.group_id == bindparam("gid")
+            ),
+            [{"node": n, "gid": g} for n, g in gone],
+        )
+    return {g for _, g in gone}
 
 
 def leave_group(session: Session, *, caller: Node, reason: str = "left") -> int:

@@ -44,7 +44,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.db import Database
-from registry.events import EventType
+from registry.events import BULK_RECORDED, EventType
 from registry.models import Event, Group, ModelSnapshot, Node
 
 __all__ = [
@@ -109,7 +109,8 @@ def _collect_events(session: Session, _flush_context: Any) -> None:
 
 
 def _count_events(session: Session) -> None:
-    for type_, data in session.info.pop(_PENDING, ()):
+    added = [*session.info.pop(_PENDING, ()), *session.info.pop(BULK_RECORDED, ())]
+    for type_, data in added:
         EVENTS.labels(type_).inc()
         if type_ in (EventType.JOINED, EventType.MIGRATED):
             JOINS.inc()
@@ -130,6 +131,7 @@ def _count_events(session: Session) -> None:
 
 def _forget_events(session: Session, *_: Any) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(BULK_RECORDED, None)
 
 
 if not event.contains(Session, "after_commit", _count_events):

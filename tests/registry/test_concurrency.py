@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -88,3 +89,37 @@ def test_crossing_migrations_neither_deadlock_nor_lose_members(
         b = c.get(f"/groups/{gb}").json()
     assert a["member_count"] == b["member_count"] == 21
     assert {m["id"] for m in a["members"]} >= {n for n, _ in side_b}
+
+
+def test_a_burst_of_moves_is_recorded_move_by_move(
+    multi_worker_registry: RegistryProcess,
+) -> None:
+    # Prepare: 12 nodes in group A; each will ask to move to B and to C at the same time,
+    # so one batch may hold the same node twice
+    url = multi_worker_registry.url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        _, owner = register(c)
+        ga, gb, gc = (create_group(c, owner, capacity=50, join=False) for _ in range(3))
+        movers = [register(c) for _ in range(12)]
+        for _, h in movers:
+            assert c.post("/groups/join", headers=h, json={"group_id": ga}).status_code == 200
+
+    # Execute
+    headers = [h for _, h in movers for _ in range(2)]
+    bodies = [{"group_id": gb}, {"group_id": gc}] * len(movers)
+    codes = _race(url, headers, bodies)
+
+    # Assert: every move succeeded, and each node's events chain from group to group
+    # (each `migrated` names the group it left) and end where the registry has it
+    assert codes == [200] * len(headers)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for node_id, _ in movers:
+            events = c.get("/events", params={"node_id": node_id, "limit": 100}).json()["data"]
+            moves = [e for e in events if e["type"] in ("joined", "migrated")]
+            assert [e["type"] for e in moves] == ["joined", "migrated", "migrated"]
+            for before, after in itertools.pairwise(moves):
+                assert after["data"]["from_group"] == before["group_id"]
+            assert {moves[1]["group_id"], moves[2]["group_id"]} == {gb, gc}
+            assert c.get(f"/nodes/{node_id}").json()["group_id"] == moves[-1]["group_id"]
+        sizes = [c.get(f"/groups/{g}").json()["member_count"] for g in (ga, gb, gc)]
+    assert sizes[0] == 0 and sum(sizes) == len(movers)

@@ -86,3 +86,42 @@ def test_a_malformed_limit_is_a_clear_cli_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "'lots' is not like '20/second;600/minute'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("proxy_headers", [False, True])
+def test_forwarded_addresses_count_only_with_proxy_headers(
+    tmp_path: Path, proxy_headers: bool
+) -> None:
+    # Prepare: 3 writes a minute per address; five callers behind one proxy (this host)
+    extra = ["--rate-limit-per-token", "off", "--rate-limit-per-address", "3/minute"]
+    extra += ["--proxy-headers"] if proxy_headers else []
+
+    # Execute
+    with (
+        RegistryProcess(tmp_path / "registry", extra=extra) as reg,
+        httpx.Client(base_url=reg.url, timeout=30) as c,
+    ):
+        codes = [
+            c.post(
+                "/nodes/register",
+                json={"node_id": unique(), "address": "127.0.0.1:9", "domain": "digits"},
+                headers={"X-Forwarded-For": f"10.0.0.{i}"},
+            ).status_code
+            for i in range(5)
+        ]
+
+    # Assert: trusted, each forwarded client has its own budget; by default the header is
+    # a claim like any other and the socket's address is the one that counts
+    assert codes == ([201] * 5 if proxy_headers else [201] * 3 + [429] * 2)
+
+
+def test_forwarded_allow_ips_without_proxy_headers_is_a_clear_cli_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "registry", "--data-dir", str(tmp_path),
+         "--forwarded-allow-ips", "10.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert "--forwarded-allow-ips" in done.stderr and "--proxy-headers" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -20,7 +20,15 @@ from starlette.routing import Route
 
 from registry import crud, snapshots
 from registry.api import reads
-from registry.api.deps import BEARER, AdminDep, DatabaseDep, PageDep, SettingsDep, TokenDep
+from registry.api.deps import (
+    BEARER,
+    AdminDep,
+    DatabaseDep,
+    PageDep,
+    SettingsDep,
+    TokenDep,
+    request_token,
+)
 from registry.api.validation import invalid_response
 from registry.db import HEARTBEATS_ONLY, Database, GroupCommit
 from registry.errors import RegistryError
@@ -119,12 +127,6 @@ def _heartbeats(
     return crud.heartbeat(session, beats=beats)
 
 
-def _bearer_token(request: Request) -> str | None:
-    """What HTTPBearer(auto_error=False) yields: the credentials of a Bearer header."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
-
-
 async def heartbeat_fast(request: Request) -> Response:
     """Liveness plus the node's own latest metrics; only the node itself may send it."""
     node_id: str = request.path_params["node_id"]
@@ -143,7 +145,7 @@ async def heartbeat_fast(request: Request) -> Response:
             metrics = Heartbeat.model_validate_json(raw).metrics
         except ValidationError as exc:
             return invalid_response(exc.errors(include_url=False), loc_prefix=("body",))
-    return await _beat(request, _bearer_token(request), node_id, metrics)
+    return await _beat(request, request_token(request), node_id, metrics)
 
 
 FAST_ROUTES = [Route(HEARTBEAT_PATH, heartbeat_fast, methods=["POST"])]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from registry.credentials import load_or_create_admin_token, redact, redact_url
 from registry.migrate import upgrade
@@ -190,6 +193,12 @@ def registry(
     }
     try:
         settings = build_settings(**overrides)
+    except ValidationError as exc:  # name each setting and the rule, never echo the value
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise typer.BadParameter(problems) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     level = logging.getLevelName(log_level.upper())
@@ -255,6 +264,23 @@ def _metrics_dir(workers: int) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+WORKER_START_TIMEOUT_S = 30
+
+
+def _spawn_light_workers() -> None:
+    """Make uvicorn's spawned workers import the registry only.
+
+    A spawned process re-imports the parent's ``__main__`` module unless that module is a
+    package's ``__main__`` (multiprocessing.spawn). Run as ``mycelium registry``, the main
+    module is the ``mycelium`` script, which imports every command and so torch: 480 MB
+    and several seconds per worker. Naming ``registry.__main__`` as the main module's spec
+    makes the workers skip it (``python -m registry`` already works that way).
+    """
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.util.find_spec("registry.__main__")
+
+
 def _serve(
     host: str,
     port: int,
@@ -267,6 +293,8 @@ def _serve(
     proxy_headers: bool,
     forwarded_allow_ips: str | None,
 ) -> None:
+    if workers > 1:
+        _spawn_light_workers()
     uvicorn.run(
         "registry.main:create_app_from_env",
         factory=True,
@@ -276,6 +304,9 @@ def _serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=3,
+        # A worker answers uvicorn's health check once it has imported the app; on a busy
+        # 2-core machine that took longer than uvicorn's 5 s, and the worker was killed.
+        timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,

@@ -192,3 +192,9 @@ def test_event_stream_delivers_an_event_posted_after_connecting(
 
     # Assert
     assert received and received[0]["type"] == "registered" and received[0]["node_id"] == node
+
+
+def test_health_answers_head_as_load_balancers_check_it(client: httpx.Client) -> None:
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.content == b""
+    assert client.get("/healthz").json()["status"] == "ok"

@@ -122,7 +122,9 @@ def test_an_unknown_event_type_is_a_422_naming_it(
         r = c.get(path, params={"types": "joined,nonsense"})
         empty = c.get(path, params={"types": " , "})
         long = c.get(path, params={"domain": "d" * 65})
+        single = c.get(path, params={"type": "nonsense"})
     assert r.status_code == 422
+    assert single.status_code == 422 and "'nonsense'" in single.json()["detail"][0]["msg"]
     msg = r.json()["detail"][0]["msg"]
     assert "'nonsense'" in msg and "model_uploaded" in msg  # names it and what is known
     assert empty.status_code == 422 and "no event type" in empty.json()["detail"][0]["msg"]

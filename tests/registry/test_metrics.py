@@ -184,3 +184,16 @@ def test_fast_routes_and_unknown_paths_are_labelled_by_template(app_client: http
     assert delta("mycelium_registry_rejected_inputs_total", reason="422") == 1
     assert delta("mycelium_registry_rejected_inputs_total", reason="404") == 6
     assert not [ls for (n, ls) in after if n == requests and "no/such" in dict(ls).get("route", "")]
+
+
+def test_a_too_short_metrics_token_is_named_without_echoing_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "registry", "--data-dir", str(tmp_path), "--metrics-token", "abc12"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "metrics_token: String should have at least 8 characters" in done.stderr
+    assert "abc12" not in done.stderr and "Traceback" not in done.stderr

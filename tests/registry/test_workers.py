@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,3 +134,23 @@ def test_a_request_recorded_by_a_worker_that_does_not_lead_is_run_by_the_leader(
     assert final.status == Status.FAILED and "stopped" in (final.error or "")
     assert left_running.status == Status.FAILED and "stopped" in (left_running.error or "")
     assert left_queued.status == Status.FAILED and "not started" in (left_queued.error or "")
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The processes uvicorn spawned to serve requests (not its resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_workers_started_by_the_mycelium_command_load_the_registry_only(
+    tmp_path: Path,
+) -> None:
+    """`mycelium registry` imports every command (and so torch); its workers must not."""
+    script = Path(sys.executable).parent / "mycelium"
+    with RegistryProcess(tmp_path, workers=2, command=[str(script), "registry"]) as reg:
+        assert reg.proc is not None
+        workers = worker_pids(reg.proc.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" in Path(f"/proc/{reg.proc.pid}/maps").read_text()  # the parent does

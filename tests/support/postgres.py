@@ -40,6 +40,10 @@ def ensure_server() -> str:
                 f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='{ROLE}') THEN "
                 f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'; END IF; END$$;"
             )
+            # DROP DATABASE ... WITH (FORCE) must end every session on a test database,
+            # an autovacuum worker's too, which needs this (seen: "must be a member of the
+            # role whose process is being terminated or member of pg_signal_backend").
+            _run_as_postgres(f"GRANT pg_signal_backend TO {ROLE}")
             with psycopg.connect(url, connect_timeout=3):
                 return url
         except (subprocess.CalledProcessError, psycopg.OperationalError):

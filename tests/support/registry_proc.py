@@ -27,8 +27,11 @@ class RegistryProcess:
         extra: list[str] | None = None,
         port: int | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # How the registry is started: `python -m registry`, or e.g. the `mycelium` script.
+        self.command = command or [sys.executable, "-m", "registry"]
         self.database_url = database_url
         self.workers = workers
         self.extra = extra or []
@@ -42,9 +45,7 @@ class RegistryProcess:
         """Start and wait until /healthz answers 200."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable,
-            "-m",
-            "registry",
+            *self.command,
             "--host",
             "127.0.0.1",
             "--port",

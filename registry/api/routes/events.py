@@ -38,9 +38,10 @@ POLL_SECONDS = 1.0
 BATCH = 500
 
 
-def parse_types(raw: str | None) -> frozenset[str] | None:
-    """The event types of a comma-separated ``types=`` (None when not given). Raises
-    RequestValidationError (a 422) naming each type the registry does not know."""
+def parse_types(raw: str | None, *, param: str = "types") -> frozenset[str] | None:
+    """The event types of a comma-separated ``types=`` (or the one of ``type=``; None when
+    not given). Raises RequestValidationError (a 422) naming each type the registry does
+    not know."""
     if raw is None:
         return None
     types = frozenset(t.strip() for t in raw.split(",") if t.strip())
@@ -55,7 +56,7 @@ def parse_types(raw: str | None) -> frozenset[str] | None:
             [
                 {
                     "type": "value_error",
-                    "loc": ("query", "types"),
+                    "loc": ("query", param),
                     "msg": f"{msg}; known: {', '.join(sorted(EVENT_TYPES))}",
                     "input": raw,
                 }
@@ -98,6 +99,7 @@ def list_events(
     first one's id). Filters narrow: `type`, `types` (comma-separated), `domain`,
     `node_id`, `group_id`. Old events are pruned by the registry's retention settings."""
     wanted = parse_types(types)
+    parse_types(type, param="type")
     with db.read() as session:
         rows = crud.list_events(
             session,
@@ -135,6 +137,7 @@ async def stream_events(
     """Live events as Server-Sent Events; resumes after `after_id` or the Last-Event-ID
     header. Filters as for GET /events (`types` comma-separated, `domain`)."""
     wanted = parse_types(types)
+    parse_types(type, param="type")
     if type is not None:
         wanted = wanted & {type} if wanted is not None else frozenset({type})
     keep = EventFilter(types=wanted, domain=domain, node_id=node_id, group_id=group_id)

@@ -11,9 +11,12 @@ from registry.api.deps import DatabaseDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", responses={503: {"description": "Database unreachable."}})
+@router.api_route(
+    "/healthz", methods=["GET", "HEAD"], responses={503: {"description": "Database unreachable."}}
+)
 def healthz(db: DatabaseDep) -> JSONResponse:
-    """200 when the registry and its database answer, 503 otherwise."""
+    """200 when the registry and its database answer, 503 otherwise (HEAD too, for load
+    balancers that check with it)."""
     try:
         with db.read() as session:
             session.execute(text("SELECT 1"))

@@ -195,7 +195,8 @@ def registry(
         settings = build_settings(**overrides)
     except ValidationError as exc:  # name each setting and the rule, never echo the value
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: "
+            + e["msg"].removeprefix("Value error, ")
             for e in exc.errors(include_url=False, include_input=False)
         )
         raise typer.BadParameter(problems) from None

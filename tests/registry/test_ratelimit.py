@@ -84,7 +84,8 @@ def test_a_malformed_limit_is_a_clear_cli_error(tmp_path: Path) -> None:
     )  # fmt: skip
 
     assert done.returncode == 2
-    assert "'lots' is not like '20/second;600/minute'" in done.stderr
+    shown = " ".join(done.stderr.replace("│", " ").split())  # as read, across wrapped lines
+    assert "rate_limit_per_token: rate limit 'lots' is not like '20/second;600/minute'" in shown
     assert "Traceback" not in done.stderr
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "SettingsDep",
     "StoreDep",
     "TokenDep",
+    "is_admin_token",
     "request_token",
 ]
 
@@ -68,11 +69,16 @@ async def require_admin(
     """Admin calls: 401 without a token, 403 with any other token (a node's, say)."""
     from registry.errors import AuthError, ForbiddenError
 
-    expected: str | None = getattr(request.app.state, "admin_token", None)
     if not token:
         raise AuthError("this call needs the admin token (Authorization: Bearer <token>)")
-    if expected is None or not secrets.compare_digest(token.encode(), expected.encode()):
+    if not is_admin_token(request, token):
         raise ForbiddenError("only the admin token may do this")
+
+
+def is_admin_token(request: Request, token: str) -> bool:
+    """Whether `token` is the registry's admin token (compared in constant time)."""
+    expected: str | None = getattr(request.app.state, "admin_token", None)
+    return expected is not None and secrets.compare_digest(token.encode(), expected.encode())
 
 
 @dataclass(frozen=True)

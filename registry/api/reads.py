@@ -15,7 +15,6 @@ the admin token it lists every domain, as before.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Hashable
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from registry import crud
+from registry.api.deps import is_admin_token, request_token
 from registry.api.validation import invalid_response
 from registry.db import Database
 from registry.errors import AuthError, ForbiddenError, RegistryError
@@ -157,16 +157,6 @@ def _state(request: Request) -> ReadState:
     return reads
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _is_admin(request: Request, token: str) -> bool:
-    expected: str | None = getattr(request.app.state, "admin_token", None)
-    return expected is not None and secrets.compare_digest(token.encode(), expected.encode())
-
-
 def _send(request: Request, answer: Answer, *, vary_on_token: bool = False) -> Response:
     """The answer, or 304 when the request's If-None-Match already names it."""
     if answer.etag is None:
@@ -211,8 +201,8 @@ async def list_groups(request: Request) -> Response:
         return query
     reads = _state(request)
     domain = query.domain
-    token = _bearer(request)
-    if token is not None and not _is_admin(request, token):
+    token = request_token(request)
+    if token is not None and not is_admin_token(request, token):
         node_id, own = await reads.caller(token)
         if domain is None:
             domain = own

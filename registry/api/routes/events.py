@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -16,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from registry import crud
 from registry.api.deps import BusDep, DatabaseDep
 from registry.events import EVENT_TYPES
-from registry.feed import EventFeed, EventFilter
+from registry.feed import EventFeed, EventFilter, FedEvent
 from registry.schemas import EventPublic, EventsPublic
 
 router = APIRouter(prefix="/events", tags=["events"])
@@ -146,7 +145,7 @@ async def stream_events(
     if last_event_id and last_event_id.isdigit():
         start = max(start, int(last_event_id))
 
-    def fetch(after: int) -> list[EventPublic]:
+    def fetch(after: int) -> list[FedEvent]:
         with db.read() as session:
             rows = crud.list_events(
                 session,
@@ -157,7 +156,10 @@ async def stream_events(
                 node_id=node_id,
                 group_id=group_id,
             )
-            return [EventPublic.model_validate(e) for e in rows]
+            return [FedEvent.of(EventPublic.model_validate(e)) for e in rows]
+
+    def sse(item: FedEvent) -> ServerSentEvent:
+        return ServerSentEvent(data=item.json, event=item.event.type, id=str(item.event.id))
 
     async def gen() -> AsyncIterator[ServerSentEvent]:
         cursor = start
@@ -166,13 +168,9 @@ async def stream_events(
                 if cursor < feed.floor:  # older than the feed holds: catch up on our own
                     head = feed.head
                     batch = await run_in_threadpool(fetch, cursor)
-                    for ev in batch:
-                        cursor = ev.id
-                        yield ServerSentEvent(
-                            data=json.dumps(ev.model_dump(mode="json")),
-                            event=ev.type,
-                            id=str(ev.id),
-                        )
+                    for item in batch:
+                        cursor = item.event.id
+                        yield sse(item)
                     if len(batch) < BATCH:
                         cursor = max(cursor, head)
                     await asyncio.sleep(0)
@@ -180,9 +178,7 @@ async def stream_events(
                 changed, head, items = feed.changed, feed.head, feed.after(cursor)
                 for item in items:
                     if keep.matches(item.event):
-                        yield ServerSentEvent(
-                            data=item.json, event=item.event.type, id=str(item.event.id)
-                        )
+                        yield sse(item)
                 cursor = max(cursor, head)
                 if await request.is_disconnected():
                     return

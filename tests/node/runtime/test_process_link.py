@@ -7,8 +7,7 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +21,11 @@ from node.errors import NodeError
 from node.federation.link import run_client
 from node.learning.partition import PartitionSpec
 from node.runtime.process import NodeProcess, ProcessOptions
-from tests.node.runtime.test_process import NodeProcs
+from tests.node.runtime.test_process import NodeProcs, wait_until
 from tests.support.registry_proc import RegistryProcess
 from tests.support.tls import TestPKI
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(check: Callable[[], Any], what: str, nodes: NodeProcs, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout  # a safety net: each check is a state, not a time
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}\n{nodes.logs()}")
 
 
 @pytest.fixture
@@ -73,12 +59,12 @@ def test_members_train_over_tls_and_the_host_refuses_a_stranger(
 
     try:
         nodes.start(0, *tls)
-        _wait(lambda: any(g["model_round"] for g in api.get("/groups").json()["data"]),
-              "n0's group and its first snapshot", nodes)  # fmt: skip
+        wait_until(lambda: any(g["model_round"] for g in api.get("/groups").json()["data"]),
+                   120, "n0's group and its first snapshot", nodes)  # fmt: skip
         nodes.start(1, *tls)
 
         # Execute: both train together; then a stranger knocks on the host's Flower port
-        group = _wait(group_of_two, "a group of two with two rounds", nodes)
+        group = wait_until(group_of_two, 120, "a group of two with two rounds", nodes)
         host_log = tmp_path / f"{group['host_node_id']}.log"
         outcome: list[str] = []
 
@@ -98,7 +84,7 @@ def test_members_train_over_tls_and_the_host_refuses_a_stranger(
             later = group_of_two()
             return later is not None and later["model_round"] >= before + 2
 
-        _wait(two_more_rounds, "two more rounds after the stranger", nodes)
+        wait_until(two_more_rounds, 120, "two more rounds after the stranger", nodes)
     finally:
         nodes.kill_all()
         api.close()

@@ -20,6 +20,8 @@ COPY registry registry
 COPY node node
 COPY viz viz
 COPY sim sim
+# `mycelium peer`, `mycelium gossip` and `mycelium node` read configs/base.yaml by default.
+COPY configs configs
 RUN pip install . && useradd --create-home --uid 1000 mycelium && mkdir /data \
     && chown mycelium /data
 

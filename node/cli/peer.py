@@ -20,7 +20,7 @@ from node.learning.partition import PartitionSpec
 from node.p2p.auth import FrameAuth, auth_from_config
 from node.p2p.codecs import make_codec
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
-from node.p2p.peer import PeerTrainer
+from node.p2p.peer import PeerTrainer, check_peer_list
 
 __all__ = ["build_learner", "build_trainer", "parse_peers", "peer", "run_peer_training"]
 
@@ -188,6 +188,8 @@ def peer(
     try:
         cfg = load_config(config, overrides)
         peer_list = parse_peers(peers)
+        port_given = cfg.p2p.local_port
+        check_peer_list(peer_list, Address(cfg.p2p.host, port_given) if port_given else None)
         auth = auth_from_config(cfg.p2p)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"Invalid configuration: {exc}", err=True)

@@ -71,6 +71,7 @@ __all__ = [
     "UPDATE",
     "PeerTrainer",
     "RoundReport",
+    "check_peer_list",
     "combine_updates",
     "encode_local_update",
 ]
@@ -168,6 +169,38 @@ class _RoundSends:
     failed: set[str] = field(default_factory=set)
 
 
+# Hosts that name this machine's own listening socket when it listens on loopback or on
+# every address.
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
+
+
+def check_peer_list(peers: Sequence[Address], own: Address | None) -> None:
+    """Refuse a peer list that names a peer twice, or names this peer itself.
+
+    A peer listed twice (or this peer listed as its own peer) would send to and wait
+    for the same process twice and count its update twice in the merge. ``own`` is
+    where this peer listens (``None`` while its port is still to be chosen); loopback
+    names and the wildcard address count as the same host. Raises ``ValueError``
+    naming the address.
+    """
+
+    def key(address: Address) -> tuple[str, int]:
+        host = address.host.lower()
+        return ("local" if host in _LOCAL_HOSTS else host, address.port)
+
+    seen: set[tuple[str, int]] = set()
+    for address in peers:
+        k = key(address)
+        if k in seen:
+            raise ValueError(f"peer {address} is listed twice")
+        seen.add(k)
+        if own is not None and k == key(own):
+            raise ValueError(
+                f"peer {address} is this peer itself (it listens on {own}): "
+                "list only the other peers"
+            )
+
+
 class PeerTrainer:
     """One device in synchronous P2P training: a listening port plus the round loop.
 
@@ -203,6 +236,7 @@ class PeerTrainer:
         check_aggregation(aggregation, trim_fraction)
         if max_example_count < 1:
             raise ValueError(f"max_example_count must be at least 1, got {max_example_count}")
+        check_peer_list(peers, Address(host, port) if port else None)
         self.max_example_count = max_example_count
         self.aggregation = aggregation
         self.trim_fraction = trim_fraction

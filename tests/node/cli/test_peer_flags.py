@@ -77,3 +77,19 @@ def test_a_bad_old_flag_value_names_the_new_key() -> None:
 
     assert result.exit_code == 2
     assert "p2p.listen_timeout_s" in result.output
+
+
+@pytest.mark.usefixtures("no_training")
+@pytest.mark.parametrize(
+    ("peers", "message"),
+    [
+        ("127.0.0.1:7301,localhost:7302", "is this peer itself"),
+        ("127.0.0.1:7303,127.0.0.1:7303", "is listed twice"),
+    ],
+)
+def test_a_peer_list_naming_this_peer_or_a_peer_twice_is_refused(peers: str, message: str) -> None:
+    result = _run("--port", "7302", "--peers", peers)
+
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output

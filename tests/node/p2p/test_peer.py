@@ -213,6 +213,18 @@ def test_late_updates_never_mix_into_a_later_round(iid_digits_nodes: list) -> No
     assert buffered_rounds == []  # round 1 is closed, round 99 too far ahead
 
 
+def test_a_trainer_refuses_itself_or_a_duplicate_among_its_peers(iid_digits_nodes: list) -> None:  # type: ignore[type-arg]
+    learner = digits_learner(iid_digits_nodes[0])
+    port = free_port()
+    itself = [Address("127.0.0.1", port + 1), Address("localhost", port)]
+    twice = [Address("127.0.0.1", port + 1), Address("127.0.0.1", port + 1)]
+
+    with pytest.raises(ValueError, match="is this peer itself"):
+        PeerTrainer(learner, itself, DenseCodec(), auth=AUTH, port=port)
+    with pytest.raises(ValueError, match="is listed twice"):
+        PeerTrainer(learner, twice, DenseCodec(), auth=AUTH, port=port)
+
+
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("compression:\n  mode: zip\np2p:\n  listen_timeout_s: -1\n  colour: red\n")

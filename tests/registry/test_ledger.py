@@ -202,6 +202,34 @@ def test_balances_equal_the_sum_of_entries_after_a_restart(
         assert listed[n] == pytest.approx(sums[n])
 
 
+def test_the_incentive_projects_ledger_paths_answer_as_aliases(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        gid, ids, hs = _group_of_three(c, round_=1)
+        _evidence(c, gid, 1, ids, hs, [0.02, 0.03, 0.01])
+        paid = c.post(
+            f"/groups/{gid}/rounds/1/contributions",
+            headers=hs[0],
+            json=_contributions(ids, [0.02, 0.03, 0.01]),
+        )
+        query = {"group_id": gid}
+        pairs = [
+            (c.get("/ledger", params=query), c.get("/api/incentives/ledger", params=query)),
+            (c.get("/ledger/balances"), c.get("/api/incentives/ledger/balances")),
+        ]
+        bad = c.get("/api/incentives/ledger", params={"group_id": "x"})
+        schema_paths = c.get("/openapi.json").json()["paths"]
+
+    assert paid.status_code == 201
+    for canonical, alias in pairs:
+        assert alias.status_code == 200
+        assert alias.json() == canonical.json()
+    assert len(pairs[0][1].json()["data"]) == 3
+    assert bad.status_code == 422
+    assert not [p for p in schema_paths if p.startswith("/api/incentives")]
+
+
 def test_a_reward_reaches_a_connected_event_stream(sqlite_registry: RegistryProcess) -> None:
     with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
         # Prepare: a client on the stream of reward events

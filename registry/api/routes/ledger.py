@@ -120,6 +120,8 @@ def list_round_evaluations(
 
 
 @router.get("/ledger", response_model=LedgerPublic)
+# The incentive project's path for the same list: an alias, kept out of the schema.
+@router.get("/api/incentives/ledger", response_model=LedgerPublic, include_in_schema=False)
 def list_ledger(
     db: DatabaseDep,
     page: PageDep,
@@ -145,6 +147,9 @@ def list_ledger(
 
 
 @router.get("/ledger/balances", response_model=BalancesPublic)
+@router.get(
+    "/api/incentives/ledger/balances", response_model=BalancesPublic, include_in_schema=False
+)
 def list_balances(db: DatabaseDep, page: PageDep) -> BalancesPublic:
     """Every node's balance (sum of its entries), highest first."""
     with db.read() as session:

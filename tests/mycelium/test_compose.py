@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,34 @@ def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
     assert torch_at < text.index("pip install .")
     for package in ("mycelium", "registry", "node", "viz"):
         assert f"COPY {package} {package}" in text
+
+
+def test_the_image_holds_the_default_config_its_commands_read(tmp_path: Path) -> None:
+    """Lay out the image's WORKDIR from the Dockerfile's COPY lines and load the default config."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    copies = [line.split()[1:] for line in lines if line.startswith("COPY ")]
+    image = tmp_path / "app"
+    image.mkdir()
+    for *sources, target in copies:
+        for source in sources:
+            destination = image / target if not target.endswith("/") else image
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("*.pyc"))
+            else:
+                shutil.copy(ROOT / source, image / Path(source).name)
+
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from node.p2p.config import DEFAULT_CONFIG_PATH, load_config;"
+            "print(load_config(DEFAULT_CONFIG_PATH).gossip.view_size)",
+        ],
+        cwd=image,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip().isdigit()

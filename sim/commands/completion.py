@@ -14,6 +14,7 @@ __all__ = ["complete"]
 
 _FILE_ARGS = {"save", "restore", "load"}
 _GROUP_NAME_WORDS = {"roster", "add", "remove", "share", "train"}
+_GROUP_ALIASES = {"roster", "add", "remove"}  # top-level aliases whose first word is a group
 
 
 def complete(session: Session, line: str, text: str) -> list[str]:
@@ -38,6 +39,8 @@ def complete(session: Session, line: str, text: str) -> list[str]:
     if len(before) == 1 or (name == "net" and len(before) >= 2):
         options.extend(command.words)
     if name == "group" and len(before) == 2 and before[1] in _GROUP_NAME_WORDS:
+        return _words(session.sim.groups, text)
+    if name in _GROUP_ALIASES and len(before) == 1:
         return _words(session.sim.groups, text)
     if text.startswith("@"):
         options.extend(f"@{g}" for g in session.sim.groups)

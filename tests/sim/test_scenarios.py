@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sim.commands import complete
 from sim.commands.scenarios import scenario_names
 from sim.network import Message, pair
 from sim.repl import _drain
@@ -61,6 +62,9 @@ def test_the_shipped_scenarios_are_listed_with_a_line_each() -> None:
     assert [line.split()[0] for line in listing] == list(SCENARIOS)
     assert all(len(line.split()) > 3 for line in listing)  # a description follows
     assert unknown[0] == f"error: no scenario 'nowhere'; known: {', '.join(SCENARIOS)}"
+    assert complete(t.session, "scenario ", "") == [f"{n} " for n in SCENARIOS]
+    assert complete(t.session, "scenario sm", "sm") == ["small-world "]
+    assert complete(t.session, "topology pa", "pa") == ["partition "]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

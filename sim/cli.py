@@ -178,7 +178,7 @@ def sim(
         if scenario is not None or script is not None:
             if scenario is not None:
                 session.execute(f"scenario {scenario}")
-            code = run_script(session, script) if script is not None else run_script(session)
+            code = run_script(session, script)
         else:
             topo = simulation.network.topology
             out(

@@ -82,20 +82,20 @@ def _options(rest: list[str], allowed: dict[str, tuple[float, float]]) -> dict[s
     return found
 
 
+# Each graph's options and their bounds.
+_GRAPH_OPTIONS: dict[str, dict[str, tuple[float, float]]] = {
+    "geometric": {"radius": (0.01, 1.414)},
+    "smallworld": {"k": (2, 1000), "p": (0.0, 1.0)},
+}
+
+
 def _topology(s: Session, args: list[str]) -> None:
     if not args:
         raise UsageError("which topology?")
     kind, rest = args[0].lower(), args[1:]
     sim = s.sim
     if kind in GRAPHS:
-        opts = _options(
-            rest,
-            {"radius": (0.01, 1.414)}
-            if kind == "geometric"
-            else {"k": (2, 1000), "p": (0.0, 1.0)}
-            if kind == "smallworld"
-            else {},
-        )
+        opts = _options(rest, _GRAPH_OPTIONS.get(kind, {}))
         k = opts.get("k", 4.0)
         if k != int(k) or int(k) % 2:
             raise UsageError(f"k must be an even whole number, got {k:g}")

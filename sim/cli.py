@@ -22,18 +22,26 @@ from sim.state import SimConfig, Simulation
 
 __all__ = ["app", "main", "sim"]
 
-# The embedded registry never expires the simulation's nodes or archives its groups:
-# simulated time does not follow the wall clock.
+# The embedded registry never archives the simulation's groups (simulated time does not
+# follow the wall clock); its nodes live on heartbeats, so a removed node expires.
 _FOREVER_S = 10.0**9
 _EXTERNAL_HEARTBEAT_S = 10.0
+_BEATS_PER_TTL = 3
+_SWEEPS_PER_TTL = 4
+_MAX_SWEEP_S = 5.0
 
 
-def _start_registry(stack: ExitStack, port: int) -> str:
+def _start_registry(stack: ExitStack, port: int, ttl_s: float) -> str:
     from registry.server import BackgroundRegistry
     from registry.settings import build_settings
 
     data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mycelium-sim-")))
-    settings = build_settings(data_dir=data_dir, heartbeat_ttl=_FOREVER_S, archive_grace=_FOREVER_S)
+    settings = build_settings(
+        data_dir=data_dir,
+        heartbeat_ttl=ttl_s,
+        sweep_interval=min(_MAX_SWEEP_S, ttl_s / _SWEEPS_PER_TTL),
+        archive_grace=_FOREVER_S,
+    )
     registry = BackgroundRegistry(settings, port=port).start()
     stack.callback(registry.stop)
     return registry.url
@@ -79,6 +87,14 @@ def sim(
     ] = None,
     history: Annotated[Path, typer.Option(help="REPL history file.")] = HISTORY_FILE,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    # Options of issue 17's simulator part, kept together.
+    scenario: Annotated[
+        str | None, typer.Option(help="Run a pre-configured network (see `scenario`) and exit.")
+    ] = None,
+    registry_ttl: Annotated[
+        float,
+        typer.Option(min=0.5, help="Seconds before the embedded registry expires a removed node."),
+    ] = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Drive an in-process decentralized network step by step: a REPL, or --script FILE."""
@@ -112,7 +128,16 @@ def sim(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    if script is not None:  # checked before the (slow) simulation is built
+    if scenario is not None:  # checked before the (slow) simulation is built
+        from sim.commands.scenarios import scenario_names
+
+        if scenario.lower() not in scenario_names():
+            typer.echo(
+                f"error: no scenario {scenario!r}; known: {', '.join(scenario_names())}",
+                err=True,
+            )
+            raise typer.Exit(2)
+    if script is not None:
         try:
             script.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -121,7 +146,7 @@ def sim(
     with ExitStack() as stack:
         mirror: RegistryMirror | None = None
         if registry:
-            url = registry_url or _start_registry(stack, registry_port)
+            url = registry_url or _start_registry(stack, registry_port, registry_ttl)
             try:
                 probe = RegistryClient(url, retries=0)
             except ConfigError as exc:
@@ -137,7 +162,9 @@ def sim(
                 url,
                 domain=dataset,
                 prefix=registry_prefix or f"sim-{secrets.token_hex(3)}",
-                heartbeat_every=_EXTERNAL_HEARTBEAT_S if registry_url else None,
+                heartbeat_every=(
+                    _EXTERNAL_HEARTBEAT_S if registry_url else registry_ttl / _BEATS_PER_TTL
+                ),
             )
             stack.callback(mirror.close)
             typer.echo(f"registry: {url} (names start with {mirror.prefix}-)", err=True)
@@ -148,7 +175,9 @@ def sim(
             raise typer.Exit(2) from exc
         session = Session(simulation, out, mirror)
         stack.callback(session.close)
-        if script is not None:
+        if scenario is not None or script is not None:
+            if scenario is not None:
+                session.execute(f"scenario {scenario}")
             code = run_script(session, script)
         else:
             topo = simulation.network.topology

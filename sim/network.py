@@ -10,7 +10,10 @@ a message carries and how big it is.
 
 Topology: every node lives in one neighbourhood (an area); nodes of one area reach
 each other. ``link``/``unlink`` force a pair linked or unlinked, whatever the areas,
-and mobility moves nodes between areas.
+and mobility moves nodes between areas. ``wire`` replaces the areas' links by an
+explicit graph (``sim.graphs``), ``use_areas`` goes back to areas. A partition
+(``cut``) keeps two sides apart over any link until ``heal``; messages in flight
+across a cut are lost when due.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, TypeVar
 
@@ -134,6 +137,9 @@ class Topology:
         self._members: dict[int, set[int]] = {a: set() for a in range(areas)}
         self.forced: dict[tuple[int, int], bool] = {}
         self._forced_by_node: dict[int, set[int]] = {}
+        self.wired = False  # True: only forced links count, areas link nobody
+        self.cuts: set[tuple[int, int]] = set()
+        self._cut_by_node: dict[int, set[int]] = {}
 
     @property
     def nodes(self) -> list[int]:
@@ -155,6 +161,9 @@ class Topology:
         for other in self._forced_by_node.pop(node, set()):
             self.forced.pop(pair(node, other), None)
             self._forced_by_node.get(other, set()).discard(node)
+        for other in self._cut_by_node.pop(node, set()):
+            self.cuts.discard(pair(node, other))
+            self._cut_by_node.get(other, set()).discard(node)
 
     def move(self, node: int, area: int) -> None:
         """Move a node to another area; its forced links and unlinks stay."""
@@ -180,20 +189,88 @@ class Topology:
         if a == b:
             return False
         key = pair(a, b)
+        if key in self.cuts:
+            return False
         if key in self.forced:
             return self.forced[key]
-        return self.area_of[a] == self.area_of[b]
+        return not self.wired and self.area_of[a] == self.area_of[b]
 
     def neighbours(self, node: int) -> list[int]:
         """Nodes ``node`` reaches directly, sorted."""
-        out = set(self._members[self.area_of[node]])
+        out = set() if self.wired else set(self._members[self.area_of[node]])
         out.discard(node)
         for other in self._forced_by_node.get(node, ()):
             if self.forced[pair(node, other)]:
                 out.add(other)
             else:
                 out.discard(other)
+        out.difference_update(self._cut_by_node.get(node, ()))
         return sorted(out)
+
+    def wire(self, edges: Iterable[tuple[int, int]]) -> None:
+        """Links become exactly ``edges`` (pairs of placed nodes); areas stop linking.
+
+        Earlier links and unlinks are forgotten; cuts stay. Raises ValueError for an
+        edge to an unknown node or to itself.
+        """
+        edges = list(edges)
+        for a, b in edges:
+            for n in (a, b):
+                if n not in self.area_of:
+                    raise ValueError(f"no node {n}")
+            if a == b:
+                raise ValueError("a node cannot link to itself")
+        self._clear_forced()
+        self.wired = True
+        for a, b in edges:
+            self._force(a, b, True)
+
+    def use_areas(self, areas: int) -> None:
+        """Split the nodes, in id order, into ``areas`` contiguous areas that link inside.
+
+        Earlier links, unlinks and wiring are forgotten; cuts stay. Raises ValueError
+        unless ``areas`` is at least 1.
+        """
+        if areas < 1:
+            raise ValueError(f"need at least one area, got {areas}")
+        nodes = self.nodes
+        self._clear_forced()
+        self.wired = False
+        self.areas = areas
+        self._members = {a: set() for a in range(areas)}
+        self.area_of = {}
+        for i, node in enumerate(nodes):
+            area = i * areas // len(nodes)
+            self.area_of[node] = area
+            self._members[area].add(node)
+
+    def cut(self, sides: Sequence[Iterable[int]]) -> int:
+        """Keep the ``sides`` apart until ``heal``: no pair across two sides is linked,
+        whatever areas, links and wiring say. Returns how many pairs are newly cut."""
+        groups = [sorted(set(side)) for side in sides]
+        added = 0
+        for i, side in enumerate(groups):
+            for other in groups[i + 1 :]:
+                for a in side:
+                    for b in other:
+                        if a == b or pair(a, b) in self.cuts:
+                            continue
+                        self.cuts.add(pair(a, b))
+                        self._cut_by_node.setdefault(a, set()).add(b)
+                        self._cut_by_node.setdefault(b, set()).add(a)
+                        added += 1
+        return added
+
+    def heal(self) -> int:
+        """Undo every cut; returns how many pairs were cut."""
+        count = len(self.cuts)
+        self.cuts.clear()
+        self._cut_by_node.clear()
+        return count
+
+    def is_cut(self, a: int, b: int) -> bool:
+        """Whether a partition keeps ``a`` and ``b`` apart."""
+        return pair(a, b) in self.cuts
 
     def reachable(self, node: int) -> list[int]:
         """Nodes ``node`` reaches over any number of hops (not itself), sorted."""
@@ -236,6 +313,8 @@ class Topology:
             "areas": self.areas,
             "area_of": [[n, a] for n, a in sorted(self.area_of.items())],
             "forced": [[a, b, v] for (a, b), v in sorted(self.forced.items())],
+            "wired": self.wired,
+            "cuts": [[a, b] for a, b in sorted(self.cuts)],
         }
 
     @classmethod
@@ -246,7 +325,14 @@ class Topology:
             topo.add_node(int(node), int(area))
         for a, b, linked in data["forced"]:
             topo._force(int(a), int(b), bool(linked))
+        topo.wired = bool(data.get("wired", False))  # absent in saves before wiring
+        for a, b in data.get("cuts", []):
+            topo.cut([[int(a)], [int(b)]])
         return topo
+
+    def _clear_forced(self) -> None:
+        self.forced.clear()
+        self._forced_by_node.clear()
 
     def _force(self, a: int, b: int, linked: bool) -> None:
         if a == b:

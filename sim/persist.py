@@ -113,7 +113,50 @@ def save_simulation(sim: Simulation, path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
+_STATE_KEYS = frozenset(
+    {
+        "config",
+        "next_index",
+        "flood_seq",
+        "schedules",
+        "groups",
+        "group_rounds",
+        "nodes",
+        "network",
+        "payloads",
+    }
+)
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, before numpy reads anything, a file that is not a zip of ``.npy`` members
+    holding ``state.json``: the message names the file and what it is instead."""
+    not_ours = f"{path} is not a saved simulation (`save FILE` writes one)"
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{not_ours}: it is a single .npy array, not an .npz archive")
+    if not head.startswith(_ZIP_MAGIC):
+        raise ValueError(f"{not_ours}: not an .npz (zip) archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"{not_ours}: a damaged zip archive ({exc})") from exc
+    strangers = [n for n in names if not n.endswith(".npy")]
+    if strangers:
+        raise ValueError(f"{not_ours}: it holds {strangers[0]!r}, not only .npy arrays")
+    if f"{STATE_KEY}.npy" not in names:
+        raise ValueError(f"{not_ours}: it has no {STATE_KEY}")
+
+
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    _check_archive(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -122,8 +165,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except OSError as exc:
         raise ValueError(f"{path} cannot be read: {exc.strerror or exc}") from exc
     except (ValueError, EOFError, zipfile.BadZipFile) as exc:
-        # numpy's own message advises allow_pickle=True: never pass that on.
-        raise ValueError(f"{path} is not a saved simulation (not an .npz archive)") from exc
+        # numpy's own message advises allow_pickle=True (object arrays): never pass that on.
+        raise ValueError(
+            f"{path} is not a saved simulation (an array it holds is not plain data)"
+        ) from exc
     if STATE_KEY not in arrays:
         raise ValueError(f"{path} is not a saved simulation")
     try:
@@ -134,6 +179,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise ValueError(f"{path} is not a saved simulation")
     if state.get("format") != SAVE_FORMAT:
         raise ValueError(f"{path}: unknown format {state.get('format')!r}")
+    missing = sorted(_STATE_KEYS - state.keys())
+    if missing:
+        raise ValueError(f"{path} is a damaged save: no {', '.join(missing)}")
     return state, arrays
 
 
@@ -177,6 +225,15 @@ def restore_simulation(path: Path, mirror: Mirror | None = None) -> Simulation:
     created and joined, ungrouped nodes out of any group.
     """
     state, arrays = _read(path)
+    try:
+        return _rebuild(state, arrays, mirror)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path} is a damaged save: {type(exc).__name__} {exc}") from exc
+
+
+def _rebuild(
+    state: dict[str, Any], arrays: dict[str, np.ndarray], mirror: Mirror | None
+) -> Simulation:
     config = dict(state["config"])
     if "lr" in config:  # saved before the field was named for what it is
         config["learning_rate"] = config.pop("lr")

@@ -31,10 +31,13 @@ def _drain(session: Session) -> None:
         session.execute(line)
 
 
-def run_script(session: Session, path: Path) -> int:
-    """Run a script's lines and return 0, or 1 when any line failed."""
+def run_script(session: Session, path: Path | None = None) -> int:
+    """Run a script's lines after what is queued already (``path`` None: only that);
+    return 0, or 1 when any line failed."""
+    lines: list[str] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        if path is not None:
+            lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         session.out(f"error: cannot read script {path}: {exc}")
         return 1

@@ -33,6 +33,7 @@ from node.learning.partition import (
     PartitionSpec,
 )
 from node.p2p.codecs import Codec, DenseCodec, QuantizeCodec
+from sim import graphs
 from sim.network import ConditionsOverride, Message, Network, Topology
 from sim.scope import GROUP_NAME_PATTERN, node_name
 
@@ -448,7 +449,7 @@ class Simulation:
 
     def _deliver(self, message: Message[Payload], report: StepReport) -> None:
         node = self.nodes.get(message.dst)
-        if node is None:
+        if node is None or self.network.topology.is_cut(message.src, message.dst):
             self.network.dropped(message)
             report.dropped += 1
             return
@@ -510,6 +511,74 @@ class Simulation:
     def unlink(self, a: int, b: int) -> None:
         """Keep ``a`` and ``b`` apart."""
         self.network.topology.unlink(a, b)
+
+    def wire(
+        self, kind: str, *, radius: float = 0.5, k: int = 4, p: float = 0.1
+    ) -> list[tuple[int, int]]:
+        """Replace every link by a graph over the live nodes; returns its edges.
+
+        ``kind`` is one of ``sim.graphs.GRAPHS``: ring, star, grid, geometric (points in
+        the unit square linked within ``radius``), smallworld (Watts-Strogatz, ``k``
+        nearest, rewired with probability ``p``). Random graphs draw from the network's
+        seeded stream. Nodes added later start unlinked. Raises ValueError for an
+        unknown kind or bad parameters.
+        """
+        nodes = self.alive
+        rng = self.network.rng
+        if kind == "ring":
+            edges = graphs.ring(nodes)
+        elif kind == "star":
+            edges = graphs.star(nodes)
+        elif kind == "grid":
+            edges = graphs.grid(nodes)
+        elif kind == "geometric":
+            edges = graphs.random_geometric(nodes, radius, rng)
+        elif kind == "smallworld":
+            edges = graphs.small_world(nodes, k, p, rng)
+        else:
+            raise ValueError(f"unknown graph {kind!r}; known: {', '.join(graphs.GRAPHS)}")
+        self.network.topology.wire(edges)
+        return edges
+
+    def use_areas(self, areas: int) -> None:
+        """Split the live nodes, in id order, into ``areas`` areas that link inside;
+        earlier links, unlinks and wiring are forgotten. Raises ValueError below 1."""
+        self.network.topology.use_areas(areas)
+
+    def bridge(self, first: int, second: int) -> tuple[int, int]:
+        """Link the last node of area ``first`` with the first node of area ``second``;
+        returns that pair. Raises ValueError for an unknown or empty area."""
+        topo = self.network.topology
+        ends = []
+        for area in (first, second):
+            if not 0 <= area < topo.areas:
+                raise ValueError(f"no area {area}; areas are 0-{topo.areas - 1}")
+            members = topo.members(area)
+            if not members:
+                raise ValueError(f"area {area} has no node")
+            ends.append(members)
+        if first == second:
+            raise ValueError("a bridge joins two different areas")
+        a, b = ends[0][-1], ends[1][0]
+        topo.link(a, b)
+        return a, b
+
+    def partition(self, sides: int) -> list[list[int]]:
+        """Split the live nodes, in id order, into ``sides`` contiguous sides kept apart
+        until ``heal`` (messages in flight across the cut are lost); returns the sides.
+        Raises ValueError unless 2 <= sides <= live nodes."""
+        nodes = self.alive
+        if not 2 <= sides <= len(nodes):
+            raise ValueError(f"sides must be 2..{len(nodes)} (the live nodes), got {sides}")
+        parts: list[list[int]] = [[] for _ in range(sides)]
+        for i, node in enumerate(nodes):
+            parts[i * sides // len(nodes)].append(node)
+        self.network.topology.cut(parts)
+        return parts
+
+    def heal(self) -> int:
+        """End every partition; returns how many node pairs were kept apart."""
+        return self.network.topology.heal()
 
     def set_conditions(self, override: ConditionsOverride, link: tuple[int, int] | None) -> None:
         """Change the global conditions, or one link's."""

@@ -14,6 +14,8 @@ __all__ = ["complete"]
 
 _FILE_ARGS = {"save", "restore", "load"}
 _GROUP_NAME_WORDS = {"roster", "add", "remove", "share", "train"}
+_GROUP_ALIASES = {"roster", "add", "remove"}  # top-level aliases whose first word is a group
+_WORDS_ONLY = {"scenario", "topology"}  # their first word is a name, never a scope
 
 
 def complete(session: Session, line: str, text: str) -> list[str]:
@@ -39,6 +41,10 @@ def complete(session: Session, line: str, text: str) -> list[str]:
         options.extend(command.words)
     if name == "group" and len(before) == 2 and before[1] in _GROUP_NAME_WORDS:
         return _words(session.sim.groups, text)
+    if name in _GROUP_ALIASES and len(before) == 1:
+        return _words(session.sim.groups, text)
+    if name in _WORDS_ONLY and len(before) == 1:
+        return _words(command.words, text)
     if text.startswith("@"):
         options.extend(f"@{g}" for g in session.sim.groups)
     elif text.startswith("n") or text == "":

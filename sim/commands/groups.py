@@ -1,8 +1,14 @@
-"""The `group` command: list, roster, create, add, remove, membership, share, train."""
+"""The `group` command: list, roster, create, add, remove, membership, share, train.
+
+DEL-Step's spellings work too: `group G add N...` (group first, nodes as separate
+words), and top-level aliases where the name is free: `list`, `roster`, `membership`,
+`create`, `add`, `remove`. `share` and `train` are node commands at top level.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from sim.commands.core import (
@@ -28,10 +34,21 @@ def _group_name(s: Session, token: str, *, exists: bool = True) -> str:
     return name
 
 
+_SUBCOMMANDS = ("list", "roster", "create", "add", "remove", "membership", "share", "train")
+# DEL-Step writes the group first: `group G add N...`, `group G share`, `group G train`.
+_GROUP_FIRST = ("add", "remove", "share", "train", "roster")
+
+
 def _group(s: Session, args: list[str]) -> None:
     if not args:
         raise UsageError("which group command?")
     sub, rest = args[0].lower(), args[1:]
+    if sub not in _SUBCOMMANDS and rest and rest[0].lower() in _GROUP_FIRST:
+        sub, rest = rest[0].lower(), [args[0], *rest[1:]]
+    _run(s, sub, rest)
+
+
+def _run(s: Session, sub: str, rest: list[str]) -> None:
     sim = s.sim
     if sub == "list":
         check_arity(rest, 0, 0)
@@ -57,9 +74,10 @@ def _group(s: Session, args: list[str]) -> None:
         sim.create_group(name)
         s.out(f"created group {name}")
     elif sub in ("add", "remove"):
-        check_arity(rest, 2, 2)
+        if len(rest) < 2:
+            raise UsageError(f"expected a group and nodes, got {len(rest)} arguments")
         name = _group_name(s, rest[0])
-        ids = s.scope(rest[1])
+        ids = s.scope(",".join(rest[1:]))  # DEL-Step lists nodes as separate words
         if sub == "add":
             moved = sim.group_add(name, ids)
             s.out(f"{name}: added {format_nodes(moved)} ({plural(len(moved), 'node')})")
@@ -98,16 +116,44 @@ def _group(s: Session, args: list[str]) -> None:
         raise UsageError(f"unknown group command {sub!r}")
 
 
+def _alias(sub: str) -> Callable[[Session, list[str]], None]:
+    def handler(s: Session, args: list[str]) -> None:
+        _run(s, sub, args)
+
+    return handler
+
+
+_GROUP_HELP = (
+    "A node is in at most one group: `group add` moves it from its old one. "
+    "`group train` runs a Flower round among the members (node.federation.round); "
+    "`group share` sends every member's model to every other member. DEL-Step's order "
+    "works too: `group G add n1 n2`, `group G share`, `group G train`. Top-level "
+    "aliases: list, roster, membership, create, add, remove; `share` and `train` are "
+    "taken by the node commands, so write `group share G`, `group train G`."
+)
+
+# (name, usage, summary): DEL-Step's group commands where the top-level name is free.
+_ALIASES = (
+    ("list", "list", "the groups (alias of `group list`)"),
+    ("roster", "roster NAME", "a group's members (alias of `group roster`)"),
+    ("membership", "membership [scope]", "each node's group (alias of `group membership`)"),
+    ("create", "create NAME", "a new group (alias of `group create`)"),
+    ("add", "add NAME scope...", "put nodes in a group (alias of `group add`)"),
+    ("remove", "remove NAME scope...", "take nodes out of a group (alias of `group remove`)"),
+)
+
 COMMANDS: list[Command] = [
     Command(
         "group",
-        "group list | roster NAME | create NAME | add NAME scope | "
-        "remove NAME scope | membership [scope] | share NAME | train NAME [epochs]",
+        "group list | roster NAME | create NAME | add NAME scope... | "
+        "remove NAME scope... | membership [scope] | share NAME | train NAME [epochs]",
         "groups (mirrored in the registry)",
         _group,
-        "A node is in at most one group: `group add` moves it from its old one. "
-        "`group train` runs a Flower round among the members (node.federation.round); "
-        "`group share` sends every member's model to every other member.",
-        words=("list", "roster", "create", "add", "remove", "membership", "share", "train"),
+        _GROUP_HELP,
+        words=_SUBCOMMANDS,
+    ),
+    *(
+        Command(name, usage, summary, _alias(name), _GROUP_HELP)
+        for name, usage, summary in _ALIASES
     ),
 ]

@@ -119,9 +119,11 @@ def _step(s: Session, args: list[str]) -> None:
 
 
 def _nstep(s: Session, args: list[str]) -> None:
-    check_arity(args, 1, 2)
-    count = parse_int(args[0], "N", 1, MAX_STEPS)
-    ids = s.scope(args[1]) if len(args) == 2 else None
+    check_arity(args, 0, 2)
+    count = 1  # DEL-Step's `nstep` and `nstep NODE`: one network step
+    if args and (args[0].lstrip("-").isdigit() or len(args) == 2):
+        count = parse_int(args.pop(0), "N", 1, MAX_STEPS)
+    ids = s.scope(args[0]) if args else None
     _run_steps(s, count, ids)
 
 
@@ -158,7 +160,8 @@ COMMANDS: list[Command] = [
         "train nodes on their own data",
         _train,
         "Local SGD for `epochs` (default: --local-epochs). `train 3` means 3 epochs for "
-        "every node; write `train n3` for node n3.",
+        "every node; write `train n3` for node n3. DEL-Step's group `train` is "
+        "`group train NAME` (a Flower round; this name was taken).",
     ),
     Command(
         "test", "test [scope]", "loss and accuracy of each node's model on its test split", _test
@@ -169,7 +172,8 @@ COMMANDS: list[Command] = [
         "send models to neighbours and group mates",
         _share,
         "Each node sends its model to every node it reaches directly and to its group's "
-        "members; messages travel through the network model (latency, loss, bandwidth).",
+        "members; messages travel through the network model (latency, loss, bandwidth). "
+        "DEL-Step's group `share` is `group share NAME` (this name was taken).",
     ),
     Command(
         "aggregate",
@@ -187,7 +191,14 @@ COMMANDS: list[Command] = [
         "Advances the clock one step: delivers due messages, applies churn and mobility, "
         "then (with autonet on) the scope's nodes train, share and aggregate.",
     ),
-    Command("nstep", "nstep N [scope]", "N steps", _nstep),
+    Command(
+        "nstep",
+        "nstep [N] [scope]",
+        "N steps (default 1)",
+        _nstep,
+        "`nstep 5 @g` runs five steps with autonet acting on @g only; `nstep n3` (as in "
+        "DEL-Step) is one step.",
+    ),
     Command(
         "autonet",
         "autonet [on|off]",

@@ -143,8 +143,9 @@ TOPOLOGY_COMMANDS: list[Command] = [
         "neighborhood [scope]",
         "who reaches whom",
         _neighborhood,
-        "area = neighbourhood; reach = nodes reachable over any number of hops.",
-        aliases=("neighbourhood",),
+        "area = neighbourhood; reach = nodes reachable over any number of hops. "
+        "DEL-Step's `guestbook NODE` is an alias.",
+        aliases=("neighbourhood", "guestbook"),
     ),
     Command("link", "link A B", "let two nodes reach each other", _link),
     Command("unlink", "unlink A B", "keep two nodes apart", _unlink),

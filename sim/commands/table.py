@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.commands import files, groups, learning, network, nodes, stats
+from sim.commands import files, groups, learning, network, nodes, scenarios, stats
 from sim.commands.core import Command, Session, UsageError, check_arity
 
 __all__ = ["ALIASES", "COMMANDS", "find"]
@@ -42,6 +42,7 @@ COMMANDS: dict[str, Command] = {
         *groups.COMMANDS,
         *nodes.COMMANDS,
         *network.CONDITION_COMMANDS,
+        *scenarios.COMMANDS,
         *stats.COMMANDS,
         *files.COMMANDS,
         *_SESSION_COMMANDS,

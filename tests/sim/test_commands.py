@@ -28,7 +28,6 @@ def t() -> Transcript:
         "test n9",
         "share 5-2",
         "nstep 0",
-        "nstep",
         "step @nogroup",
         "exchange n1 n1",
         "exchange n1",

@@ -108,7 +108,8 @@ def test_unreadable_scripts_and_saves_are_named_without_a_traceback(tmp_path: Pa
     # Assert
     assert not_text.returncode == 2 and "cannot read script" in not_text.stderr
     assert broken.returncode == 1
-    assert f"error: {cut} is not a saved simulation (not an .npz archive)" in broken.stdout
+    assert f"error: {cut} is not a saved simulation" in broken.stdout
+    assert "a damaged zip archive" in broken.stdout
     assert "error: latency must be a finite number, got inf" in broken.stdout
     assert "allow_pickle" not in broken.stdout
     assert "Traceback" not in not_text.stderr + broken.stderr + broken.stdout

@@ -1,0 +1,1 @@
+"""Scenario scripts of `scenario NAME` (package data: NAME.sim, one per network)."""

@@ -815,6 +815,10 @@ class GossipNode:
             return
         self.stats.shuffles += 1
         self.view = merge_view(self.view, received, sent, self.node_id, self.view_size)
+        # The target just answered: keep it while there is room. Cyclon proper drops it,
+        # which in a group of two or three empties the view before the model is sent.
+        if len(self.view) < self.view_size and target.node_id not in self._ids():
+            self.view.append(target)
 
     async def _gossip_model(self) -> bool:
         """Send the model to a random peer of the view; whether one took it."""

@@ -97,6 +97,7 @@ from node.p2p.auth import (
 )
 from node.p2p.codecs import GRADIENTS_TOPK, Codec, DenseCodec, TopKCodec, make_codec
 from node.p2p.config import PeerConfig
+from node.p2p.discovery import DEFAULT_GOSSIP_CAPACITY, gossip_group_for
 from node.p2p.gossip_options import (
     Aggregation,
     CyclonTopology,
@@ -294,6 +295,10 @@ class GossipRegistry(Protocol):
     ) -> object: ...
     def get_node(self, node_id: str | None = None) -> _Keyed: ...
     def join(self, group_id: int) -> object: ...
+    def list_groups(self, *, domain: str | None = None) -> Sequence[Any]: ...
+    def create_group(
+        self, name: str, domain: str, *, max_capacity: int = ..., join: bool = ..., mode: str = ...
+    ) -> Any: ...
     def leave(self) -> int: ...
     def get_group(self, group_id: int) -> _Group: ...
     def heartbeat(self, metrics: Mapping[str, float] | None = None) -> object: ...
@@ -474,6 +479,7 @@ class GossipNode:
         max_age_jump: int = DEFAULT_MAX_AGE_JUMP,
         trim_fraction: float = 0.2,
         buffer_size: int = 4,
+        group_capacity: int = DEFAULT_GOSSIP_CAPACITY,
     ) -> None:
         if isinstance(aggregation, FedAvg):
             aggregation = aggregation.mode
@@ -497,8 +503,6 @@ class GossipNode:
             )
         if isinstance(registry, _FromEnvironment):
             registry = os.environ.get(REGISTRY_URL_ENV) or None
-        if registry is not None and group_id is None:
-            raise ValueError("a registry needs the group_id to gossip in")
         self._own_registry = isinstance(registry, str)
         registry = _registry_from(registry, node_id)
         self.node_id = node_id
@@ -517,6 +521,7 @@ class GossipNode:
         self.host = host
         self.registry = registry
         self.group_id = group_id
+        self.group_capacity = group_capacity
         self.view_size = view_size
         self.shuffle_length = shuffle_length
         self.period = period
@@ -633,11 +638,16 @@ class GossipNode:
     # -- lifecycle --
 
     async def start(self) -> None:
-        """Listen; with a registry, register, join, and bootstrap view and model from it."""
+        """Listen; with a registry, register, join, and bootstrap view and model from it.
+
+        Without a ``group_id`` the member joins its domain's gossip group, creating it
+        when there is none with room (``node.p2p.discovery.gossip_group_for``, groups of
+        ``group_capacity``); ``group_id`` is then the group found.
+        """
         await self.server.start()
         candidates = list(self._bootstrap)
-        if self.registry is not None and self.group_id is not None:
-            registry, group_id = self.registry, self.group_id
+        if self.registry is not None:
+            registry = self.registry
             public_key = self.auth.public_key if isinstance(self.auth, Ed25519Auth) else None
             await asyncio.to_thread(
                 partial(
@@ -648,7 +658,15 @@ class GossipNode:
                     public_key=public_key,
                 )
             )
-            await asyncio.to_thread(registry.join, group_id)
+            if self.group_id is None:
+                self.group_id = await asyncio.to_thread(
+                    partial(
+                        gossip_group_for, registry, self.domain, max_capacity=self.group_capacity
+                    )
+                )
+            else:
+                await asyncio.to_thread(registry.join, self.group_id)
+            group_id = self.group_id
             self._registration = _Registration(group_id=group_id, registry=registry)
             group = await asyncio.to_thread(registry.get_group, group_id)
             candidates += [Descriptor(m.id, m.address) for m in group.members]

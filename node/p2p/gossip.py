@@ -6,16 +6,20 @@ view, swaps up to ``shuffle_length`` entries with its oldest neighbour (sending 
 fresh entry for itself), and drops a neighbour that does not answer. Every
 ``period`` seconds it also sends its model (and the model's age: updates seen) to a
 random neighbour; the receiver merges it with its own, weighted by age, and trains
-a local step on its data (Ormándi, Hegedűs, Jelasity 2013).
+a local step on its data (Ormándi, Hegedűs, Jelasity 2013). A cycle in which no peer
+can be reached trains a local step instead, so a member alone still learns.
 
 The view logic is pure (``bootstrap_view``, ``start_shuffle``, ``answer_shuffle``,
 ``merge_view``); ``GossipNode`` is the asyncio face that does the I/O::
 
-    node = GossipNode("n1", "digits", model, port=0, training_config=TrainingConfig())
+    node = GossipNode("n1", "digits", PyTorchModel(net), port=0, training_config=TrainingConfig())
     await node.start()                      # listen, bootstrap from the registry
-    task = asyncio.create_task(node.run_continuous(data))
+    task = asyncio.create_task(node.run_continuous((X, y)))
     ...
     await node.stop()
+
+``node.gossip`` gathers this API (model wrappers, topology and aggregation options) in
+one import, shaped like QuinkGL's.
 
 The registry still sees the group: with a ``registry`` (``RegistryClient`` or
 anything with its methods) a member registers, joins the group, bootstraps its view

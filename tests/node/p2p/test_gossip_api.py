@@ -343,3 +343,59 @@ def test_keras_members_gossip_their_weights_through_the_same_checks(digits_xy: A
     assert all(n.stats.merged >= 5 and n.server.stats.refused == {} for n in nodes)
     assert all(n.stats.refused == {} for n in nodes)  # every Keras model decoded and fit
     assert min(n.evaluate()["accuracy"] for n in nodes) >= 0.7
+
+
+def test_a_lone_member_reports_what_it_learnt_and_finds_a_newcomer_on_the_roster(
+    sqlite_registry: RegistryProcess, digits_xy: Arrays, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a random-topology member alone in its domain's group at a real registry
+    x, y = digits_xy
+    torch.set_num_threads(1)
+
+    def member(name: str, seed: int) -> GossipNode:
+        return GossipNode(
+            name,
+            "digits-alone",
+            _torch_net(seed),
+            topology=RandomTopology(),
+            registry=sqlite_registry.url,
+            period=0.02,
+            report_every=5,
+        )
+
+    async def scenario() -> tuple[GossipNode, Any, Any]:
+        first = member("lone-1", 0)
+        await first.start()
+        alone = asyncio.create_task(first.run_continuous((x[:600], y[:600])))
+        try:
+            # Execute: it trains alone and reports; then a newcomer joins the group
+            for _ in range(3000):
+                if first.stats.local_only_cycles >= 10 and first.updates >= 10:
+                    break
+                await asyncio.sleep(0.01)
+            await first.report_now()
+            with RegistryClient(sqlite_registry.url) as reader:
+                reported = reader.get_group(first.group_id or 0)
+            second = member("lone-2", 1)
+            await second.start()
+            joined = asyncio.create_task(second.run_continuous((x[600:1200], y[600:1200])))
+            for _ in range(3000):  # until the first has found the newcomer and sent to it
+                if first.stats.sent:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await first.shutdown()
+        await second.shutdown()
+        await asyncio.gather(alone, joined)
+        return first, reported, second
+
+    with caplog.at_level(logging.INFO, logger="node.p2p.gossip"):
+        first, reported, second = asyncio.run(scenario())
+
+    # Assert: the registry saw an accuracy well above chance while it was alone
+    assert reported.accuracy is not None and reported.accuracy >= 0.5 > CHANCE
+    assert second.group_id == first.group_id  # found by domain
+    said = [r.getMessage() for r in caplog.records]
+    assert "Gossip lone-1: no peers: training locally" in said
+    assert "Gossip lone-1: peers found" in said
+    assert first.stats.sent >= 1 and second.stats.received >= 1

@@ -742,12 +742,15 @@ class GossipNode:
                 )
             if self._stopping.is_set():
                 break
+            # The roster is read on the first cycle and then every report_every cycles, so a
+            # member alone does not ask the registry every period.
+            roster_due = (cycle - 1) % self.report_every == 0
             if isinstance(self.topology, RandomTopology):
-                if not self.view or cycle % self.report_every == 0:
+                if roster_due:
                     await self._read_roster()
             else:
                 await self._shuffle()
-                if not self.view:
+                if not self.view and roster_due:
                     await self._read_roster()
             if await self._gossip_model():
                 self._note_peers(found=True)

@@ -45,8 +45,8 @@ class RandomTopology:
     """Send to a uniformly random member among all known ones (up to ``max_peers``).
 
     Without Cyclon's shuffles the member learns of others from the registry's roster
-    (re-read every ``report_every`` cycles, and whenever it knows nobody) and from the
-    bootstrap peers it was given.
+    (read on the first cycle, then every ``report_every`` cycles) and from the bootstrap
+    peers it was given.
     """
 
     max_peers: int = 64

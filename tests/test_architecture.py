@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mycelium", "registry", "node", "viz", "sim")
-NODE_ROLES = ("learning", "federation", "p2p", "runtime", "cli")
+NODE_ROLES = ("learning", "federation", "p2p", "runtime", "cli", "gossip")
 SHARED_REGISTRY = ("schemas", "server", "settings", "wire")
 
 # Units a unit may import (besides itself). Mirrors the table in docs/architecture.md.
@@ -25,6 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "node.p2p": {"node", "node.learning"},
     "node.runtime": {"node", "node.learning", "node.federation"},
     "node.cli": {"node", "node.learning", "node.federation", "node.p2p", "node.runtime"},
+    # The gossip API's one import (QuinkGL's shape) over p2p's member and learning's wrappers.
+    "node.gossip": {"node", "node.learning", "node.p2p"},
     "viz": {"node", "registry.schemas"},
     "sim": {
         "node",

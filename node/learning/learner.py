@@ -22,8 +22,10 @@ __all__ = [
     "EvalResult",
     "Learner",
     "Split",
+    "evaluate_model",
     "load_weights",
     "model_weights",
+    "sgd_epochs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,25 +114,18 @@ class Learner:
         x, y = self._splits["train"]
         n = len(y)
         with self._lock:
-            self.model.train()
-            optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=self.learning_rate, momentum=self.momentum
+            mean_loss = sgd_epochs(
+                self.model,
+                x,
+                y,
+                learning_rate=self.learning_rate,
+                batch_size=self.batch_size,
+                epochs=epochs,
+                seed=self.seed,
+                first_epoch=self._epochs_done,
+                momentum=self.momentum,
             )
-            loss_fn = nn.CrossEntropyLoss()
-            total_loss, seen = 0.0, 0
-            for _ in range(epochs):
-                rng = np.random.default_rng([self.seed, self._epochs_done])
-                order = torch.from_numpy(rng.permutation(n))
-                for start in range(0, n, self.batch_size):
-                    idx = order[start : start + self.batch_size]
-                    optimizer.zero_grad()
-                    loss = loss_fn(self.model(x[idx]), y[idx])
-                    loss.backward()
-                    optimizer.step()
-                    total_loss += float(loss.item()) * len(idx)
-                    seen += len(idx)
-                self._epochs_done += 1
-        mean_loss = total_loss / seen if seen else 0.0
+            self._epochs_done += epochs
         logger.debug("Node %d trained %d epochs: loss %.4f", self.data.index, epochs, mean_loss)
         return {LOSS: mean_loss, NUM_EXAMPLES: float(n)}
 
@@ -152,7 +147,7 @@ class Learner:
                     self._scratch = copy.deepcopy(self.model)
                 load_weights(self._scratch, weights)
                 model = self._scratch
-            return _evaluate(model, x, y)
+            return evaluate_model(model, x, y)
 
 
 def model_weights(model: nn.Module) -> list[np.ndarray]:
@@ -183,7 +178,46 @@ def load_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     model.load_state_dict(new_state)
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+def sgd_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    first_epoch: int = 0,
+    momentum: float = 0.9,
+) -> float:
+    """Train ``model`` in place with SGD for ``epochs`` passes over ``(x, y)``; the mean loss.
+
+    ``x``: float32 inputs, ``[N, ...]`` as the model takes them; ``y``: int64 class labels,
+    ``[N]``. Epoch ``e`` shuffles with ``(seed, first_epoch + e)``, so equal calls train
+    alike. The caller owns the model (no two threads may train one model at once).
+    Returns the mean cross-entropy over every example seen (0.0 when there were none).
+    """
+    n = len(y)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, seen = 0.0, 0
+    for epoch in range(epochs):
+        rng = np.random.default_rng([seed, first_epoch + epoch])
+        order = torch.from_numpy(rng.permutation(n))
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.item()) * len(idx)
+            seen += len(idx)
+    return total_loss / seen if seen else 0.0
+
+
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)`` (``y``: int64, ``[N]``, N > 0)."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0

@@ -6,16 +6,20 @@ view, swaps up to ``shuffle_length`` entries with its oldest neighbour (sending 
 fresh entry for itself), and drops a neighbour that does not answer. Every
 ``period`` seconds it also sends its model (and the model's age: updates seen) to a
 random neighbour; the receiver merges it with its own, weighted by age, and trains
-a local step on its data (Ormándi, Hegedűs, Jelasity 2013).
+a local step on its data (Ormándi, Hegedűs, Jelasity 2013). A cycle in which no peer
+can be reached trains a local step instead, so a member alone still learns.
 
 The view logic is pure (``bootstrap_view``, ``start_shuffle``, ``answer_shuffle``,
 ``merge_view``); ``GossipNode`` is the asyncio face that does the I/O::
 
-    node = GossipNode("n1", "digits", model, port=0, training_config=TrainingConfig())
+    node = GossipNode("n1", "digits", PyTorchModel(net), port=0, training_config=TrainingConfig())
     await node.start()                      # listen, bootstrap from the registry
-    task = asyncio.create_task(node.run_continuous(data))
+    task = asyncio.create_task(node.run_continuous((X, y)))
     ...
     await node.stop()
+
+``node.gossip`` gathers this API (model wrappers, topology and aggregation options) in
+one import, shaped like QuinkGL's.
 
 The registry still sees the group: with a ``registry`` (``RegistryClient`` or
 anything with its methods) a member registers, joins the group, bootstraps its view
@@ -40,7 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +55,8 @@ from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from node.addresses import parse_address
@@ -62,7 +70,6 @@ from node.errors import (
     RegistryClientError,
     RemoteInputError,
 )
-from node.learning.learner import Learner, load_weights, model_weights
 from node.learning.merge import age_weighted_merge
 from node.learning.models import build_model
 from node.learning.partition import NodeData
@@ -73,10 +80,36 @@ from node.learning.weights import (
     decode_weights,
     weights_to_bytes,
 )
+from node.learning.wrappers import (
+    ACCURACY,
+    VAL_FRACTION,
+    LabelledArrays,
+    ModelWrapper,
+    PyTorchModel,
+    TrainingConfig,
+    labelled_arrays,
+    split_arrays,
+)
 from node.p2p.aggregation import MEAN, aggregate, check_aggregation
-from node.p2p.auth import DEFAULT_REPLAY_WINDOW_S, Ed25519Auth, FrameAuth, auth_from_config
+from node.p2p.auth import (
+    DEFAULT_REPLAY_WINDOW_S,
+    Ed25519Auth,
+    FrameAuth,
+    RegistryKeys,
+    auth_from_config,
+    registry_key_fetch,
+)
 from node.p2p.codecs import GRADIENTS_TOPK, Codec, DenseCodec, TopKCodec, make_codec
 from node.p2p.config import PeerConfig
+from node.p2p.discovery import DEFAULT_GOSSIP_CAPACITY, gossip_group_for
+from node.p2p.gossip_options import (
+    Aggregation,
+    CyclonTopology,
+    FedAvg,
+    RandomTopology,
+    Topology,
+    TrimmedMean,
+)
 from node.p2p.inbound import (
     DEFAULT_MAX_AGE_JUMP,
     REFUSED_AGE,
@@ -95,6 +128,8 @@ from node.p2p.transport import (
 )
 
 __all__ = [
+    "REGISTRY_URL_ENV",
+    "DataProvider",
     "Descriptor",
     "GossipNode",
     "GossipRegistry",
@@ -115,6 +150,8 @@ SHUFFLE_REPLY = "cyclon_reply"
 AGE_META = "age"
 DOMAIN_META = "domain"
 ENTRIES_META = "entries"
+# Where a member finds the registry when it is given none.
+REGISTRY_URL_ENV = "MYCELIUM_REGISTRY_URL"
 
 
 # --- Cyclon, pure -------------------------------------------------------------------
@@ -262,6 +299,10 @@ class GossipRegistry(Protocol):
     ) -> object: ...
     def get_node(self, node_id: str | None = None) -> _Keyed: ...
     def join(self, group_id: int) -> object: ...
+    def list_groups(self, *, domain: str | None = None) -> Sequence[Any]: ...
+    def create_group(
+        self, name: str, domain: str, *, max_capacity: int = ..., join: bool = ..., mode: str = ...
+    ) -> Any: ...
     def leave(self) -> int: ...
     def get_group(self, group_id: int) -> _Group: ...
     def heartbeat(self, metrics: Mapping[str, float] | None = None) -> object: ...
@@ -275,21 +316,13 @@ class GossipRegistry(Protocol):
 # --- the node -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Local training on each received model."""
-
-    batch_size: int = 32
-    epochs: int = 1
-    learning_rate: float = 0.05
-
-
 @dataclass
 class GossipStats:
     """Counters of one member.
 
     ``merged``: received models merged in; ``local_epochs``: epochs trained on its own
-    data; ``refused``: received inputs refused, by reason (``inbound``'s ``REFUSED_*``);
+    data; ``local_only_cycles``: cycles without a reachable peer, spent training locally;
+    ``refused``: received inputs refused, by reason (``inbound``'s ``REFUSED_*``);
     ``ages_clamped``: age claims cut down to ``max_age_jump`` above one's own.
     """
 
@@ -297,6 +330,7 @@ class GossipStats:
     received: int = 0
     merged: int = 0
     local_epochs: int = 0
+    local_only_cycles: int = 0
     send_failures: int = 0
     shuffles: int = 0
     dropped_peers: int = 0
@@ -330,7 +364,62 @@ class ModelBuffer:
         return list(self._models.values())
 
 
-DataProvider = NodeData | Callable[[], NodeData]
+Arrays = np.ndarray | torch.Tensor
+LocalData = NodeData | tuple[Arrays, Arrays]
+# What ``run_continuous`` trains on: the project's NodeData (its train and val splits), or
+# ``(X, y)`` as NumPy arrays or torch tensors (VAL_FRACTION held out), or a callable
+# returning either.
+DataProvider = LocalData | Callable[[], LocalData]
+
+
+@dataclass(frozen=True)
+class _Splits:
+    train: LabelledArrays
+    val: LabelledArrays
+
+
+def _splits(data_provider: DataProvider, seed: int) -> _Splits:
+    """The train and validation arrays of ``data_provider``; ValueError naming a problem."""
+    data = data_provider() if callable(data_provider) else data_provider
+    if isinstance(data, NodeData):
+        return _Splits(
+            labelled_arrays(data.train.x, data.train.y), labelled_arrays(data.val.x, data.val.y)
+        )
+    if not isinstance(data, tuple) or len(data) != 2:
+        raise ValueError(
+            "data_provider must give (X, y) as NumPy arrays or torch tensors, or NodeData; "
+            f"got {type(data).__name__}"
+        )
+    train, val = split_arrays(labelled_arrays(*data), VAL_FRACTION, seed=seed)
+    return _Splits(train, val)
+
+
+def _registry_from(registry: GossipRegistry | str | None, node_id: str) -> GossipRegistry | None:
+    if not isinstance(registry, str):
+        return registry
+    from node.registry_client import RegistryClient
+
+    return RegistryClient(registry, node_id=node_id)
+
+
+def _default_auth(node_id: str, registry: GossipRegistry | None) -> FrameAuth:
+    if registry is None:
+        raise ConfigError(
+            f"GossipNode {node_id!r}: gossip frames are signed. Pass auth="
+            "SharedSecretAuth(secret) with the same secret on every peer, or a registry "
+            f"(registry=URL, or set {REGISTRY_URL_ENV}) so each node registers its own key"
+        )
+    # A fresh key for this process, registered with the registry at start.
+    return Ed25519Auth(Ed25519PrivateKey.generate(), RegistryKeys(registry_key_fetch(registry)))
+
+
+class _FromEnvironment(enum.Enum):
+    """``registry``'s default: the URL in ``MYCELIUM_REGISTRY_URL``, or none when unset."""
+
+    URL = REGISTRY_URL_ENV
+
+
+_FROM_ENVIRONMENT = _FromEnvironment.URL
 
 
 @dataclass
@@ -349,23 +438,38 @@ class GossipNode:
     count; ``aggregation`` (``mean``: age-weighted pairwise; ``median``,
     ``trimmed_mean`` with ``trim_fraction``: robust, over ``buffer_size`` senders)
     chooses the merge. ``GossipNode.from_config`` builds one from the peer config.
+
+    QuinkGL's shape works too: ``GossipNode(node_id, domain, model, port=0,
+    training_config=TrainingConfig(...), topology=CyclonTopology(...) | RandomTopology(),
+    aggregation=FedAvg() | Median() | TrimmedMean(trim_fraction))``, ``await start()``,
+    ``await run_continuous(data, max_cycles=...)``, ``await shutdown()``. ``model`` is a
+    ``ModelWrapper`` (``PyTorchModel``, ``KerasModel``) or an ``nn.Module`` (wrapped in
+    ``PyTorchModel``). ``registry`` is a ``RegistryClient`` (or anything with its methods),
+    a URL, or, by default, the URL in ``MYCELIUM_REGISTRY_URL`` (none when unset; pass
+    ``registry=None`` to ignore the variable).
+
     Every frame is signed and verified with ``auth`` (``node.p2p.auth``); with a
     registry and an ``Ed25519Auth`` the member registers its public key, and peers
-    check its frames against it. Raises ``ValueError`` for inconsistent arguments.
+    check its frames against it. Without ``auth``: with a registry, a fresh Ed25519 key
+    kept in memory for this process; without one, ``ConfigError`` says what to pass.
+    Raises ``ValueError`` for inconsistent arguments, ``TypeError`` for a model that is
+    neither a ``ModelWrapper`` nor an ``nn.Module``.
     """
 
     def __init__(
         self,
         node_id: str,
         domain: str,
-        model: nn.Module,
+        model: ModelWrapper | nn.Module,
         port: int = 0,
         training_config: TrainingConfig | None = None,
         *,
-        auth: FrameAuth,
+        topology: Topology | None = None,
+        aggregation: Aggregation | str = MEAN,
+        auth: FrameAuth | None = None,
         replay_window_s: float = DEFAULT_REPLAY_WINDOW_S,
         host: str = "127.0.0.1",
-        registry: GossipRegistry | None = None,
+        registry: GossipRegistry | str | _FromEnvironment | None = _FROM_ENVIRONMENT,
         group_id: int | None = None,
         bootstrap_peers: Sequence[Descriptor] = (),
         view_size: int = 4,
@@ -377,10 +481,21 @@ class GossipNode:
         send_timeout: float = 2.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_age_jump: int = DEFAULT_MAX_AGE_JUMP,
-        aggregation: str = MEAN,
         trim_fraction: float = 0.2,
         buffer_size: int = 4,
+        group_capacity: int = DEFAULT_GOSSIP_CAPACITY,
     ) -> None:
+        if isinstance(aggregation, FedAvg):
+            aggregation = aggregation.mode
+        elif not isinstance(aggregation, str):
+            choice = aggregation
+            aggregation, buffer_size = choice.mode, choice.buffer_size
+            if isinstance(choice, TrimmedMean):
+                trim_fraction = choice.trim_fraction
+        if isinstance(topology, CyclonTopology):
+            view_size, shuffle_length = topology.view_size, topology.shuffle_length
+        elif isinstance(topology, RandomTopology):
+            view_size, shuffle_length = topology.max_peers, 0
         check_aggregation(aggregation, trim_fraction)
         if max_age_jump < 0:
             raise ValueError(f"max_age_jump must be non-negative, got {max_age_jump}")
@@ -390,15 +505,27 @@ class GossipNode:
             raise ValueError(
                 "gossip sends whole models: use DenseCodec or QuantizeCodec, not top-k"
             )
-        if registry is not None and group_id is None:
-            raise ValueError("a registry needs the group_id to gossip in")
+        if isinstance(registry, _FromEnvironment):
+            registry = os.environ.get(REGISTRY_URL_ENV) or None
+        self._own_registry = isinstance(registry, str)
+        registry = _registry_from(registry, node_id)
         self.node_id = node_id
         self.domain = domain
-        self.model = model
+        self.model: ModelWrapper = (
+            PyTorchModel(model, seed=seed) if isinstance(model, nn.Module) else model
+        )
+        if not isinstance(self.model, ModelWrapper):
+            raise TypeError(
+                "model must be a ModelWrapper (PyTorchModel, KerasModel, or one with "
+                f"get_weights, set_weights, train and evaluate) or an nn.Module, "
+                f"got {type(model).__name__}"
+            )
+        self.topology: Topology = topology or CyclonTopology(view_size, shuffle_length)
         self.training_config = training_config or TrainingConfig()
         self.host = host
         self.registry = registry
         self.group_id = group_id
+        self.group_capacity = group_capacity
         self.view_size = view_size
         self.shuffle_length = shuffle_length
         self.period = period
@@ -415,12 +542,15 @@ class GossipNode:
         self.view: list[Descriptor] = []
         self.age = 0
         self.stats = GossipStats()
-        self.learner: Learner | None = None
-        self.signature = WeightsSignature.of(model_weights(model))
+        self.data: _Splits | None = None
+        self.signature = WeightsSignature.of(self.model.get_weights())
+        self._training_alone = False
         self._bootstrap = list(bootstrap_peers)
         self._model_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._registration: _Registration | None = None
+        if auth is None:
+            auth = _default_auth(node_id, registry)
         self.auth = auth
         self.server = TransportServer(
             self._handle,
@@ -512,11 +642,16 @@ class GossipNode:
     # -- lifecycle --
 
     async def start(self) -> None:
-        """Listen; with a registry, register, join, and bootstrap view and model from it."""
+        """Listen; with a registry, register, join, and bootstrap view and model from it.
+
+        Without a ``group_id`` the member joins its domain's gossip group, creating it
+        when there is none with room (``node.p2p.discovery.gossip_group_for``, groups of
+        ``group_capacity``); ``group_id`` is then the group found.
+        """
         await self.server.start()
         candidates = list(self._bootstrap)
-        if self.registry is not None and self.group_id is not None:
-            registry, group_id = self.registry, self.group_id
+        if self.registry is not None:
+            registry = self.registry
             public_key = self.auth.public_key if isinstance(self.auth, Ed25519Auth) else None
             await asyncio.to_thread(
                 partial(
@@ -527,7 +662,15 @@ class GossipNode:
                     public_key=public_key,
                 )
             )
-            await asyncio.to_thread(registry.join, group_id)
+            if self.group_id is None:
+                self.group_id = await asyncio.to_thread(
+                    partial(
+                        gossip_group_for, registry, self.domain, max_capacity=self.group_capacity
+                    )
+                )
+            else:
+                await asyncio.to_thread(registry.join, self.group_id)
+            group_id = self.group_id
             self._registration = _Registration(group_id=group_id, registry=registry)
             group = await asyncio.to_thread(registry.get_group, group_id)
             candidates += [Descriptor(m.id, m.address) for m in group.members]
@@ -539,7 +682,7 @@ class GossipNode:
 
     def _adopt_snapshot(self, blob: bytes, age: int) -> None:
         try:
-            load_weights(self.model, decode_weights(blob, self.signature))
+            self.model.set_weights(decode_weights(blob, self.signature))
         except RemoteInputError as exc:
             logger.warning("Gossip %s: the group's snapshot is unusable: %s", self.node_id, exc)
             return
@@ -558,30 +701,37 @@ class GossipNode:
         await self.server.stop()
         if leave and self._registration is not None:
             await self._registry_call("leave", self._registration.registry.leave)
+        close = getattr(self.registry, "close", None)
+        if self._own_registry and callable(close):
+            close()
         logger.info("Gossip %s stopped: %s", self.node_id, self.stats)
+
+    async def shutdown(self) -> None:
+        """``stop()`` under QuinkGL's name: stop gossiping, leave the group, close the port."""
+        await self.stop()
 
     def _ids(self) -> list[str]:
         return [d.node_id for d in self.view]
 
     # -- the active loop --
 
-    def _learner_for(self, data_provider: DataProvider) -> Learner:
-        data = data_provider() if callable(data_provider) else data_provider
-        cfg = self.training_config
-        return Learner(
-            self.model,
-            data,
-            learning_rate=cfg.learning_rate,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            seed=self.seed,
-        )
-
     async def run_continuous(
         self, data_provider: DataProvider, *, max_cycles: int | None = None
     ) -> GossipStats:
-        """Gossip until ``stop()`` (or ``max_cycles`` cycles): shuffle, send, report."""
-        self.learner = self._learner_for(data_provider)
+        """Gossip until ``stop()`` (or ``max_cycles`` cycles): shuffle, send, report.
+
+        ``data_provider``: ``(X, y)`` (NumPy arrays or torch tensors: ``X`` ``[N, ...]``
+        numbers, ``y`` ``[N]`` integer class labels), the project's ``NodeData``, or a
+        callable returning either, called once. Of ``(X, y)`` a seeded random
+        ``VAL_FRACTION`` (20 %) is held out: the accuracy this member reports (and
+        ``evaluate()`` gives) is measured on it; of ``NodeData``, its ``val`` split.
+        A cycle in which no peer could be reached trains one pass
+        (``training_config.epochs``) on the local data instead, logged once as
+        "no peers: training locally" (and "peers found" when one answers again) and
+        counted in ``stats.local_only_cycles``. Raises ``ValueError`` naming the problem
+        when the data is not usable (X rows != y rows, y not integer labels, empty).
+        """
+        self.data = _splits(data_provider, self.seed)
         cycle = 0
         while not self._stopping.is_set() and (max_cycles is None or cycle < max_cycles):
             cycle += 1
@@ -592,11 +742,67 @@ class GossipNode:
                 )
             if self._stopping.is_set():
                 break
-            await self._shuffle()
-            await self._gossip_model()
+            # The roster is read on the first cycle and then every report_every cycles, so a
+            # member alone does not ask the registry every period.
+            roster_due = (cycle - 1) % self.report_every == 0
+            if isinstance(self.topology, RandomTopology):
+                if roster_due:
+                    await self._read_roster()
+            else:
+                await self._shuffle()
+                if not self.view and roster_due:
+                    await self._read_roster()
+            if await self._gossip_model():
+                self._note_peers(found=True)
+            else:
+                self._note_peers(found=False)
+                await self._train_locally()
             if self._registration is not None and cycle % self.report_every == 0:
                 await self._report()
         return self.stats
+
+    def _note_peers(self, *, found: bool) -> None:
+        if found and self._training_alone:
+            logger.info("Gossip %s: peers found", self.node_id)
+        elif not found and not self._training_alone:
+            logger.info("Gossip %s: no peers: training locally", self.node_id)
+        self._training_alone = not found
+
+    async def _train_locally(self) -> None:
+        data = self.data
+        if data is None or self._stopping.is_set():
+            return
+        async with self._model_lock:
+            await asyncio.to_thread(
+                self.model.train, data.train.x, data.train.y, self.training_config
+            )
+            self.stats.local_epochs += self.training_config.epochs
+            self.stats.local_only_cycles += 1
+            self.age += 1
+
+    async def _read_roster(self) -> None:
+        """Add the group's other members (from the registry's roster) to the view."""
+        reg = self._registration
+        if reg is None:
+            return
+        group = await self._registry_call("get_group", reg.registry.get_group, reg.group_id)
+        if group is None:
+            return
+        known = {d.node_id for d in self.view}
+        fresh = [
+            Descriptor(m.id, m.address)
+            for m in group.members
+            if m.id != self.node_id and m.id not in known
+        ]
+        self.rng.shuffle(fresh)
+        self.view = [*self.view, *fresh][: self.view_size]
+
+    def evaluate(self) -> dict[str, float]:
+        """``accuracy``, ``loss`` and ``num_examples`` of the current model on the held-out
+        validation data (see ``run_continuous``); ``RuntimeError`` before it has data."""
+        if self.data is None:
+            raise RuntimeError("evaluate() needs the data: call run_continuous first")
+        return self.model.evaluate(self.data.val.x, self.data.val.y)
 
     async def _shuffle(self) -> None:
         target, sent, rest = start_shuffle(
@@ -634,12 +840,17 @@ class GossipNode:
             return
         self.stats.shuffles += 1
         self.view = merge_view(self.view, received, sent, self.node_id, self.view_size)
+        # The target just answered: keep it while there is room. Cyclon proper drops it,
+        # which in a group of two or three empties the view before the model is sent.
+        if len(self.view) < self.view_size and target.node_id not in self._ids():
+            self.view.append(target)
 
-    async def _gossip_model(self) -> None:
-        if not self.view or self.learner is None:
-            return
+    async def _gossip_model(self) -> bool:
+        """Send the model to a random peer of the view; whether one took it."""
+        if not self.view:
+            return False
         target = self.rng.choice(self.view)
-        weights = await asyncio.to_thread(self.learner.get_weights)
+        weights = await asyncio.to_thread(self.model.get_weights)
         message = Envelope(
             sender=self.node_id,
             kind=MODEL,
@@ -657,11 +868,13 @@ class GossipNode:
                 stats=self.server.stats,
             )
             self.stats.sent += 1
+            return True
         except PeerUnreachableError as exc:
             self.stats.send_failures += 1
             self.stats.dropped_peers += 1
             self.view = remove_peer(self.view, target.node_id)
             logger.info("Gossip %s dropped %s: %s", self.node_id, target.node_id, exc)
+            return False
 
     # -- receiving --
 
@@ -700,8 +913,8 @@ class GossipNode:
 
     async def _merge_and_train(self, envelope: Envelope) -> None:
         self.stats.received += 1
-        learner = self.learner
-        if learner is None or self._stopping.is_set():
+        data = self.data
+        if data is None or self._stopping.is_set():
             return
         sender = envelope.sender
         try:
@@ -725,15 +938,17 @@ class GossipNode:
                     claim,
                     other_age,
                 )
-            own = await asyncio.to_thread(learner.get_weights)
+            own = await asyncio.to_thread(self.model.get_weights)
             merged = self._merge(own, other, other_age, sender)
             age = self.age
             if merged is not None:
-                await asyncio.to_thread(learner.set_weights, merged)
+                await asyncio.to_thread(self.model.set_weights, merged)
                 self.stats.merged += 1
                 age = max(age, other_age)
-            await asyncio.to_thread(learner.train)
-            self.stats.local_epochs += learner.epochs
+            config = self.training_config
+            if config.epochs:
+                await asyncio.to_thread(self.model.train, data.train.x, data.train.y, config)
+            self.stats.local_epochs += config.epochs
             self.age = age + 1
 
     def _merge(self, own: Weights, other: Weights, other_age: int, sender: str) -> Weights | None:
@@ -765,28 +980,29 @@ class GossipNode:
             return None
 
     async def _report(self) -> None:
-        reg, learner = self._registration, self.learner
-        if reg is None or learner is None:
+        reg = self._registration
+        if reg is None or self.data is None:
             return
         # Its own count, never a peer's age claim: what the registry sees is this member's.
         own_round = self.updates
-        val = await asyncio.to_thread(learner.evaluate, "val")
+        val = await asyncio.to_thread(self.evaluate)
+        accuracy = val[ACCURACY]
         await self._registry_call(
             "heartbeat",
             reg.registry.heartbeat,
-            {"accuracy": val.accuracy, "updates": float(own_round)},
+            {"accuracy": accuracy, "updates": float(own_round)},
         )
         await self._registry_call(
             "report_performance",
             reg.registry.report_performance,
             reg.group_id,
-            value=val.accuracy,
+            value=accuracy,
             round=own_round,
-            num_examples=val.num_examples,
+            num_examples=len(self.data.val),
         )
         reg.reports += 1
         if own_round > reg.last_upload_round:
-            blob = weights_to_bytes(await asyncio.to_thread(learner.get_weights))
+            blob = weights_to_bytes(await asyncio.to_thread(self.model.get_weights))
             await self._registry_call(
                 "upload_model", reg.registry.upload_model, reg.group_id, own_round, blob
             )
@@ -797,7 +1013,5 @@ class GossipNode:
         await self._report()
 
     def weights(self) -> list[np.ndarray]:
-        """A copy of the member's current weights."""
-        if self.learner is not None:
-            return self.learner.get_weights()
-        return model_weights(self.model)
+        """A copy of the member's current weights (the wrapper's order, float32)."""
+        return self.model.get_weights()

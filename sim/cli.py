@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import signal
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -20,7 +21,9 @@ from sim.mirror import RegistryMirror
 from sim.repl import HISTORY_FILE, run_repl, run_script
 from sim.state import SimConfig, Simulation
 
-__all__ = ["app", "main", "sim"]
+__all__ = ["BACKENDS", "app", "main", "sim"]
+
+BACKENDS = ("deterministic", "netns")
 
 # The embedded registry never expires the simulation's nodes or archives its groups:
 # simulated time does not follow the wall clock.
@@ -37,6 +40,25 @@ def _start_registry(stack: ExitStack, port: int) -> str:
     registry = BackgroundRegistry(settings, port=port).start()
     stack.callback(registry.stop)
     return registry.url
+
+
+def _attach_netns(stack: ExitStack, simulation: Simulation) -> None:
+    """Put the simulation's network on namespaces, torn down when ``stack`` closes."""
+    from sim.netns import NetnsError, attach
+
+    # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        network = attach(simulation)
+    except NetnsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    stack.callback(network.close)
+    em = network.emulator
+    shaping = "netem" if em.netem else "tbf + relays (this kernel has no sch_netem)"
+    typer.echo(
+        f"netns: namespaces {em.namespace(0).rsplit('-', 1)[0]}-n*, links by {shaping}", err=True
+    )
 
 
 def sim(
@@ -79,6 +101,10 @@ def sim(
     ] = None,
     history: Annotated[Path, typer.Option(help="REPL history file.")] = HISTORY_FILE,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    backend: Annotated[
+        str,
+        typer.Option(help="deterministic (modelled network) | netns (namespaces; root)"),
+    ] = "deterministic",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Drive an in-process decentralized network step by step: a REPL, or --script FILE."""
@@ -112,6 +138,19 @@ def sim(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if backend not in BACKENDS:
+        typer.echo(f"error: unknown backend {backend!r}; choose {' | '.join(BACKENDS)}", err=True)
+        raise typer.Exit(2)
+    if backend == "netns":
+        from sim.netns import MAX_NODES, NetnsError, check_environment
+
+        try:
+            if nodes > MAX_NODES:
+                raise NetnsError(f"the netns backend runs at most {MAX_NODES} nodes, not {nodes}")
+            check_environment()
+        except NetnsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     if script is not None:  # checked before the (slow) simulation is built
         try:
             script.read_text(encoding="utf-8")
@@ -146,6 +185,8 @@ def sim(
         except (NodeError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        if backend == "netns":
+            _attach_netns(stack, simulation)
         session = Session(simulation, out, mirror)
         stack.callback(session.close)
         if script is not None:

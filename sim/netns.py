@@ -6,11 +6,15 @@ Mininet emulates a network:
 
 * each node gets a namespace ``myc<tag>-n<id>`` (``<tag>``: random per run) with one relay
   process (``sim.netns_relay``) that talks to the simulator over a Unix socket pair;
-* each pair of nodes that exchanges messages gets a veth pair (``m<tag>l<k>a/b``, MTU
-  9000, addresses of a random ``10.x.0.0/16``), created on first use, with a persistent
-  TCP connection opened before ``tc qdisc ... netem`` is put on both ends with the
-  link's conditions: ``delay`` latency + jitter/2 ms ± jitter/2 ms (uniform, as the
-  deterministic model's ``uniform(0, jitter)``), ``loss`` in percent, ``rate`` in kbit/s;
+* each pair of nodes that exchanges messages gets a veth pair (``m<tag>l<k>a/b``,
+  addresses of a random ``10.x.0.0/16``, a first TCP window of 200 segments so a model
+  leaves in one flight), created on first use, with a persistent TCP connection opened
+  before ``tc qdisc ... netem`` is put on both ends with the link's conditions:
+  ``delay`` latency + jitter/2 ms ± jitter/2 ms (uniform, as the deterministic model's
+  ``uniform(0, jitter)``), ``loss`` in percent, ``rate`` in kbit/s. Where the kernel has
+  no ``sch_netem`` (probed once), ``tc ... tbf`` shapes the rate and the sending relay
+  holds each message latency + uniform(0, jitter) ms and drops it with probability
+  ``loss`` (whole messages, as the deterministic model does);
 * every message's bytes are the model encoded by the simulation's codec; they cross the
   veth and netem in the kernel, and the receiver's copy is what the receiving node gets.
 
@@ -82,7 +86,7 @@ NETNS_REQUIREMENT = "the netns backend needs root and iproute2 (ip, tc)"
 DEFAULT_GIVE_UP_STEPS = 50
 _READY_TIMEOUT_S = 30.0
 _CONNECT_TIMEOUT_S = 10.0
-_MTU = 9000
+_INIT_WINDOW = "200"  # segments: 290 kB of 1448 bytes
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -119,9 +123,10 @@ def netem_args(cond: Conditions) -> list[str]:
 
 
 def tbf_args(cond: Conditions) -> list[str]:
-    """``tc qdisc ... tbf`` arguments shaping to ``cond.bandwidth_kbps`` (queueing, not
-    dropping: the queue holds 64 MB)."""
-    return ["rate", f"{cond.bandwidth_kbps:g}kbit", "burst", "16kb", "limit", "64mb"]
+    """``tc qdisc ... tbf`` arguments shaping to ``cond.bandwidth_kbps``: a burst of one
+    1500-byte packet, and a 64 MB queue (it delays, never drops)."""
+    rate = f"{cond.bandwidth_kbps:g}kbit"
+    return ["rate", rate, "burst", "1600", "limit", "64mb"]
 
 
 def _has_netem(namespace: str) -> bool:
@@ -177,7 +182,10 @@ class Emulator:
     ``bytes_received`` counts body bytes each node's relay received over TCP.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, netem: bool | None = None) -> None:
+        """``netem``: None probes the kernel; False makes relays delay and drop instead.
+
+        Raises ``NetnsError`` without root or iproute2."""
         check_environment()
         self.tag = secrets.token_hex(2)
         self.subnet = 16 + secrets.randbelow(200)  # 10.<subnet>.0.0/16
@@ -189,7 +197,7 @@ class Emulator:
         self.failed: set[int] = set()
         self.connected: set[tuple[int, str]] = set()
         self.bytes_received: dict[int, int] = {}
-        self.netem: bool | None = None  # probed with the first namespace
+        self.netem = netem  # None: probed with the first namespace
         self._rng = random.Random(secrets.randbits(64))
         self._closed = False
         atexit.register(self.close)
@@ -339,7 +347,24 @@ class Emulator:
                 "dev",
                 link.veths[side],
             )
-            _run("ip", "-n", ns[side], "link", "set", link.veths[side], "mtu", str(_MTU), "up")
+            _run("ip", "-n", ns[side], "link", "set", link.veths[side], "up")
+            # A wide first window: a model goes out in one flight, not over slow-start RTTs.
+            _run(
+                "ip",
+                "-n",
+                ns[side],
+                "route",
+                "replace",
+                f"{base}.{low}/30",
+                "dev",
+                link.veths[side],
+                "src",
+                link.addresses[side],
+                "initcwnd",
+                _INIT_WINDOW,
+                "initrwnd",
+                _INIT_WINDOW,
+            )
         # Connect both ways before netem: the handshake is set-up, not a message's transit.
         wanted = {(key[0], link.addresses[1]), (key[1], link.addresses[0])}
         for node, peer in wanted:
@@ -577,13 +602,17 @@ class NetnsNetwork(Network[P], Generic[P]):
 
 
 def attach(
-    simulation: Simulation, *, give_up_steps: int = DEFAULT_GIVE_UP_STEPS
+    simulation: Simulation,
+    *,
+    give_up_steps: int = DEFAULT_GIVE_UP_STEPS,
+    emulator: Emulator | None = None,
 ) -> NetnsNetwork[Payload]:
     """Move ``simulation``'s network onto namespaces: a namespace and relay per node now.
 
     Models cross the links encoded with the simulation's codec; the receiver decodes the
     bytes it got, checked against the sender's weight shapes. The caller must ``close``
-    the returned network (also registered with ``atexit``). Raises ``NetnsError``.
+    the returned network (also registered with ``atexit``); ``emulator``: a new
+    ``Emulator()`` unless given. Raises ``NetnsError``.
     """
     codec = simulation.codec
 
@@ -598,7 +627,7 @@ def attach(
             raise ValueError(str(exc)) from exc
         return replace(sent, weights=weights)
 
-    emulator = Emulator()
+    emulator = emulator or Emulator()
     try:
         network = NetnsNetwork(
             simulation.network, emulator, to_bytes, from_bytes, give_up_steps=give_up_steps

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.netns import MAX_NODES, NETNS_REQUIREMENT, NetnsNetwork, attach
+from sim.netns import MAX_NODES, NETNS_REQUIREMENT, Emulator, NetnsNetwork, attach, netem_args
+from sim.network import Conditions
 from sim.state import SimConfig
 from tests.sim.helpers import ROOT, Transcript, sim_env
 
@@ -82,6 +83,13 @@ nstep 2
 nstep 4
 """
 
+SLOW = """
+net bandwidth 400 link n0 n1
+exchange n0 n1
+nstep 6
+nstep 4
+"""
+
 LOST = """
 net loss 1 link n0 n2
 exchange n0 n2
@@ -89,14 +97,26 @@ nstep 3
 """
 
 
+def test_netem_gets_the_links_conditions_in_its_units() -> None:
+    cond = Conditions(latency_ms=40, jitter_ms=20, loss=0.1, bandwidth_kbps=800)
+    # uniform(0, jitter) on top of the latency is netem's 50 ms +- 10 ms.
+    assert netem_args(cond) == [
+        "delay", "50.000ms", "10.000ms", "loss", "10.0000%", "rate", "800kbit",
+    ]  # fmt: skip
+    assert netem_args(Conditions()) == ["delay", "0.000ms"]
+
+
 @pytest.mark.slow
 @needs_netns
-def test_messages_cross_namespaces_shaped_per_link_and_teardown_leaves_nothing() -> None:
+@pytest.mark.parametrize("netem", [None, False], ids=["kernel-shaping", "relay-shaping"])
+def test_messages_cross_namespaces_shaped_per_link_and_teardown_leaves_nothing(
+    netem: bool | None,
+) -> None:
     config = SimConfig(nodes=3, step_ms=50)
     before = _namespaces()
     deterministic = Transcript(config)
     emulated = Transcript(config)
-    network = attach(emulated.session.sim)
+    network = attach(emulated.session.sim, emulator=Emulator(netem=netem))
     try:
         assert isinstance(emulated.session.sim.network, NetnsNetwork)
         em = network.emulator
@@ -113,6 +133,12 @@ def test_messages_cross_namespaces_shaped_per_link_and_teardown_leaves_nothing()
         assert delayed[-2].startswith("steps 3-4 (200 ms): delivered 0")
         assert delayed[-1].startswith("steps 5-8 (400 ms): delivered 2")
         assert em.bytes_received[2] == model_bytes
+
+        # 400 kbit/s: a model of 19 kB takes about 390 ms, not 300, yet well under 500.
+        slow = emulated.run(SLOW)
+        assert slow[-2].startswith("steps 9-14 (700 ms): delivered 0")
+        assert slow[-1].startswith("steps 15-18 (900 ms): delivered 2")
+        assert slow == deterministic.run(SLOW)
 
         # A link losing everything delivers nothing; node 2 receives no more bytes.
         lost = emulated.run(LOST)

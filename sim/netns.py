@@ -487,6 +487,7 @@ class NetnsNetwork(Network[P], Generic[P]):
         self.give_up_steps = give_up_steps
         self._pending: dict[int, tuple[Message[P], int]] = {}
         self._seq = base.next_seq
+        self.outside: set[int] = set()  # live nodes beyond MAX_NODES, without a namespace
         self._sync_nodes()
 
     @property
@@ -507,10 +508,25 @@ class NetnsNetwork(Network[P], Generic[P]):
         live = set(self.topology.nodes)
         for node in set(self.emulator.relays) - live:
             self.emulator.remove_node(node)
-        self.emulator.add_nodes(sorted(live - set(self.emulator.relays)))
+        missing = sorted(live - set(self.emulator.relays))
+        room = MAX_NODES - len(self.emulator.relays)
+        self.emulator.add_nodes(missing[:room])
+        for node in missing[room:]:
+            if node not in self.outside:
+                self.outside.add(node)
+                log.warning(
+                    "node %d has no namespace (the netns backend runs at most %d nodes): "
+                    "its messages are dropped",
+                    node,
+                    MAX_NODES,
+                )
+        self.outside &= live
 
     def send(self, src: int, dst: int, nbytes: int, payload: P, kind: str) -> Message[P] | None:
-        """Put one message on the real link ``src``-``dst``; never None (loss is real)."""
+        """Put one message on the real link ``src``-``dst``; None (counted as dropped)
+        only when either node is beyond ``MAX_NODES`` and so has no namespace.
+
+        Raises ``NetnsError`` when a link cannot be set up or a relay is gone."""
         self._sync_nodes()
         message = Message(
             seq=self._seq,
@@ -523,14 +539,21 @@ class NetnsNetwork(Network[P], Generic[P]):
             deliver_step=self.step + 1,
             payload=payload,
         )
+        self._seq += 1
+        self.counters.sent += 1
+        self.counters.bytes_sent += nbytes
+        if src in self.outside or dst in self.outside:  # beyond MAX_NODES: no link
+            self.counters.dropped += 1
+            return None
         if dst not in self.emulator.relays:  # gone: dropped on arrival, as the model does
             sent_ns = time.monotonic_ns()
         else:
             cond = self.conditions_between(src, dst)
-            sent_ns = self.emulator.send(src, dst, message.seq, self.to_bytes(payload), cond)
-        self._seq += 1
-        self.counters.sent += 1
-        self.counters.bytes_sent += nbytes
+            try:
+                sent_ns = self.emulator.send(src, dst, message.seq, self.to_bytes(payload), cond)
+            except NetnsError:
+                self.counters.dropped += 1
+                raise
         self._pending[message.seq] = (message, sent_ns)
         return message
 

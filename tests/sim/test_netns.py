@@ -191,3 +191,23 @@ def test_ctrl_c_during_a_netns_run_removes_every_namespace(tmp_path: Path) -> No
             proc.wait()
     assert "Traceback" not in err
     assert _namespaces() == before
+
+
+@pytest.mark.slow
+@needs_netns
+def test_a_node_beyond_the_limit_gets_no_namespace_and_its_messages_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sim.netns.MAX_NODES", 2)
+    before = _namespaces()
+    emulated = Transcript(SimConfig(nodes=2, step_ms=50))
+    network = attach(emulated.session.sim)
+    try:
+        out = emulated.run("node add\nexchange n0 n2\nexchange n0 n1\nnstep 2")
+        assert out[-1].startswith("steps 1-2 (100 ms): delivered 2, dropped 0")
+        assert network.outside == {2}
+        assert network.counters.dropped == 2
+        assert len(network.emulator.relays) == 2
+    finally:
+        network.close()
+    assert _namespaces() == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import signal
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -20,7 +21,9 @@ from sim.mirror import RegistryMirror
 from sim.repl import HISTORY_FILE, run_repl, run_script
 from sim.state import SimConfig, Simulation
 
-__all__ = ["app", "main", "sim"]
+__all__ = ["BACKENDS", "app", "main", "sim"]
+
+BACKENDS = ("deterministic", "netns")
 
 # The embedded registry never archives the simulation's groups (simulated time does not
 # follow the wall clock); its nodes live on heartbeats, so a removed node expires.
@@ -45,6 +48,25 @@ def _start_registry(stack: ExitStack, port: int, ttl_s: float) -> str:
     registry = BackgroundRegistry(settings, port=port).start()
     stack.callback(registry.stop)
     return registry.url
+
+
+def _attach_netns(stack: ExitStack, simulation: Simulation) -> None:
+    """Put the simulation's network on namespaces, torn down when ``stack`` closes."""
+    from sim.netns import NetnsError, attach
+
+    # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        network = attach(simulation)
+    except NetnsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    stack.callback(network.close)
+    em = network.emulator
+    shaping = "netem" if em.netem else "tbf + relays (this kernel has no sch_netem)"
+    typer.echo(
+        f"netns: namespaces {em.namespace(0).rsplit('-', 1)[0]}-n*, links by {shaping}", err=True
+    )
 
 
 def sim(
@@ -95,6 +117,10 @@ def sim(
         float,
         typer.Option(min=0.5, help="Seconds before the embedded registry expires a removed node."),
     ] = 30.0,
+    backend: Annotated[
+        str,
+        typer.Option(help="deterministic (modelled network) | netns (namespaces; root)"),
+    ] = "deterministic",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Drive an in-process decentralized network step by step: a REPL, or --script FILE."""
@@ -137,7 +163,20 @@ def sim(
                 err=True,
             )
             raise typer.Exit(2)
-    if script is not None:
+    if backend not in BACKENDS:
+        typer.echo(f"error: unknown backend {backend!r}; choose {' | '.join(BACKENDS)}", err=True)
+        raise typer.Exit(2)
+    if backend == "netns":
+        from sim.netns import MAX_NODES, NetnsError, check_environment
+
+        try:
+            if nodes > MAX_NODES:
+                raise NetnsError(f"the netns backend runs at most {MAX_NODES} nodes, not {nodes}")
+            check_environment()
+        except NetnsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    if script is not None:  # checked before the (slow) simulation is built
         try:
             script.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -173,6 +212,8 @@ def sim(
         except (NodeError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        if backend == "netns":
+            _attach_netns(stack, simulation)
         session = Session(simulation, out, mirror)
         stack.callback(session.close)
         if scenario is not None or script is not None:

@@ -23,7 +23,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -353,6 +353,7 @@ class Topology:
 class Network(Generic[P]):
     """The clock, link conditions, the queue of messages in flight and the counters."""
 
+    backend: ClassVar[str] = "deterministic"  # sim.netns.NetnsNetwork: "netns"
     topology: Topology
     seed: int = 0
     step_ms: float = 100.0

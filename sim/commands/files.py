@@ -45,6 +45,8 @@ def _save(s: Session, args: list[str]) -> None:
 
 def _restore(s: Session, args: list[str]) -> None:
     check_arity(args, 1, 1)
+    if s.sim.network.backend != "deterministic":
+        raise UsageError(f"the {s.sim.network.backend} backend does not support restore yet")
     path = Path(args[0])
     if not path.is_file():
         raise UsageError(f"no such file: {args[0]}")

@@ -573,9 +573,11 @@ class RegistryClient:
         join: bool = True,
         model_signature: ModelSignature | None = None,
         aggregation: str = "fedavg",
+        mode: str = "rounds",
     ) -> GroupPublic:
         """Create a group (joining it by default), declaring the model it trains and the
-        Flower strategy its hosts aggregate with (``aggregation``).
+        Flower strategy its hosts aggregate with (``aggregation``); ``mode`` is ``rounds``
+        (Flower) or ``gossip``.
 
         The domain's first ``model_signature`` becomes the domain's; ConflictError naming
         the first difference when the domain trains another model.
@@ -587,6 +589,7 @@ class RegistryClient:
             "description": description,
             "join": join,
             "aggregation": aggregation,
+            "mode": mode,
         }
         if model_signature is not None:
             body["model_signature"] = model_signature.to_json()

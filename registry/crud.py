@@ -353,6 +353,7 @@ def group_public(group: Group, member_count: int) -> GroupPublic:
         host_address=group.host_address,
         host_epoch=group.host_epoch or 0,
         aggregation=group.aggregation or "fedavg",
+        mode=group.mode or "rounds",
     )
 
 
@@ -392,6 +393,7 @@ def create_group(
         round=0,
         performance={},
         aggregation=body.aggregation,
+        mode=body.mode,
     )
     session.add(group)
     session.flush()
@@ -404,6 +406,7 @@ def create_group(
         domain=group.domain,
         max_capacity=group.max_capacity,
         aggregation=group.aggregation,
+        mode=group.mode,
     )
     if body.join:
         join_group(

@@ -110,6 +110,8 @@ class Group(Base):
     host_claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     # The Flower strategy every host of the group aggregates with (fedavg, fedmedian, ...).
     aggregation: Mapped[str] = mapped_column(String(16), default="fedavg", server_default="fedavg")
+    # How members train together: Flower ``rounds`` or peer-to-peer ``gossip``.
+    mode: Mapped[str] = mapped_column(String(16), default="rounds", server_default="rounds")
 
 
 class Node(Base):

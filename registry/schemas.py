@@ -74,6 +74,8 @@ DEFAULT_METRIC = "accuracy"
 # Flower strategies a group can aggregate with (node.federation.strategies names the same).
 AGGREGATIONS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 Aggregation = Literal["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
+# How a group's members train together: Flower rounds, or gossip (node.p2p.gossip).
+GroupMode = Literal["rounds", "gossip"]
 # Labels of a round's models a member reports its losses on.
 EVALUATION_LABEL_PATTERN = r"^(new|start|all|without:[A-Za-z0-9][A-Za-z0-9._:@-]{0,127})$"
 EvaluationLabel = Annotated[str, StringConstraints(pattern=EVALUATION_LABEL_PATTERN)]
@@ -157,6 +159,11 @@ class GroupCreate(_In):
     join: bool = False
     model_signature: ModelSignatureJSON | None = None
     aggregation: Aggregation = "fedavg"
+    mode: GroupMode = Field(
+        default="rounds",
+        description="`rounds` (Flower) or `gossip`: gossip nodes discover their domain's "
+        "gossip groups by this field.",
+    )
 
 
 def _public_key(value: str | None) -> str | None:
@@ -334,6 +341,7 @@ class GroupPublic(BaseModel):
     host_address: str | None = None
     host_epoch: int = 0
     aggregation: str = "fedavg"
+    mode: str = "rounds"
 
 
 class GroupDetail(GroupPublic):

@@ -77,6 +77,7 @@ from node.p2p.aggregation import MEAN, aggregate, check_aggregation
 from node.p2p.auth import DEFAULT_REPLAY_WINDOW_S, Ed25519Auth, FrameAuth, auth_from_config
 from node.p2p.codecs import GRADIENTS_TOPK, Codec, DenseCodec, TopKCodec, make_codec
 from node.p2p.config import PeerConfig
+from node.p2p.discovery import DEFAULT_GOSSIP_CAPACITY, gossip_group_for
 from node.p2p.inbound import (
     DEFAULT_MAX_AGE_JUMP,
     REFUSED_AGE,
@@ -262,6 +263,10 @@ class GossipRegistry(Protocol):
     ) -> object: ...
     def get_node(self, node_id: str | None = None) -> _Keyed: ...
     def join(self, group_id: int) -> object: ...
+    def list_groups(self, *, domain: str | None = None) -> Sequence[Any]: ...
+    def create_group(
+        self, name: str, domain: str, *, max_capacity: int = ..., join: bool = ..., mode: str = ...
+    ) -> Any: ...
     def leave(self) -> int: ...
     def get_group(self, group_id: int) -> _Group: ...
     def heartbeat(self, metrics: Mapping[str, float] | None = None) -> object: ...
@@ -380,6 +385,7 @@ class GossipNode:
         aggregation: str = MEAN,
         trim_fraction: float = 0.2,
         buffer_size: int = 4,
+        group_capacity: int = DEFAULT_GOSSIP_CAPACITY,
     ) -> None:
         check_aggregation(aggregation, trim_fraction)
         if max_age_jump < 0:
@@ -390,8 +396,6 @@ class GossipNode:
             raise ValueError(
                 "gossip sends whole models: use DenseCodec or QuantizeCodec, not top-k"
             )
-        if registry is not None and group_id is None:
-            raise ValueError("a registry needs the group_id to gossip in")
         self.node_id = node_id
         self.domain = domain
         self.model = model
@@ -399,6 +403,7 @@ class GossipNode:
         self.host = host
         self.registry = registry
         self.group_id = group_id
+        self.group_capacity = group_capacity
         self.view_size = view_size
         self.shuffle_length = shuffle_length
         self.period = period
@@ -512,11 +517,16 @@ class GossipNode:
     # -- lifecycle --
 
     async def start(self) -> None:
-        """Listen; with a registry, register, join, and bootstrap view and model from it."""
+        """Listen; with a registry, register, join, and bootstrap view and model from it.
+
+        Without a ``group_id`` the member joins its domain's gossip group, creating it
+        when there is none with room (``node.p2p.discovery.gossip_group_for``, groups of
+        ``group_capacity``); ``group_id`` is then the group found.
+        """
         await self.server.start()
         candidates = list(self._bootstrap)
-        if self.registry is not None and self.group_id is not None:
-            registry, group_id = self.registry, self.group_id
+        if self.registry is not None:
+            registry = self.registry
             public_key = self.auth.public_key if isinstance(self.auth, Ed25519Auth) else None
             await asyncio.to_thread(
                 partial(
@@ -527,7 +537,15 @@ class GossipNode:
                     public_key=public_key,
                 )
             )
-            await asyncio.to_thread(registry.join, group_id)
+            if self.group_id is None:
+                self.group_id = await asyncio.to_thread(
+                    partial(
+                        gossip_group_for, registry, self.domain, max_capacity=self.group_capacity
+                    )
+                )
+            else:
+                await asyncio.to_thread(registry.join, self.group_id)
+            group_id = self.group_id
             self._registration = _Registration(group_id=group_id, registry=registry)
             group = await asyncio.to_thread(registry.get_group, group_id)
             candidates += [Descriptor(m.id, m.address) for m in group.members]

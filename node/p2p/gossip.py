@@ -497,6 +497,7 @@ class GossipNode:
             aggregation=gossip.aggregation,
             trim_fraction=gossip.trim_fraction,
             buffer_size=gossip.buffer_size,
+            group_capacity=gossip.group_capacity,
         )
 
     @property
@@ -652,6 +653,10 @@ class GossipNode:
             return
         self.stats.shuffles += 1
         self.view = merge_view(self.view, received, sent, self.node_id, self.view_size)
+        # The target answered: it stays while there is room (else two members, each
+        # trading its only entry away, would shuffle their views empty in turn).
+        if len(self.view) < self.view_size and target.node_id not in self._ids():
+            self.view.append(replace(target, age=0))
 
     async def _gossip_model(self) -> None:
         if not self.view or self.learner is None:

@@ -56,6 +56,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 export FLWR_TELEMETRY_ENABLED=0 PYTHONUNBUFFERED=1
+# One compute thread per process: N processes share the cores, and oversubscribed OpenMP
+# threads spin (measured: whole nodes stalled for seconds with torch's default).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 PORT=$("$PYTHON" -c 'from node.addresses import free_port; print(free_port())')
 URL="http://127.0.0.1:$PORT"
 "$PYTHON" -m registry --host 127.0.0.1 --port "$PORT" --data-dir "$WORK/registry" \

@@ -34,6 +34,7 @@ from node.addresses import check_url
 from node.credentials import CredentialStore
 from node.errors import ConfigError, NodeError
 from node.learning.learner import Learner
+from node.learning.models import build_model
 from node.learning.partition import NodeData, PartitionSpec
 from node.p2p.auth import auth_from_config
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
@@ -131,6 +132,7 @@ async def run_gossip(config: PeerConfig, stop: asyncio.Event | None = None) -> G
         node = GossipNode.from_config(config, node_id=node_id, registry=client, auth=auth)
 
         async def session() -> None:
+            await asyncio.to_thread(_warm_up, config, data)
             await node.start()
             await _wait_for_peers(node, client, config.gossip.min_peers, stop)
             if not stop.is_set():
@@ -162,6 +164,13 @@ async def run_gossip(config: PeerConfig, stop: asyncio.Event | None = None) -> G
         )
     finally:
         client.close()
+
+
+def _warm_up(config: PeerConfig, data: NodeData) -> None:
+    """Train a throwaway model once, before joining: torch's first optimizer step imports
+    and initialises for about a second of CPU, holding the GIL, which would otherwise
+    stall this node's gossip right when its peers start sending."""
+    Learner(build_model(config.data.dataset, config.training.seed), data, epochs=1).train()
 
 
 async def _wait_for_peers(

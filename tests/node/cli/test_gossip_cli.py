@@ -157,7 +157,7 @@ def test_the_scale_script_runs_10_gossip_processes_against_one_registry(tmp_path
     env = {
         **os.environ,
         "MYCELIUM_PYTHON": sys.executable,
-        "SCALE_CYCLES": "50",
+        "SCALE_CYCLES": "40",
         "SCALE_PERIOD_S": "0.1",
         "TMPDIR": str(tmp_path),
     }

@@ -179,4 +179,4 @@ def test_the_scale_script_runs_10_gossip_processes_against_one_registry(tmp_path
     assert mean is not None and float(mean[1]) > 0.5
     assert all(int(r[2]) > 0 and int(r[3]) > 0 for r in rows)  # bytes both ways
     assert "nodes 10/10 finished" in run.stdout
-    assert list(tmp_path.iterdir()) == []  # the registry, nodes and temp dir are gone
+    assert list(tmp_path.glob("mycelium-scale.*")) == []  # its temporary dir is removed

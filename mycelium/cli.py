@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mycelium.demo_cli import demo
+from node.cli.gossip import gossip
 from node.cli.node import node
 from node.cli.peer import peer
 from registry.cli import registry
@@ -18,6 +19,7 @@ app.command()(registry)
 app.command()(demo)
 app.command()(viz)
 app.command()(peer)
+app.command()(gossip)
 app.command()(node)
 app.command()(sim)
 

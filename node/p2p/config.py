@@ -120,7 +120,8 @@ class CompressionSection(_Section):
 
 
 class GossipSection(_Section):
-    """Gossip mode: Cyclon view, shuffle length, how often a member gossips, how it merges.
+    """Gossip mode: Cyclon view, shuffle length, how often a member gossips, how it merges;
+    and for ``mycelium gossip``, where it discovers its group and how long it runs.
 
     ``max_age_jump``: a peer's age claim counts for at most this much more than one's
     own age. ``aggregation``: ``mean`` is the age-weighted pairwise merge; ``median``
@@ -136,6 +137,14 @@ class GossipSection(_Section):
     aggregation: Aggregation = "mean"
     trim_fraction: float = Field(default=0.2, ge=0, lt=0.5)
     buffer_size: int = Field(default=4, ge=2, le=64)
+    # `mycelium gossip`: the registry where the node discovers its domain's gossip group,
+    # the capacity of a group it creates, how many other members it waits for before it
+    # gossips, and how long it runs (cycles and/or seconds; neither: until SIGINT/SIGTERM).
+    registry_url: str | None = None
+    group_capacity: int = Field(default=100, ge=1, le=10_000)
+    cycles: int | None = Field(default=None, ge=1, le=10**7)
+    duration_s: float | None = Field(default=None, gt=0, le=10**7)
+    min_peers: int = Field(default=0, ge=0, le=10_000)  # other members to wait for first
 
     @model_validator(mode="after")
     def _shuffle_fits_view(self) -> GossipSection:

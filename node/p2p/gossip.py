@@ -622,6 +622,7 @@ class GossipNode:
             aggregation=gossip.aggregation,
             trim_fraction=gossip.trim_fraction,
             buffer_size=gossip.buffer_size,
+            group_capacity=gossip.group_capacity,
         )
 
     @property
@@ -840,10 +841,10 @@ class GossipNode:
             return
         self.stats.shuffles += 1
         self.view = merge_view(self.view, received, sent, self.node_id, self.view_size)
-        # The target just answered: keep it while there is room. Cyclon proper drops it,
-        # which in a group of two or three empties the view before the model is sent.
+        # The target answered: it stays while there is room (else two members, each
+        # trading its only entry away, would shuffle their views empty in turn).
         if len(self.view) < self.view_size and target.node_id not in self._ids():
-            self.view.append(target)
+            self.view.append(replace(target, age=0))
 
     async def _gossip_model(self) -> bool:
         """Send the model to a random peer of the view; whether one took it."""

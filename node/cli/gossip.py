@@ -151,8 +151,8 @@ async def run_gossip(config: PeerConfig, stop: asyncio.Event | None = None) -> G
             stop.set()
             await node.stop()  # leaves the group
             await run
-        learner = node.learner or Learner(node.model, data)
-        accuracy = (await asyncio.to_thread(learner.evaluate, "test")).accuracy
+        scores = await asyncio.to_thread(node.model.evaluate, data.test.x, data.test.y)
+        accuracy = float(scores["accuracy"])
         return GossipSummary(
             node_id=node.node_id,
             group_id=node.group_id,

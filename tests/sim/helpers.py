@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pexpect
 
 from sim.commands import Session
 from sim.persist import STATE_KEY, save_simulation
 from sim.state import Mirror, SimConfig, Simulation
 
 ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "sim> "
+REPL_TIMEOUT = 120
 
 
 class Transcript:
@@ -71,3 +74,29 @@ def run_sims(*runs: Sequence[str], timeout: float = 180) -> list[subprocess.Comp
 def run_sim(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`python -m sim ARGS` in a subprocess, output captured."""
     return run_sims(args, timeout=timeout)[0]
+
+
+def spawn_repl(tmp_path: Path, *args: str) -> tuple[pexpect.spawn, str]:
+    """``mycelium sim`` over four nodes in a pseudo-terminal, with ``args``; the REPL and
+    what it printed before its first prompt."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "sim", "--nodes", "4", "--history", str(tmp_path / "history"), *args],
+        cwd=str(ROOT),
+        env=sim_env(),
+        encoding="utf-8",
+        timeout=REPL_TIMEOUT,
+        dimensions=(40, 200),
+    )
+    child.expect_exact("Type `help`.")
+    startup: str = child.before
+    child.expect_exact(PROMPT)
+    return child, startup
+
+
+def type_line(child: pexpect.spawn, line: str) -> str:
+    """Type a line; return what it printed before the next prompt."""
+    child.sendline(line)
+    child.expect_exact(PROMPT)
+    before: str = child.before
+    return before.replace("\r\n", "\n").split("\n", 1)[1] if "\n" in before else ""

@@ -4,16 +4,14 @@ ones stay active (their heartbeats come from the mirror)."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pexpect
 
-from tests.sim.helpers import ROOT, sim_env
+from tests.sim.helpers import PROMPT, spawn_repl
 
-PROMPT = "sim> "
 TTL_S = "2"
 SAFETY_S = 60.0  # a net against a hang; the wait ends when the registry says so
 
@@ -36,30 +34,11 @@ def _wait_inactive(url: str, node_ids: list[str]) -> dict[str, str]:
 
 def test_removed_and_churned_nodes_expire_and_live_ones_stay(tmp_path: Path) -> None:
     # Prepare: the REPL with its embedded registry, a short TTL
-    child = pexpect.spawn(
-        sys.executable,
-        [
-            "-m",
-            "sim",
-            "--nodes",
-            "4",
-            "--samples-per-node",
-            "40",
-            "--registry-ttl",
-            TTL_S,
-            "--history",
-            str(tmp_path / "history"),
-        ],
-        cwd=str(ROOT),
-        env=sim_env(),
-        encoding="utf-8",
-        timeout=120,
-        dimensions=(40, 200),
-    )
+    child, startup = spawn_repl(tmp_path, "--samples-per-node", "40", "--registry-ttl", TTL_S)
     try:
-        child.expect(r"registry: (http://\S+) \(names start with (\S+)-\)")
-        url, prefix = child.match.group(1), child.match.group(2)
-        child.expect_exact(PROMPT)
+        found = re.search(r"registry: (http://\S+) \(names start with (\S+)-\)", startup)
+        assert found, startup
+        url, prefix = found.group(1), found.group(2)
 
         # Execute: remove n1 by hand; churn replaces others at the next step
         child.sendline("node remove n1")

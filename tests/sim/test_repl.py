@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,41 +10,13 @@ import httpx
 import pexpect
 import pytest
 
-from tests.sim.helpers import ROOT, sim_env
-
-PROMPT = "sim> "
-TIMEOUT = 120
-
-
-def _spawn(tmp_path: Path, *args: str) -> tuple[pexpect.spawn, str]:
-    """The REPL and what it printed before its first prompt."""
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "sim", "--nodes", "4", "--history", str(tmp_path / "history"), *args],
-        cwd=str(ROOT),
-        env=sim_env(),
-        encoding="utf-8",
-        timeout=TIMEOUT,
-        dimensions=(40, 200),
-    )
-    child.expect_exact("Type `help`.")
-    startup: str = child.before
-    child.expect_exact(PROMPT)
-    return child, startup
-
-
-def _type(child: pexpect.spawn, line: str) -> str:
-    """Type a line; return what it printed before the next prompt."""
-    child.sendline(line)
-    child.expect_exact(PROMPT)
-    before: str = child.before
-    return before.replace("\r\n", "\n").split("\n", 1)[1] if "\n" in before else ""
+from tests.sim.helpers import PROMPT, spawn_repl, type_line
 
 
 @pytest.fixture
 def repl(tmp_path: Path) -> Iterator[pexpect.spawn]:
     """A REPL over four nodes without a registry."""
-    child, _ = _spawn(tmp_path, "--no-registry")
+    child, _ = spawn_repl(tmp_path, "--no-registry")
     yield child
     child.close(force=True)
 
@@ -56,8 +27,8 @@ def test_a_user_session_at_the_prompt(repl: pexpect.spawn, tmp_path: Path) -> No
     script.write_text("# two groups\ngroup create a\n\ngroup add a n0-n1\n")
 
     # Execute / Assert: help, a bad command, a script, completion, learning
-    assert "neighborhood" in _type(repl, "help")
-    bad = _type(repl, "train x y z")
+    assert "neighborhood" in type_line(repl, "help")
+    bad = type_line(repl, "train x y z")
     assert "usage: train [scope] [epochs]" in bad
     repl.sendline(f"load {script}")  # queued lines echo after the prompt, then run
     repl.expect_exact("queued 2 lines")
@@ -72,11 +43,11 @@ def test_a_user_session_at_the_prompt(repl: pexpect.spawn, tmp_path: Path) -> No
     repl.expect_exact("roster ")
     repl.send("\t")  # the only group
     repl.expect_exact("a ")
-    assert "a (2 members): n000-n001" in _type(repl, "")
+    assert "a (2 members): n000-n001" in type_line(repl, "")
 
-    assert "4 nodes sent 12 messages" in _type(repl, "share")
-    assert "step 1 (100 ms): delivered 12" in _type(repl, "step")
-    table = _type(repl, "test @a")
+    assert "4 nodes sent 12 messages" in type_line(repl, "share")
+    assert "step 1 (100 ms): delivered 12" in type_line(repl, "step")
+    table = type_line(repl, "test @a")
     assert re.search(r"n001\s+a\s+\d\.\d{4}\s+\d\.\d{4}", table)
 
     # Ctrl-D leaves, and the history keeps what was typed
@@ -89,15 +60,15 @@ def test_a_user_session_at_the_prompt(repl: pexpect.spawn, tmp_path: Path) -> No
 
 def test_groups_appear_in_the_embedded_registry(tmp_path: Path) -> None:
     # Prepare
-    child, startup = _spawn(tmp_path)
+    child, startup = spawn_repl(tmp_path)
     try:
         url = re.search(r"registry: (http://\S+)", startup)
         assert url, startup
 
         # Execute
-        _type(child, "group create blue")
-        _type(child, "group add blue n0-n2")
-        _type(child, "node remove n1")
+        type_line(child, "group create blue")
+        type_line(child, "group add blue n0-n2")
+        type_line(child, "node remove n1")
 
         # Assert
         groups = httpx.get(f"{url.group(1)}/groups", timeout=10).json()["data"]

@@ -31,17 +31,18 @@ from typing import Annotated
 import typer
 
 from node.addresses import check_url
+from node.cli.peer import data_share
 from node.credentials import CredentialStore
 from node.errors import ConfigError, NodeError
 from node.learning.learner import Learner
 from node.learning.models import build_model
-from node.learning.partition import NodeData, PartitionSpec
+from node.learning.partition import NodeData
 from node.p2p.auth import auth_from_config
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.gossip import GossipNode
 from node.registry_client import RegistryClient
 
-__all__ = ["GossipSummary", "gossip", "gossip_share", "main", "run_gossip"]
+__all__ = ["GossipSummary", "gossip", "main", "run_gossip"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +70,6 @@ class GossipSummary:
             f"accuracy={self.accuracy:.4f} bytes_sent={self.bytes_sent} "
             f"bytes_received={self.bytes_received} merges={self.merges} updates={self.updates}"
         )
-
-
-def gossip_share(config: PeerConfig) -> NodeData:
-    """Share ``data.index`` of ``data.partitions`` of ``data.dataset``.
-
-    Raises ``ConfigError`` when the index is out of range.
-    """
-    data = config.data
-    if data.index >= data.partitions:
-        raise ConfigError(f"data.index: {data.index} is out of range for {data.partitions} nodes")
-    return PartitionSpec(
-        dataset=data.dataset,
-        scheme=data.scheme,
-        num_partitions=data.partitions,
-        samples_per_node=data.samples_per_node,
-        seed=data.seed,
-    ).share(data.index)
 
 
 def _node_id(config: PeerConfig) -> str:
@@ -123,7 +107,7 @@ async def run_gossip(config: PeerConfig, stop: asyncio.Event | None = None) -> G
     """
     url = _check(config)
     assert config.p2p.data_dir is not None  # _check
-    data = gossip_share(config)
+    data = data_share(config)
     node_id = _node_id(config)
     client = RegistryClient(url, credentials=CredentialStore(config.p2p.data_dir))
     stop = stop or asyncio.Event()
@@ -274,7 +258,7 @@ def gossip(
     try:
         cfg = load_config(config, overrides)
         _check(cfg)
-        gossip_share(cfg)
+        data_share(cfg)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"Invalid configuration: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -16,13 +16,20 @@ from node.addresses import Address, parse_address
 from node.errors import ConfigError
 from node.learning.learner import Learner
 from node.learning.models import build_model
-from node.learning.partition import PartitionSpec
+from node.learning.partition import NodeData, PartitionSpec
 from node.p2p.auth import FrameAuth, auth_from_config
 from node.p2p.codecs import make_codec
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.peer import PeerTrainer, check_peer_list
 
-__all__ = ["build_learner", "build_trainer", "parse_peers", "peer", "run_peer_training"]
+__all__ = [
+    "build_learner",
+    "build_trainer",
+    "data_share",
+    "parse_peers",
+    "peer",
+    "run_peer_training",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +39,31 @@ def parse_peers(text: str) -> list[Address]:
     return [parse_address(part) for part in text.split(",") if part.strip()]
 
 
+def data_share(config: PeerConfig) -> NodeData:
+    """Share ``data.index`` of ``data.partitions`` of ``data.dataset``: this node's data.
+
+    Raises ``ConfigError`` naming ``data.index`` when it is out of range.
+    """
+    data = config.data
+    if data.index >= data.partitions:
+        raise ConfigError(
+            f"data.index: {data.index} is out of range for {data.partitions} partitions"
+        )
+    return PartitionSpec(
+        dataset=data.dataset,
+        scheme=data.scheme,
+        num_partitions=data.partitions,
+        samples_per_node=data.samples_per_node,
+        seed=data.seed,
+    ).share(data.index)
+
+
 def build_learner(config: PeerConfig) -> Learner:
     """This peer's learner: its share of the data set and the seeded model."""
     data_cfg, train_cfg = config.data, config.training
-    if data_cfg.index >= data_cfg.partitions:
-        raise ConfigError(
-            f"data.index: {data_cfg.index} is out of range for {data_cfg.partitions} partitions"
-        )
-    share = PartitionSpec(
-        dataset=data_cfg.dataset,
-        scheme=data_cfg.scheme,
-        num_partitions=data_cfg.partitions,
-        samples_per_node=data_cfg.samples_per_node,
-        seed=data_cfg.seed,
-    ).share(data_cfg.index)
     return Learner(
         build_model(data_cfg.dataset, train_cfg.seed),
-        share,
+        data_share(config),
         learning_rate=train_cfg.learning_rate,
         batch_size=train_cfg.batch_size,
         epochs=train_cfg.local_epochs,

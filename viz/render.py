@@ -6,6 +6,7 @@ the pixels are the same with or without a display; a live window only shows them
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -46,6 +47,8 @@ NEW = "#f5b700"
 EXPIRED = "#c0392b"
 INACTIVE = "#9ca3af"
 LOBBY_NODE = "#94a3b8"
+SIBLING = "#475569"
+SIBLING_STYLE = (0, (5, 3))  # dashed: a link between groups, not a move
 _LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": PANEL, "ec": "none", "alpha": 0.8}
 DASH = "\u2013"  # shown for a figure not known yet
 
@@ -142,6 +145,7 @@ class Renderer:
             Line2D([], [], ls="", marker="o", ms=7, mfc=PALETTE[0], mec="white", label="node"),
             Line2D([], [], ls="", marker="o", ms=10, mfc="none", mec=NEW, mew=2, label="new"),
             Line2D([], [], color=INK, lw=2, marker=">", ms=6, label="migration"),
+            Line2D([], [], color=SIBLING, lw=1.6, ls=SIBLING_STYLE, label="sibling groups"),
             Line2D([], [], ls="", marker="X", ms=8, mfc=EXPIRED, mec="white", label="expired"),
             Line2D([], [], ls="", marker="x", ms=7, mec=INACTIVE, mew=1.5, label="inactive"),
         ]
@@ -149,7 +153,7 @@ class Renderer:
             handles=handles,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.005),
-            ncol=5,
+            ncol=6,
             frameon=False,
             fontsize=8.5,
             handletextpad=0.4,
@@ -293,6 +297,8 @@ class Renderer:
                 bbox=_LABEL_BOX,
             )
 
+        self._sibling_links(ax, frame, zoom)
+
         # Nodes, one scatter per (group, state) so each batch draws in one call.
         batches: dict[tuple[int | None, bool], list[tuple[float, float]]] = {}
         for n in snap.nodes:
@@ -396,6 +402,44 @@ class Renderer:
                     linewidths=1.8,
                     alpha=alpha,
                     zorder=7,
+                )
+
+    @staticmethod
+    def _sibling_links(ax: Axes, frame: Frame, zoom: float) -> None:
+        """A dashed line between the rims of every two sibling groups, labelled with the fit."""
+        lay = frame.layout
+        for a, b, fit in frame.snapshot.sibling_pairs:
+            if a not in lay.group_slots or b not in lay.group_slots:
+                continue
+            (ax_, ay), (bx, by) = lay.centre(a), lay.centre(b)
+            length = math.hypot(bx - ax_, by - ay)
+            if length <= 2 * GROUP_RADIUS:
+                continue
+            ux, uy = (bx - ax_) / length, (by - ay) / length
+            start = (ax_ + ux * GROUP_RADIUS, ay + uy * GROUP_RADIUS)
+            end = (bx - ux * GROUP_RADIUS, by - uy * GROUP_RADIUS)
+            ax.add_line(
+                Line2D(
+                    [start[0], end[0]],
+                    [start[1], end[1]],
+                    color=SIBLING,
+                    lw=1.6,
+                    ls=SIBLING_STYLE,
+                    alpha=0.85,
+                    zorder=2,
+                    gid=f"sibling-link:{a}-{b}",
+                )
+            )
+            if fit is not None:
+                ax.annotate(
+                    f"fit {_pct(fit)}",
+                    ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2),
+                    ha="center",
+                    va="center",
+                    fontsize=7.5 * zoom,
+                    color=SIBLING,
+                    zorder=2,
+                    bbox=_LABEL_BOX,
                 )
 
     def _performance(self, ax: Axes, frame: Frame) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from node.errors import NotFoundError
 from node.registry_client import RegistryClient
 from registry.schemas import EventPublic, GroupPublic, NodePublic
 
@@ -21,6 +22,7 @@ __all__ = [
     "GroupState",
     "Migration",
     "NodeState",
+    "SiblingLink",
     "Snapshot",
     "SnapshotFetcher",
     "file_header",
@@ -122,6 +124,35 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class SiblingLink:
+    """A group-to-group sibling link as the registry records it (GET /links).
+
+    ``fit`` is the sibling's model scored on ``group_id``'s members' validation data
+    (accuracy, 0..1), ``own_fit`` the group's own model on the same data; either is None
+    when the registry has no score yet. Links are directed: each side records its own.
+    """
+
+    group_id: int
+    sibling_id: int
+    fit: float | None = None
+    own_fit: float | None = None
+
+    @classmethod
+    def from_public(cls, link: Any) -> SiblingLink:
+        """From the registry client's GroupLink (any object with these attributes)."""
+
+        def score(value: Any) -> float | None:
+            return float(value) if isinstance(value, int | float) else None
+
+        return cls(
+            group_id=int(link.group_id),
+            sibling_id=int(link.sibling_id),
+            fit=score(getattr(link, "fit", None)),
+            own_fit=score(getattr(link, "own_fit", None)),
+        )
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The network at `time` seconds after recording began, plus the events since the last one."""
 
@@ -131,6 +162,7 @@ class Snapshot:
     nodes: tuple[NodeState, ...]
     events: tuple[EventRecord, ...] = ()
     wall_time: float = 0.0
+    links: tuple[SiblingLink, ...] = ()
 
     @property
     def migrations(self) -> tuple[Migration, ...]:
@@ -142,6 +174,20 @@ class Snapshot:
                 if isinstance(src, int):
                     out.append(Migration(ev.node_id, src, ev.group_id, ev.id))
         return tuple(out)
+
+    @property
+    def sibling_pairs(self) -> tuple[tuple[int, int, float | None], ...]:
+        """Links between live groups as undirected pairs (a < b, best fit of both sides),
+        sorted; a link to a group that no longer exists is left out."""
+        live = {g.id for g in self.groups}
+        pairs: dict[tuple[int, int], float | None] = {}
+        for link in self.links:
+            a, b = sorted((link.group_id, link.sibling_id))
+            if a == b or a not in live or b not in live:
+                continue
+            fits = [f for f in (pairs.get((a, b)), link.fit) if f is not None]
+            pairs[(a, b)] = max(fits) if fits else None
+        return tuple((a, b, fit) for (a, b), fit in sorted(pairs.items()))
 
     @property
     def round(self) -> int:
@@ -175,6 +221,7 @@ class Snapshot:
             ),
             nodes=tuple(NodeState(**n) for n in data["nodes"]),
             events=tuple(EventRecord(**e) for e in data.get("events", ())),
+            links=tuple(SiblingLink(**link) for link in data.get("links", ())),
         )
 
 
@@ -253,6 +300,7 @@ class SnapshotFetcher:
         for n in nodes.values():
             if n.group_id is not None:
                 members.setdefault(n.group_id, []).append(n.id)
+        links = self._links()
         snap = Snapshot(
             index=self.count,
             time=round(time.monotonic() - self.started, 3),
@@ -265,7 +313,25 @@ class SnapshotFetcher:
             ),
             nodes=tuple(sorted(nodes.values(), key=lambda n: n.id)),
             events=tuple(EventRecord.from_public(e) for e in events.data),
+            links=links,
         )
         self.after_id = events.last_id
         self.count += 1
         return snap
+
+    def _links(self) -> tuple[SiblingLink, ...]:
+        """The registry's sibling links; none from a registry that predates GET /links."""
+        # TODO(i14-reg): call self.registry.links() directly once RegistryClient has it.
+        read = getattr(self.registry, "links", None)
+        if read is None:
+            return ()
+        try:
+            found = read()
+        except NotFoundError:
+            return ()
+        return tuple(
+            sorted(
+                (SiblingLink.from_public(link) for link in found),
+                key=lambda k: (k.group_id, k.sibling_id),
+            )
+        )

@@ -1,0 +1,97 @@
+"""Sibling links between groups: kept in snapshots, drawn as dashed lines between groups."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib.lines import Line2D
+
+from tests.viz.helpers import SMALL
+from viz.frames import build_frames
+from viz.layout import GROUP_RADIUS
+from viz.render import Renderer
+from viz.snapshot import (
+    GroupState,
+    NodeState,
+    SiblingLink,
+    Snapshot,
+    load_snapshots,
+    save_snapshots,
+)
+
+
+def _snap(links: tuple[SiblingLink, ...]) -> Snapshot:
+    groups = {1: ["a", "b"], 2: ["c", "d"], 3: ["e"]}
+    return Snapshot(
+        index=0,
+        time=0.0,
+        groups=tuple(GroupState(g, f"g{g}", tuple(m), 0.5, 2, 4) for g, m in groups.items()),
+        nodes=tuple(NodeState(n, g, "active", 0.5) for g, ms in groups.items() for n in ms),
+        links=links,
+    )
+
+
+def _dashed_lines(renderer: Renderer) -> list[Line2D]:
+    topo = renderer.figure.axes[0]
+    return [
+        line
+        for line in topo.get_lines()
+        if line.get_linestyle() not in ("-", "None", "", " ") and len(line.get_xdata()) == 2
+    ]
+
+
+def _touches(point: tuple[float, float], centre: tuple[float, float]) -> bool:
+    """True when `point` lies on the rim of the group circle around `centre`."""
+    return math.isclose(math.dist(point, centre), GROUP_RADIUS, abs_tol=1e-6)
+
+
+def test_linked_groups_are_joined_by_one_dashed_line_rim_to_rim() -> None:
+    # Prepare: 1 and 2 are siblings (both sides recorded the link); 3 is linked to nobody,
+    # and a link to a group that is gone is left out
+    snap = _snap(
+        (
+            SiblingLink(1, 2, fit=0.91, own_fit=0.9),
+            SiblingLink(2, 1, fit=0.88, own_fit=0.9),
+            SiblingLink(3, 99, fit=0.7),
+        )
+    )
+    frame = build_frames([snap])[0]
+    renderer = Renderer(SMALL)
+
+    # Execute
+    renderer.draw(frame)
+
+    # Assert: one dashed line, from group 1's rim to group 2's rim
+    lines = _dashed_lines(renderer)
+    assert len(lines) == 1
+    xs, ys = lines[0].get_xdata(), lines[0].get_ydata()
+    ends = [(float(xs[0]), float(ys[0])), (float(xs[1]), float(ys[1]))]
+    c1, c2 = frame.layout.centre(1), frame.layout.centre(2)
+    assert _touches(ends[0], c1) and _touches(ends[1], c2)
+    # the label carries the better of the two fits
+    texts = [t.get_text() for t in renderer.figure.axes[0].texts]
+    assert "fit 91.0%" in texts
+
+
+def test_without_links_no_dashed_line_is_drawn_and_the_next_frame_drops_old_links() -> None:
+    # Prepare: a frame with a link, then one without
+    frames = build_frames([_snap((SiblingLink(1, 3, fit=None),)), _snap(())])
+    renderer = Renderer(SMALL)
+
+    # Execute / Assert
+    renderer.draw(frames[0])
+    assert len(_dashed_lines(renderer)) == 1
+    renderer.draw(frames[1])
+    assert _dashed_lines(renderer) == []
+
+
+def test_links_survive_the_snapshot_file(tmp_path: Path) -> None:
+    # Prepare
+    snap = _snap((SiblingLink(1, 2, fit=0.91, own_fit=0.9),))
+
+    # Execute
+    save_snapshots(tmp_path / "s.jsonl", [snap])
+
+    # Assert
+    assert load_snapshots(tmp_path / "s.jsonl") == [snap]

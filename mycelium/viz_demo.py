@@ -6,6 +6,7 @@ viz session takes its last snapshot after training ends and before the registry 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["run_demo_with_viz"]
 
+log = logging.getLogger(__name__)
+
 
 def run_demo_with_viz(
     cfg: DemoConfig, options: VizOptions, stop: threading.Event | None = None
@@ -27,16 +30,21 @@ def run_demo_with_viz(
     """Run the demo while a child process records and draws it; returns both summaries.
 
     Ctrl+C ends the demo after its current round (mycelium.demo's handling); the viz session
-    then writes the GIF and PNG of everything recorded.
+    then writes the GIF and PNG of everything recorded. Raises what run_demo raises (bad
+    flags, a registry that does not answer) before the recording starts; RuntimeError
+    when the recording failed although the run did not.
     """
-    from mycelium.demo import run_demo
+    from mycelium.demo import check_registry, run_demo
     from registry.server import BackgroundRegistry
     from registry.settings import RegistrySettings
 
+    cfg.check()
     stop = stop or threading.Event()
     registry: BackgroundRegistry | None = None
     data_dir: Path | None = None
-    if cfg.registry_url is None:
+    if cfg.registry_url is not None:
+        check_registry(cfg.registry_url, cfg.ca_cert)
+    else:
         data_dir = Path(tempfile.mkdtemp(prefix="mycelium-registry-"))
         registry = BackgroundRegistry(RegistrySettings(data_dir=data_dir)).start()
         cfg.registry_url = registry.url
@@ -58,12 +66,20 @@ def run_demo_with_viz(
             outer_round(stats)
 
     cfg.on_finish, cfg.on_round = on_finish, on_round
+    failed = True
     try:
         session.start()
         summary = run_demo(cfg, stop)
+        failed = False
     finally:
         cfg.on_finish, cfg.on_round = outer_finish, outer_round
-        viz_summary = session.stop() if session.started else {}
+        viz_summary: dict[str, Any] = {}
+        try:
+            viz_summary = session.stop() if session.started else {}
+        except RuntimeError:
+            if not failed:
+                raise
+            log.warning("the recording failed too", exc_info=True)  # the run's error wins
         if registry is not None:
             registry.stop()
         if data_dir is not None:

@@ -37,7 +37,8 @@ class Recorder:
     interrupted one too); memory holds only the latest `keep` snapshots (None: all of
     them), so a run of any length costs bounded memory. It reads through a RegistryClient
     with `retries` (short, so polling keeps its pace) and `timeout` in seconds;
-    `transport` replaces httpx's own. When the registry is away the background thread
+    `transport` replaces httpx's own; `ca_cert` is the PEM CA an https registry's
+    certificate chains to. When the registry is away the background thread
     counts the failure in `errors`, logs it and tries again at the next interval.
     """
 
@@ -52,6 +53,7 @@ class Recorder:
         transport: httpx.BaseTransport | None = None,
         retries: int = 1,
         keep: int | None = DEFAULT_KEEP,
+        ca_cert: Path | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -73,7 +75,12 @@ class Recorder:
             else httpx.Client(base_url=self.registry_url, timeout=timeout, transport=transport)
         )
         self._registry = RegistryClient(
-            self.registry_url, timeout=timeout, retries=retries, backoff=0.1, client=http
+            self.registry_url,
+            timeout=timeout,
+            retries=retries,
+            backoff=0.1,
+            client=http,
+            ca_cert=ca_cert,
         )
         self._http = http
         self._fetcher = SnapshotFetcher(self._registry)

@@ -77,6 +77,7 @@ class VizOptions:
     gif_name: str = DEFAULT_GIF
     png_name: str = DEFAULT_PNG
     keep_snapshots: int = DEFAULT_KEEP  # held in memory while recording; the file has all
+    ca_cert: Path | None = None  # PEM CA that an https registry's certificate chains to
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,7 +184,13 @@ def run_session(
     options.output.mkdir(parents=True, exist_ok=True)
     stop_event: _Waitable = stop if stop is not None else threading.Event()
     path = options.output / SNAPSHOTS_FILE
-    recorder = Recorder(registry_url, options.interval, path=path, keep=options.keep_snapshots)
+    recorder = Recorder(
+        registry_url,
+        options.interval,
+        path=path,
+        keep=options.keep_snapshots,
+        ca_cert=options.ca_cert,
+    )
     live = has_display() if options.live is None else options.live
     window: _LiveWindow | None = None
     if live:

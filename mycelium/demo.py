@@ -1,4 +1,4 @@
-"""The demo: a registry, N nodes on heterogeneous data, a progress bar, a table, summary.json."""
+"""The demo: a registry, N nodes on heterogeneous data, a drift, a progress bar, summary.json."""
 
 from __future__ import annotations
 
@@ -18,30 +18,42 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mycelium.runlog import RunLog
 from node.credentials import CredentialStore
 from node.errors import RegistryUnavailableError
 from node.federation.strategies import set_flower_log_level
-from node.learning.partition import PartitionSpec
+from node.learning.partition import NodeData, PartitionSpec
 from node.registry_client import RegistryClient
 from node.runtime.network import InProcessNetwork, NetworkConfig, RoundStats, local_only_accuracy
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "check_registry", "migrations_table", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DemoConfig:
-    """Flags of `mycelium demo` / demo.py."""
+    """Flags of `mycelium demo` / demo.py.
 
-    nodes: int = 4
-    rounds: int = 20
+    The defaults are the README's demo: 12 digits nodes in 3 hidden clusters, groups of at
+    most 4, 12 rounds; at round 6 (``drift_at`` None: half-way) a quarter of the nodes
+    switch to another cluster's data and must re-home. ``check()`` names a bad flag.
+    """
+
+    nodes: int = 12
+    rounds: int = 12
     duration: float | None = None
     dataset: str = "digits"
     partition: str = "clustered"
-    clusters: int = 2
+    clusters: int = 3
     cluster_mode: str = "rotation"
+    capacity: int = 4
+    drift: bool = True
+    drift_at: int | None = None  # the round whose start sees the drift; None: rounds // 2
+    drift_fraction: float = 0.25
+    tensorboard: Path | None = None
     alpha: float = 0.5
     policy: str = "local"
     strategy: str = "fedavg"
@@ -57,19 +69,49 @@ class DemoConfig:
     on_round: Callable[[RoundStats], None] | None = field(default=None, repr=False)
     on_finish: Callable[[], None] | None = field(default=None, repr=False)
 
+    @property
+    def drift_round(self) -> int | None:
+        """The round at whose start the drift happens; None: no drift in this run."""
+        if not self.drift or self.partition != "clustered" or self.clusters < 2:
+            return None
+        if self.drift_at is not None:
+            return self.drift_at
+        if self.duration is not None or self.rounds < 2:
+            return None  # no known length to put a default drift half-way through
+        return max(2, self.rounds // 2)
 
-class _TqdmHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record))
+    def check(self) -> None:
+        """Raise ValueError naming the flag when the drift flags cannot work together."""
+        if not 0.0 < self.drift_fraction <= 1.0:
+            raise ValueError(f"--drift-fraction must be in (0, 1], got {self.drift_fraction:g}")
+        if self.drift_at is None or not self.drift:
+            return
+        if self.drift_at < 1:
+            raise ValueError(f"--drift-at must be a round from 1, got {self.drift_at}")
+        if self.duration is None and self.drift_at > self.rounds:
+            raise ValueError(
+                f"--drift-at {self.drift_at} is beyond the last round (--rounds {self.rounds})"
+            )
+        if self.partition != "clustered" or self.clusters < 2:
+            raise ValueError(
+                "--drift-at needs hidden clusters to drift between: "
+                "--partition clustered and --clusters 2 or more"
+            )
+
+
+def check_registry(url: str, ca_cert: Path | None = None) -> None:
+    """Raise RegistryUnavailableError (or the client's TLS or URL error) unless a registry
+    answers at `url`."""
+    with RegistryClient(url, retries=0, ca_cert=ca_cert) as client:
+        if not client.healthy():
+            raise RegistryUnavailableError(f"no registry answers at {client.base_url}/healthz")
 
 
 @contextmanager
 def _registry(cfg: DemoConfig) -> Iterator[str]:
     """The registry to use: the given URL, or one started here on a free port."""
     if cfg.registry_url:
-        with RegistryClient(cfg.registry_url, retries=0, ca_cert=cfg.ca_cert) as client:
-            if not client.healthy():
-                raise RegistryUnavailableError(f"no registry answers at {client.base_url}/healthz")
+        check_registry(cfg.registry_url, cfg.ca_cert)
         yield cfg.registry_url
         return
     from registry.server import BackgroundRegistry
@@ -107,12 +149,18 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run the demo; returns the summary (also written to `output/summary.json`)."""
+    """Run the demo; returns the summary (also written to `output/summary.json`).
+
+    Raises ValueError for flags that cannot work together (``DemoConfig.check``),
+    RegistryUnavailableError when a given registry does not answer, OSError when the
+    output folder cannot be written.
+    """
+    cfg.check()
     stop = stop or threading.Event()
     set_flower_log_level(logging.WARNING)
     torch.set_num_threads(1)  # small models: one thread per process is fastest here
     cfg.output.mkdir(parents=True, exist_ok=True)
-    data = PartitionSpec(
+    spec = PartitionSpec(
         dataset=cfg.dataset,
         scheme=cfg.partition,
         num_partitions=cfg.nodes,
@@ -121,16 +169,20 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
         alpha=cfg.alpha,
         samples_per_node=cfg.samples_per_node,
         seed=cfg.seed,
-    ).split()
+    )
+    data = spec.split()
     net_cfg = NetworkConfig(
         dataset=cfg.dataset,
         domain=cfg.dataset,
         policy=cfg.policy,
         strategy=cfg.strategy,
+        max_capacity=cfg.capacity,
         seed=cfg.seed,
     )
+    board = RunLog(cfg.tensorboard) if cfg.tensorboard is not None else None
+    drift: dict[str, Any] | None = None
     started = time.monotonic()
-    with _registry(cfg) as url, _stop_on_signals(stop):
+    with _registry(cfg) as url, _stop_on_signals(stop), _node_log_above_the_bar():
         if cfg.on_registry_ready:
             cfg.on_registry_ready(url)
         # Against a registry of its own the nodes' tokens die with it; against a given one
@@ -144,12 +196,6 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
             credentials=store,
             ca_cert=cfg.ca_cert,
         )
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("  %(message)s"))
-        agent_log = logging.getLogger("node.runtime.agent")
-        agent_log.addHandler(handler)
-        agent_log.setLevel(logging.INFO)
-        agent_log.propagate = False
         try:
             net.start()
             total = None if cfg.duration else cfg.rounds
@@ -159,6 +205,8 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
                         break
                     if cfg.duration is not None and time.monotonic() - started >= cfg.duration:
                         break
+                    if drift is None and net.round + 1 == cfg.drift_round:
+                        drift = _apply_drift(cfg, spec, net) or {}
                     stats = net.run_round()
                     moves = sum(1 for a in net.agents for m in a.moves if m.from_group is not None)
                     bar.set_postfix(
@@ -168,14 +216,18 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
                         acc=f"{stats.mean_accuracy:.3f}",
                     )
                     bar.update(1)
+                    if board is not None:
+                        board.write_round(net, stats)
                     if cfg.on_round:
                         cfg.on_round(stats)
         finally:
-            agent_log.removeHandler(handler)
-            agent_log.propagate = True
+            if board is not None:
+                board.close()
             if cfg.on_finish:  # before the nodes leave: the network as it ended
                 cfg.on_finish()
             summary = _summary(cfg, net, started)
+            if drift:
+                summary["drift"] = {**drift, **_drift_report(net)}
             net.shutdown()
     if cfg.local_only and not stop.is_set():
         local = local_only_accuracy(data, net_cfg, net.round)
@@ -187,6 +239,84 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
     path.write_text(json.dumps(summary, indent=2))
     summary["path"] = str(path)
     return summary
+
+
+@contextmanager
+def _node_log_above_the_bar() -> Iterator[None]:
+    """Node decisions (joins, migrations and their reasons) as indented lines printed
+    above the progress bar, never through it (tqdm's logging_redirect_tqdm)."""
+    agent_log = logging.getLogger("node.runtime.agent")
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("  %(message)s"))
+    level, propagate = agent_log.level, agent_log.propagate
+    agent_log.addHandler(console)
+    agent_log.setLevel(logging.INFO)
+    agent_log.propagate = False
+    try:
+        # Swaps the console handlers of both loggers for ones that write through tqdm.
+        with logging_redirect_tqdm(loggers=[agent_log, logging.root]):
+            yield
+    finally:
+        agent_log.removeHandler(console)
+        agent_log.setLevel(level)
+        agent_log.propagate = propagate
+
+
+def _apply_drift(
+    cfg: DemoConfig, spec: PartitionSpec, net: InProcessNetwork
+) -> dict[str, Any] | None:
+    """Switch a fraction of the nodes to another hidden cluster's data, before the round."""
+    # TODO(i14-data, i14-meta): call spec.drifted and net.apply_drift directly once merged.
+    drifted, apply = getattr(spec, "drifted", None), getattr(net, "apply_drift", None)
+    if drifted is None or apply is None:
+        log.warning("this build cannot drift a node's data yet: no drift in this run")
+        return None
+    replacements: dict[int, NodeData] = drifted(cfg.drift_fraction, cfg.seed)
+    before = {i: net.agents[i].cluster for i in replacements}
+    apply(replacements)
+    nodes = {
+        net.agents[i].node_id: {"from_cluster": before[i], "to_cluster": nd.cluster}
+        for i, nd in sorted(replacements.items())
+    }
+    tqdm.write(
+        f"round {net.round + 1}: drift: "
+        + ", ".join(
+            f"{n} (cluster {d['from_cluster']} -> {d['to_cluster']})" for n, d in nodes.items()
+        )
+    )
+    return {"round": net.round + 1, "fraction": cfg.drift_fraction, "nodes": nodes}
+
+
+def _drift_report(net: InProcessNetwork) -> dict[str, Any]:
+    """The network's own account of the drift (rounds to re-home, accuracy dip), as JSON."""
+    report: Any = getattr(net, "drift_report", dict)()
+    return {"report": json.loads(json.dumps(report, default=_plain))}
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json cannot write itself: dataclasses as dicts, numbers as floats."""
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def migrations_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every migration of the run (a move from one group to another), by round then node:
+    ``{"round", "node", "from", "to", "reason"}`` each (the summary's ``migrations``)."""
+    rows = [
+        {
+            "round": m["round"],
+            "node": node_id,
+            "from": m["from"],
+            "to": m["to"],
+            "reason": m["reason"],
+        }
+        for node_id, n in summary["nodes"].items()
+        for m in n["migrations"]
+    ]
+    return sorted(rows, key=lambda r: (r["round"], r["node"]))
 
 
 def _summary(cfg: DemoConfig, net: InProcessNetwork, started: float) -> dict[str, Any]:
@@ -216,7 +346,7 @@ def _summary(cfg: DemoConfig, net: InProcessNetwork, started: float) -> dict[str
     accs = [v for v in test.values() if v is not None]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     config = {k: v for k, v in config.items() if not k.startswith("on_")}
-    return {
+    summary: dict[str, Any] = {
         "config": config,
         "rounds": net.round,
         "elapsed_seconds": time.monotonic() - started,
@@ -230,3 +360,5 @@ def _summary(cfg: DemoConfig, net: InProcessNetwork, started: float) -> dict[str
             "adjusted_rand_index": net.adjusted_rand_index() if net.agents else None,
         },
     }
+    summary["migrations"] = migrations_table(summary)
+    return summary

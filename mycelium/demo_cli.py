@@ -1,7 +1,8 @@
-"""The `demo` command: flags, the final table, and clear errors for bad input."""
+"""The `demo` command: flags, the final tables (nodes, migrations), clear errors for bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mycelium.demo import DemoConfig, run_demo
+from mycelium.demo import DemoConfig, migrations_table, run_demo
 from node.cli.common import one_of
 from node.errors import NodeError
 from node.federation.strategies import STRATEGY_NAMES
@@ -20,7 +21,8 @@ from node.runtime.policy import POLICIES
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
-    """The final table: one row per node, then the network's figures."""
+    """The final tables: one row per node, one per migration with its reason; then the
+    network's figures."""
     console = console or Console()
     table = Table(title=f"Mycelium Net after {summary['rounds']} rounds")
     for col in ("node", "true cluster", "group", "migrations", "test acc", "local-only acc"):
@@ -36,6 +38,23 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             f"{local:.3f}" if local is not None else "-",
         )
     console.print(table)
+    migrations = summary.get("migrations") or migrations_table(summary)
+    if migrations:
+        moved = Table(title="Migrations")
+        for col in ("round", "node", "from -> to", "reason"):
+            moved.add_column(col, justify="right" if col == "round" else "left")
+        for m in migrations:
+            moved.add_row(str(m["round"]), m["node"], f"{m['from']} -> {m['to']}", m["reason"])
+        console.print(moved)
+    drift = summary.get("drift")
+    if drift:
+        console.print(
+            f"drift at round {drift['round']}: "
+            + ", ".join(
+                f"{n} (cluster {d['from_cluster']} -> {d['to_cluster']})"
+                for n, d in drift["nodes"].items()
+            )
+        )
     f = summary["final"]
     line = (
         f"groups {f['groups']}, migrations {f['migrations']}, "
@@ -52,15 +71,28 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
 
 
 def demo(
-    nodes: Annotated[int, typer.Option(min=1, max=2000, help="Number of nodes.")] = 4,
-    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 20,
+    nodes: Annotated[int, typer.Option(min=1, max=2000, help="Number of nodes.")] = 12,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 12,
     duration: Annotated[
         float | None, typer.Option(min=0.1, help="Run for this many seconds instead of --rounds.")
     ] = None,
     dataset: Annotated[str, typer.Option(help="digits | fashion")] = "digits",
     partition: Annotated[str, typer.Option(help="iid | dirichlet | clustered")] = "clustered",
-    clusters: Annotated[int, typer.Option(min=1, max=4, help="Hidden clusters.")] = 2,
+    clusters: Annotated[int, typer.Option(min=1, max=4, help="Hidden clusters.")] = 3,
     cluster_mode: Annotated[str, typer.Option(help="rotation | label_permutation")] = "rotation",
+    capacity: Annotated[int, typer.Option(min=2, help="Most members a group may have.")] = 4,
+    drift: Annotated[
+        bool, typer.Option("--drift/--no-drift", help="Some nodes' data drift mid-run.")
+    ] = True,
+    drift_at: Annotated[
+        int | None,
+        typer.Option(
+            help="Round at whose start the drift happens (default: half-way through --rounds)."
+        ),
+    ] = None,
+    drift_fraction: Annotated[
+        float, typer.Option(help="Share of the nodes that switch to another cluster, in (0, 1].")
+    ] = 0.25,
     alpha: Annotated[float, typer.Option(min=0.001, help="Dirichlet concentration.")] = 0.5,
     policy: Annotated[str, typer.Option(help="local (judge on own data) | reported")] = "local",
     strategy: Annotated[str, typer.Option(help="fedavg | fedmedian | fedtrimmedavg | krum")] = (
@@ -70,7 +102,9 @@ def demo(
         int | None, typer.Option(min=10, help="Cap each node's examples.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for data, models and training.")] = 0,
-    output: Annotated[Path, typer.Option(help="Folder for summary.json.")] = Path("output"),
+    output: Annotated[
+        Path, typer.Option(help="Folder for summary.json, the GIF and the PNG.")
+    ] = Path("output"),
     registry_url: Annotated[
         str | None, typer.Option(help="Use this registry instead of starting one.")
     ] = None,
@@ -86,12 +120,20 @@ def demo(
         bool, typer.Option(help="Also train each node alone, for comparison.")
     ] = True,
     viz: Annotated[
-        bool, typer.Option("--viz", help="Record the network; write a GIF and PNG to --output.")
-    ] = False,
+        bool,
+        typer.Option("--viz/--no-viz", help="Record the network; write a GIF and PNG to --output."),
+    ] = True,
     fps: Annotated[float, typer.Option(min=0.1, max=50, help="GIF frames per second.")] = 4.0,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False, help="Write TensorBoard scalars (per node, per group) to this folder."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Run the demo: a registry and nodes that form groups by how well models fit their data."""
+    """Run the demo: nodes form groups by how well models fit their data, then re-home after
+    a drift."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -108,6 +150,10 @@ def demo(
         partition=partition,
         clusters=clusters,
         cluster_mode=cluster_mode,
+        capacity=capacity,
+        drift=drift,
+        drift_at=drift_at,
+        drift_fraction=drift_fraction,
         alpha=alpha,
         policy=policy,
         strategy=strategy,
@@ -117,13 +163,29 @@ def demo(
         registry_url=registry_url,
         ca_cert=ca_cert,
         local_only=local_only,
+        tensorboard=tensorboard,
     )
+    try:
+        cfg.check()  # before a registry or a recorder starts
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:  # before a registry or a recorder starts: both write there
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        typer.echo(f"error: cannot write the results to {output}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
+    if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        typer.echo("error: --tensorboard needs the tensorboard package", err=True)
+        raise typer.Exit(2)
     try:
         if viz:
             from mycelium.viz_demo import run_demo_with_viz
             from viz.session import VizOptions
 
-            summary, viz_summary = run_demo_with_viz(cfg, VizOptions(output=output, fps=fps))
+            summary, viz_summary = run_demo_with_viz(
+                cfg, VizOptions(output=output, fps=fps, ca_cert=ca_cert)
+            )
             for key in ("gif", "png"):
                 if viz_summary.get(key):
                     typer.echo(f"{key.upper()} written to {viz_summary[key]}")
@@ -133,6 +195,11 @@ def demo(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except OSError as exc:  # e.g. --output names a file, or a folder that cannot be made
-        typer.echo(f"error: cannot write the results to {output}: {exc.strerror or exc}", err=True)
+        where = exc.filename or output
+        typer.echo(f"error: cannot write the results to {where}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from exc
+    if tensorboard is not None:
+        typer.echo(
+            f"TensorBoard logs written to {tensorboard} (tensorboard --logdir {tensorboard})"
+        )
     print_summary(summary)

@@ -26,19 +26,43 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 def test_demo_writes_summary_and_prints_table(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _run("--nodes", "4", "--rounds", "4", "--output", str(out), "--seed", "3")
+    result = _run(
+        "--nodes", "4", "--rounds", "4", "--no-drift", "--no-viz", "--output", str(out),
+        "--seed", "3",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 4
     assert set(summary["nodes"]) == {f"node-{i:03d}" for i in range(4)}
     node = summary["nodes"]["node-000"]
     assert len(node["group_over_time"]) == 4 and len(node["accuracy_over_time"]) == 4
-    assert node["cluster"] in (0, 1)
+    assert node["cluster"] in (0, 1, 2)  # the default: 3 hidden clusters
     assert summary["groups"] and all(
         "performance_over_time" in g for g in summary["groups"].values()
     )
     assert 0 <= summary["final"]["mean_accuracy"] <= 1
     assert "Mycelium Net after 4 rounds" in result.stdout and "node-003" in result.stdout
+    # every migration in summary.json carries its reason; --no-viz drew nothing
+    assert all(m["reason"] for m in summary["migrations"])
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_bad_drift_flags_are_named_and_exit_2(tmp_path: Path) -> None:
+    # Execute: a drift after the last round, fractions outside (0, 1], a drift without clusters
+    late = _run("--rounds", "3", "--drift-at", "4", "--output", str(tmp_path))
+    zero = _run("--drift-fraction", "0", "--output", str(tmp_path))
+    above = _run("--drift-fraction", "1.5", "--output", str(tmp_path))
+    iid = _run("--partition", "iid", "--drift-at", "2", "--output", str(tmp_path))
+
+    # Assert: exit 2, one line naming the flag, nothing run or written
+    assert late.returncode == 2
+    assert late.stderr.strip() == "error: --drift-at 4 is beyond the last round (--rounds 3)"
+    assert zero.returncode == 2 and "--drift-fraction must be in (0, 1], got 0" in zero.stderr
+    assert above.returncode == 2 and "--drift-fraction must be in (0, 1], got 1.5" in above.stderr
+    assert iid.returncode == 2 and "--partition clustered" in iid.stderr
+    for result in (late, zero, above, iid):
+        assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_flags_are_named_without_a_traceback(tmp_path: Path) -> None:
@@ -73,8 +97,9 @@ def test_an_output_that_cannot_be_written_is_named(tmp_path: Path) -> None:
 
 def test_ctrl_c_still_writes_the_summary(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    args = ["--rounds", "100000", "--nodes", "4", "--no-viz", "--output", str(out)]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo.py"), "--rounds", "100000", "--output", str(out)],
+        [sys.executable, str(ROOT / "demo.py"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -101,7 +126,7 @@ def test_the_demo_runs_twice_in_a_row_against_one_registry(
     # Prepare: the same output folder (where the nodes keep their credentials) both times
     out = tmp_path / "out"
     args = ("--registry-url", sqlite_registry.url, "--nodes", "2", "--rounds", "2")
-    args += ("--samples-per-node", "120", "--no-local-only", "--output", str(out))
+    args += ("--samples-per-node", "120", "--no-local-only", "--no-viz", "--output", str(out))
 
     # Execute
     first = _run(*args)

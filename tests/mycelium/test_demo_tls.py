@@ -21,7 +21,7 @@ def test_an_https_registry_round_trips_with_its_ca_and_is_refused_without(
         untrusted = _run("--registry-url", reg.url, "--output", str(tmp_path / "a"))
         trusted = _run(
             "--registry-url", reg.url, "--ca-cert", str(pki.ca), "--nodes", "2",
-            "--rounds", "1", "--no-local-only", "--output", str(tmp_path / "b"),
+            "--rounds", "1", "--no-local-only", "--no-viz", "--output", str(tmp_path / "b"),
         )  # fmt: skip
         verify = ssl.create_default_context(cafile=pki.ca)
         registered = httpx.get(f"{reg.url}/nodes", verify=verify, timeout=10).json()["count"]

@@ -1,4 +1,5 @@
-"""`mycelium demo --viz` as a user runs it: every round becomes a frame; GIF and PNG land."""
+"""`mycelium demo` as a user runs it: by default every round becomes a frame and the GIF
+and PNG land in --output."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import imageio.v3 as iio
 
 
-def test_demo_with_viz_records_every_round(tmp_path: Path) -> None:
+def test_the_default_demo_records_every_round_into_a_gif_and_png(tmp_path: Path) -> None:
+    # Prepare: a small network, but no --viz: drawing is the default
     out = tmp_path / "out"
-    args = ["demo", "--viz", "--nodes", "4", "--rounds", "5", "--output", str(out)]
+    args = ["demo", "--nodes", "4", "--rounds", "5", "--output", str(out)]
     result = subprocess.run(
         [sys.executable, "-m", "mycelium.cli", *args, "--no-local-only"],
         capture_output=True,

@@ -43,7 +43,8 @@ def after_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("metrics")
     with RegistryProcess(folder / "registry", workers=2) as reg:
         args = ["--registry-url", reg.url, "--nodes", str(DEMO_NODES), "--rounds", "2"]
-        args += ["--samples-per-node", "120", "--no-local-only", "--output", str(folder / "out")]
+        args += ["--samples-per-node", "120", "--no-local-only", "--no-viz"]
+        args += ["--output", str(folder / "out")]
         demo = subprocess.run(
             [sys.executable, str(ROOT / "demo.py"), *args],
             capture_output=True,

@@ -32,6 +32,10 @@ __all__ = ["DemoConfig", "check_registry", "migrations_table", "run_demo"]
 
 log = logging.getLogger(__name__)
 
+# Loggers whose INFO lines tell the story of a run: a node's joins and migrations, the
+# network's drift, merges and splits.
+_NARRATED = ("node.runtime.agent", "node.runtime.network")
+
 
 @dataclass
 class DemoConfig:
@@ -243,23 +247,26 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
 
 @contextmanager
 def _node_log_above_the_bar() -> Iterator[None]:
-    """Node decisions (joins, migrations and their reasons) as indented lines printed
-    above the progress bar, never through it (tqdm's logging_redirect_tqdm)."""
-    agent_log = logging.getLogger("node.runtime.agent")
+    """Node decisions (joins, migrations and their reasons) and the network's (drift,
+    merges, splits) as indented lines printed above the progress bar, never through it
+    (tqdm's logging_redirect_tqdm)."""
+    loggers = [logging.getLogger(name) for name in _NARRATED]
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("  %(message)s"))
-    level, propagate = agent_log.level, agent_log.propagate
-    agent_log.addHandler(console)
-    agent_log.setLevel(logging.INFO)
-    agent_log.propagate = False
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(console)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
     try:
-        # Swaps the console handlers of both loggers for ones that write through tqdm.
-        with logging_redirect_tqdm(loggers=[agent_log, logging.root]):
+        # Swaps the console handlers of these loggers for ones that write through tqdm.
+        with logging_redirect_tqdm(loggers=[*loggers, logging.root]):
             yield
     finally:
-        agent_log.removeHandler(console)
-        agent_log.setLevel(level)
-        agent_log.propagate = propagate
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(console)
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 def _apply_drift(

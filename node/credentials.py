@@ -24,10 +24,24 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from node.errors import ConfigError
+from registry.schemas import NODE_ID_PATTERN
 
-__all__ = ["CredentialStore"]
+__all__ = ["CredentialStore", "check_node_id"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NODE_ID = re.compile(NODE_ID_PATTERN)
+
+
+def check_node_id(node_id: str) -> str:
+    """``node_id`` unchanged when the registry accepts it (``registry.schemas.NODE_ID_PATTERN``);
+    raises ``ConfigError`` naming it otherwise (such a name could also point outside a
+    credential store)."""
+    if not _NODE_ID.fullmatch(node_id):
+        raise ConfigError(
+            f"node id {node_id!r} is not valid: use 1-128 letters, digits and . _ : @ -, "
+            "starting with a letter or digit"
+        )
+    return node_id
 
 
 class CredentialStore:
@@ -40,7 +54,12 @@ class CredentialStore:
         self.root = Path(data_dir) / "credentials"
 
     def path(self, registry_url: str, node_id: str) -> Path:
-        """The file holding ``node_id``'s token at ``registry_url`` (which may not exist)."""
+        """The file holding ``node_id``'s token at ``registry_url`` (which may not exist).
+
+        Raises ``ConfigError`` when ``node_id`` is not a node id the registry accepts
+        (``registry.schemas.NODE_ID_PATTERN``): such a name could point outside the store.
+        """
+        check_node_id(node_id)
         url = registry_url.rstrip("/")
         parts = urlsplit(url)
         readable = _UNSAFE.sub("_", parts.netloc or url)[:64]

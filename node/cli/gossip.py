@@ -32,7 +32,7 @@ import typer
 
 from node.addresses import check_url
 from node.cli.peer import data_share
-from node.credentials import CredentialStore
+from node.credentials import CredentialStore, check_node_id
 from node.errors import ConfigError, NodeError
 from node.learning.learner import Learner
 from node.learning.models import build_model
@@ -91,6 +91,8 @@ def _check(config: PeerConfig) -> str:
         url = check_url(url)
     except ValueError as exc:
         raise ConfigError(f"gossip.registry_url: {exc}") from exc
+    if config.node_id is not None:
+        check_node_id(config.node_id)
     if config.p2p.data_dir is None:
         raise ConfigError(
             "p2p.data_dir: needed to keep this node's signing key and registry token (--data-dir)"

@@ -111,6 +111,7 @@ def test_sigterm_stops_the_node_cleanly_and_it_leaves_its_group(
         (["--index", "4", "--nodes", "4"], "data.index"),
         (["--port", "70000"], "p2p.local_port"),
         (["--dataset", "cifar"], "data.dataset"),
+        (["--node-id", "../../../escaped"], "node id '../../../escaped' is not valid"),
     ],
 )
 def test_bad_flags_are_one_clear_line_and_exit_2(

@@ -137,8 +137,11 @@ def test_x_and_y_as_arrays_or_tensors_are_accepted(as_tensors: bool, digits_xy: 
         (np.zeros((10, 64)), np.zeros((10, 2), dtype=np.int64), "y must be 1-D"),
         (np.full((10, 64), np.nan), np.zeros(10, dtype=np.int64), "NaN or infinite"),
         ([[0.0] * 64] * 10, np.zeros(10, dtype=np.int64), "NumPy array or a torch tensor"),
+        (np.zeros((10, 64)), np.full(10, 12, dtype=np.int64), "does not fit the model"),
+        (np.zeros((10, 32)), np.zeros(10, dtype=np.int64), "examples of shape (32,)"),
+        (np.zeros((10, 8, 8)), np.zeros(10, dtype=np.int64), "does not fit the model"),
     ],
-    ids=["rows", "float-labels", "empty", "2d-labels", "nan", "list"],
+    ids=["rows", "float-labels", "empty", "2d-labels", "nan", "list", "labels", "width", "rank"],
 )
 def test_unusable_data_is_refused_with_a_message_naming_the_problem(
     x: Any, y: Any, message: str

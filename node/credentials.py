@@ -24,24 +24,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from node.errors import ConfigError
-from registry.schemas import NODE_ID_PATTERN
+from node.names import check_node_id
 
-__all__ = ["CredentialStore", "check_node_id"]
+__all__ = ["CredentialStore"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_NODE_ID = re.compile(NODE_ID_PATTERN)
-
-
-def check_node_id(node_id: str) -> str:
-    """``node_id`` unchanged when the registry accepts it (``registry.schemas.NODE_ID_PATTERN``);
-    raises ``ConfigError`` naming it otherwise (such a name could also point outside a
-    credential store)."""
-    if not _NODE_ID.fullmatch(node_id):
-        raise ConfigError(
-            f"node id {node_id!r} is not valid: use 1-128 letters, digits and . _ : @ -, "
-            "starting with a letter or digit"
-        )
-    return node_id
 
 
 class CredentialStore:

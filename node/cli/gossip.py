@@ -32,11 +32,12 @@ import typer
 
 from node.addresses import check_url
 from node.cli.peer import data_share
-from node.credentials import CredentialStore, check_node_id
+from node.credentials import CredentialStore
 from node.errors import ConfigError, NodeError
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import NodeData
+from node.names import check_node_id
 from node.p2p.auth import auth_from_config
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.gossip import GossipNode

@@ -91,6 +91,7 @@ from node.learning.wrappers import (
     labelled_arrays,
     split_arrays,
 )
+from node.names import check_domain, check_node_id
 from node.p2p.aggregation import MEAN, aggregate, check_aggregation
 from node.p2p.auth import (
     DEFAULT_REPLAY_WINDOW_S,
@@ -497,6 +498,10 @@ class GossipNode:
             view_size, shuffle_length = topology.view_size, topology.shuffle_length
         elif isinstance(topology, RandomTopology):
             view_size, shuffle_length = topology.max_peers, 0
+        check_node_id(node_id)
+        check_domain(domain)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"port must be 0 (any free port) to 65535, got {port!r}")
         check_aggregation(aggregation, trim_fraction)
         if max_age_jump < 0:
             raise ValueError(f"max_age_jump must be non-negative, got {max_age_jump}")

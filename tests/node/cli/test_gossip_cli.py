@@ -153,6 +153,26 @@ def test_the_scale_script_refuses_a_bad_node_count() -> None:
     assert "usage:" in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SCALE_CYCLES", "0"), ("SCALE_PERIOD_S", "-1"), ("SCALE_TIMEOUT_S", "soon")],
+)
+def test_the_scale_script_names_a_bad_setting_before_it_starts_anything(
+    name: str, value: str
+) -> None:
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "run_scale_test.sh"), "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, name: value},
+    )
+
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {name} must be")
+    assert f"got '{value}'" in run.stderr
+    assert "registry" not in run.stdout  # nothing was started
+
+
 @pytest.mark.slow
 def test_the_scale_script_runs_10_gossip_processes_against_one_registry(tmp_path: Path) -> None:
     env = {

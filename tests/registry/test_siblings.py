@@ -462,3 +462,32 @@ def test_split_refuses_with_reasons(client: httpx.Client) -> None:
     assert no_token.status_code == 401
     assert unknown.status_code == 404
     assert client.get(f"/groups/{gid}").json()["member_count"] == 3
+
+
+def test_split_frees_the_hosting_and_the_figures_of_the_members_who_leave(
+    client: httpx.Client,
+) -> None:
+    # Prepare: three members report accuracy; the third hosts the group
+    gid, members = _group_with(client, 3)
+    for (_, h), value in zip(members, (0.9, 0.8, 0.2), strict=True):
+        body = {"value": value, "round": 1, "num_examples": 10}
+        assert client.put(f"/groups/{gid}/performance", headers=h, json=body).status_code == 200
+    host_id, host_headers = members[2]
+    claim = client.post(f"/groups/{gid}/host", headers=host_headers, json={"address": "h:1"})
+    assert claim.json()["claimed"] is True
+
+    # Execute: the host is split off
+    r = client.post(
+        f"/groups/{gid}/split",
+        headers=members[0][1],
+        json={"members": [host_id], "name": unique("s")},
+    )
+
+    # Assert: the old group has no host and scores only who stayed; the new starts unscored
+    assert r.status_code == 201, r.text
+    old = client.get(f"/groups/{gid}").json()
+    assert old["host_node_id"] is None
+    assert old["accuracy"] == pytest.approx(0.85)
+    assert r.json()["group"]["accuracy"] is None
+    [released] = _events(client, "host_released", gid)
+    assert released["node_id"] == host_id and released["data"]["reason"] == "split"

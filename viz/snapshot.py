@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from node.errors import NotFoundError
 from node.registry_client import RegistryClient
-from registry.schemas import EventPublic, GroupPublic, NodePublic
+from registry.schemas import EventPublic, GroupLinkPublic, GroupPublic, NodePublic
 
 __all__ = [
     "FORMAT",
@@ -138,17 +138,13 @@ class SiblingLink:
     own_fit: float | None = None
 
     @classmethod
-    def from_public(cls, link: Any) -> SiblingLink:
-        """From the registry client's GroupLink (any object with these attributes)."""
-
-        def score(value: Any) -> float | None:
-            return float(value) if isinstance(value, int | float) else None
-
+    def from_public(cls, link: GroupLinkPublic) -> SiblingLink:
+        """From the registry's GroupLinkPublic (GET /links)."""
         return cls(
-            group_id=int(link.group_id),
-            sibling_id=int(link.sibling_id),
-            fit=score(getattr(link, "fit", None)),
-            own_fit=score(getattr(link, "own_fit", None)),
+            group_id=link.group_id,
+            sibling_id=link.sibling_id,
+            fit=link.fit,
+            own_fit=link.own_fit,
         )
 
 
@@ -321,12 +317,8 @@ class SnapshotFetcher:
 
     def _links(self) -> tuple[SiblingLink, ...]:
         """The registry's sibling links; none from a registry that predates GET /links."""
-        # TODO(i14-reg): call self.registry.links() directly once RegistryClient has it.
-        read = getattr(self.registry, "links", None)
-        if read is None:
-            return ()
         try:
-            found = read()
+            found = self.registry.links()
         except NotFoundError:
             return ()
         return tuple(

@@ -65,3 +65,20 @@ class Network:
             json={"metrics": {"accuracy": accuracy}},
         )
         assert r.status_code == 200, r.text
+
+    def report_siblings(
+        self, node_id: str, group_id: int, round_: int, siblings: dict[int, float]
+    ) -> None:
+        """A member of `group_id` records its sibling groups: {sibling id: fit}."""
+        r = self.client.put(
+            f"/groups/{group_id}/siblings",
+            headers=self.tokens[node_id],
+            json={
+                "round": round_,
+                "siblings": [
+                    {"group_id": s, "fit": fit, "own_fit": 0.8, "examples": 20}
+                    for s, fit in siblings.items()
+                ],
+            },
+        )
+        assert r.status_code == 200, r.text

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import uuid
 from pathlib import Path
 
+import httpx
 from matplotlib.lines import Line2D
 
-from tests.viz.helpers import SMALL
+from node.registry_client import RegistryClient
+from tests.support.registry_proc import RegistryProcess
+from tests.viz.helpers import SMALL, Network
 from viz.frames import build_frames
 from viz.layout import GROUP_RADIUS
 from viz.render import Renderer
@@ -16,6 +20,7 @@ from viz.snapshot import (
     NodeState,
     SiblingLink,
     Snapshot,
+    SnapshotFetcher,
     load_snapshots,
     save_snapshots,
 )
@@ -95,3 +100,28 @@ def test_links_survive_the_snapshot_file(tmp_path: Path) -> None:
 
     # Assert
     assert load_snapshots(tmp_path / "s.jsonl") == [snap]
+
+
+def test_links_the_registry_records_are_fetched_and_drawn(sqlite_registry: RegistryProcess) -> None:
+    # Prepare: three groups over real HTTP; group a records b as its sibling, c is alone
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as http:
+        net = Network(http, prefix=f"l{uuid.uuid4().hex[:6]}")
+        a, b, c = net.register("a"), net.register("b"), net.register("c")
+        ga = net.create_group(a, f"{net.prefix}-a", capacity=3)
+        gb = net.create_group(b, f"{net.prefix}-b", capacity=3)
+        gc = net.create_group(c, f"{net.prefix}-c", capacity=3)
+        net.report_siblings(a, ga, 1, {gb: 0.85})
+
+    # Execute
+    with RegistryClient(sqlite_registry.url) as client:
+        snap = SnapshotFetcher(client).fetch()
+    renderer = Renderer(SMALL)
+    frame = build_frames([snap])[0]
+    renderer.draw(frame)
+
+    # Assert: the link as recorded, one dashed line between a's and b's circles, none to c
+    mine = [k for k in snap.links if k.group_id in (ga, gb, gc)]
+    assert mine == [SiblingLink(ga, gb, fit=0.85, own_fit=0.8)]
+    drawn = [line.get_gid() for line in _dashed_lines(renderer)]
+    assert f"sibling-link:{min(ga, gb)}-{max(ga, gb)}" in drawn
+    assert not any(str(gc) in gid.split(":")[1].split("-") for gid in drawn)

@@ -1,0 +1,63 @@
+"""The clustered benchmark runs its methods end to end on one partition and scores them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "clustered.py"
+FIELDS = {"mean_accuracy", "worst_accuracy", "purity", "ari", "sibling_ari", "seconds"}
+
+
+def test_a_tiny_drift_scenario_scores_every_method_and_the_drifted_nodes(tmp_path: Path) -> None:
+    # Prepare: 12 digits nodes in 4 clusters (3 each), capacity 2, a quarter drifting
+    out = tmp_path / "clustered.json"
+    methods = "ifca,oracle_capped,oracle_uncapped,global_fedavg,local_only"
+    cmd = [sys.executable, str(SCRIPT), "--scenario", "d", "--dataset", "digits"]
+    cmd += ["--nodes", "12", "--samples-per-node", "60", "--capacity", "2", "--rounds", "2"]
+    cmd += ["--drift-at", "1", "--methods", methods, "--out", str(out)]
+
+    # Execute
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert "purity" in proc.stdout and "sibARI" in proc.stdout
+    assert all(method in proc.stdout for method in methods.split(","))
+    block = json.loads(out.read_text())["scenarios"]["d"]
+    rows = block["results"]
+    assert set(rows) == set(methods.split(","))
+    for row in rows.values():
+        assert set(row) >= FIELDS
+        assert len(row["accuracies"]) == 12
+        assert 0 <= row["worst_accuracy"] <= row["mean_accuracy"] <= 1
+        assert row["drift"]["drifted"] == 3  # round(0.25 * 12)
+    uncapped, capped = rows["oracle_uncapped"], rows["oracle_capped"]
+    assert uncapped["groups"] == 4 and uncapped["purity"] == uncapped["ari"] == 1.0
+    assert capped["purity"] == 1.0 and capped["groups"] >= 6 and capped["ari"] < 1.0
+    assert capped["sibling_ari"] == capped["ari"]  # no links: each group its own sibling cluster
+    assert rows["global_fedavg"]["groups"] == 1 and rows["global_fedavg"]["purity"] <= 0.5
+    assert rows["local_only"]["groups"] == 12
+    assert uncapped["drift"]["rounds_to_rehome_max"] == 1  # the oracle moves them at once
+    assert set(block["targets"]) == {
+        "meta_rehomed_within_4_rounds",
+        "meta_accuracy_back_within_2_points",
+    }
+
+
+def test_an_unknown_method_is_named_and_exits_2(tmp_path: Path) -> None:
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--methods", "ifca,kmeans", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # Assert
+    assert proc.returncode == 2
+    assert "kmeans" in proc.stderr and "oracle_uncapped" in proc.stderr
+    assert "Traceback" not in proc.stderr

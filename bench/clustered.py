@@ -40,10 +40,11 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from node.errors import DatasetError
 from node.federation.ifca import run_ifca
 from node.federation.inprocess import train_in_memory
 from node.federation.strategies import set_flower_log_level
-from node.learning.data import Dataset, load_dataset
+from node.learning.data import load_dataset
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import CLUSTER_MODES, NodeData, drift, partition
@@ -393,11 +394,13 @@ def drift_summary(trace: Trace, drifted: Sequence[int], drift_at: int) -> dict[s
     }
 
 
-def run_scenario(
-    sc: Scenario, methods: Sequence[str], seed: int, dataset: Dataset | None = None
-) -> dict[str, Any]:
-    """Every method in ``methods`` on ``sc``'s partition; rows, targets and the scenario."""
-    data_set = dataset if dataset is not None else load_dataset(sc.dataset)
+def prepare(sc: Scenario, seed: int) -> tuple[list[NodeData], dict[int, NodeData]]:
+    """``sc``'s partition and, for a drift scenario, the drifted shares (drift seed + 1).
+
+    Raises ``ValueError`` for a partition the data cannot make and ``DatasetError``
+    when the data set's files are missing.
+    """
+    data_set = load_dataset(sc.dataset)
     kwargs: dict[str, Any] = {
         "seed": seed,
         "clusters": sc.clusters,
@@ -408,12 +411,19 @@ def run_scenario(
     drifted: dict[int, NodeData] = {}
     if sc.drift_at is not None:
         drifted = drift(
-            data_set,
-            sc.nodes,
-            fraction=sc.drift_fraction,
-            drift_seed=seed + 1,
-            **kwargs,
+            data_set, sc.nodes, fraction=sc.drift_fraction, drift_seed=seed + 1, **kwargs
         )
+    return data, drifted
+
+
+def run_scenario(
+    sc: Scenario,
+    methods: Sequence[str],
+    seed: int,
+    data: list[NodeData],
+    drifted: dict[int, NodeData],
+) -> dict[str, Any]:
+    """Every method in ``methods`` on ``sc``'s partition; rows, targets and the scenario."""
     cfg = NetworkConfig(dataset=sc.dataset, domain=sc.dataset, seed=seed, max_capacity=sc.capacity)
     rounds = sc.rounds
     runners: dict[str, Callable[[], tuple[dict[str, Any], Trace]]] = {
@@ -583,9 +593,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     report: dict[str, Any] = {}
     for sc in scenarios:
         try:
-            block = run_scenario(sc, args.methods, args.seed)
-        except ValueError as exc:  # a partition the data cannot make
+            data, drifted = prepare(sc, args.seed)
+        except (ValueError, DatasetError) as exc:
             p.error(f"scenario {sc.name}: {exc}")
+        block = run_scenario(sc, args.methods, args.seed, data, drifted)
         print_scenario(sc.name, block)
         report[sc.name] = block
     args.out.parent.mkdir(parents=True, exist_ok=True)

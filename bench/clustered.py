@@ -354,8 +354,8 @@ def _scores(
 def drift_summary(trace: Trace, drifted: Sequence[int], drift_at: int) -> dict[str, Any]:
     """Per drifted node, from a per-round trace: re-homing, accuracy dip and what is left.
 
-    ``rounds_to_rehome``: rounds after the drift until the node's group (its own, when
-    ungrouped) has the node's new cluster as its majority; None if never. ``dip``:
+    ``rounds_to_rehome``: rounds after the drift until the node is in a group (not
+    ungrouped) where its new cluster outnumbers every other cluster; None if never. ``dip``:
     accuracy after round ``drift_at`` minus the lowest after it. ``gap``: accuracy after
     round ``drift_at`` minus the final one (negative: better than before).
     ``recovered``: the gap is within ``RECOVERY_TOLERANCE``.
@@ -367,9 +367,11 @@ def drift_summary(trace: Trace, drifted: Sequence[int], drift_at: int) -> dict[s
         rehome = None
         for k, rnd in enumerate(range(drift_at, len(trace.groups)), start=1):
             groups, clusters = trace.groups[rnd], trace.clusters[rnd]
-            labels = group_labels(groups)
-            mates = Counter(c for c, g in zip(clusters, labels, strict=True) if g == labels[i])
-            if mates[clusters[i]] == max(mates.values()):
+            if groups[i] is None:
+                continue
+            mates = Counter(c for c, g in zip(clusters, groups, strict=True) if g == groups[i])
+            own = mates.pop(clusters[i])
+            if own > max(mates.values(), default=0):
                 rehome = k
                 break
         per_node[str(i)] = {

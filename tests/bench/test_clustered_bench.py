@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "clustered.py"
 FIELDS = {"mean_accuracy", "worst_accuracy", "purity", "ari", "sibling_ari", "seconds"}
 
@@ -61,3 +63,31 @@ def test_an_unknown_method_is_named_and_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "kmeans" in proc.stderr and "oracle_uncapped" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_drift_summary_counts_rounds_to_rehome_the_dip_and_the_gap() -> None:
+    # Prepare: 4 nodes; node 3 drifts from cluster 1 to 0 after round 2, joins group A in
+    # round 4 (two rounds after the drift); its accuracy 0.8 -> 0.5 -> 0.6 -> 0.79
+    from bench.clustered import Trace, drift_summary
+
+    before, after = [0, 0, 1, 1], [0, 0, 1, 0]
+    trace = Trace(
+        groups=[["A", "A", "B", "B"]] * 3 + [["A", "A", "B", "A"]],
+        accuracy=[
+            [0.9, 0.9, 0.9, 0.7],
+            [0.9, 0.9, 0.9, 0.8],
+            [0.9] * 3 + [0.5],
+            [0.9] * 3 + [0.79],
+        ],
+        clusters=[before, before, after, after],
+    )
+
+    # Execute
+    summary = drift_summary(trace, [3], drift_at=2)
+
+    # Assert
+    node = summary["nodes"]["3"]
+    assert node["rounds_to_rehome"] == 2
+    assert node["dip"] == pytest.approx(0.3) and node["gap"] == pytest.approx(0.01)
+    assert node["recovered"] is True
+    assert summary["rounds_to_rehome_max"] == 2 and summary["recovered"] == 1

@@ -313,7 +313,36 @@ def _network(
     row["links"] = len(links)
     if report is not None:
         row["drift_report"] = _jsonable(report)
+        row["drift_report_summary"] = summarize_report(row["drift_report"])
     return row, trace
+
+
+def summarize_report(report: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Max, mean and missing count of every numeric field of ``net.drift_report()``.
+
+    ``report``: ``{node id: {field: number or None}}``. Where a node has
+    ``accuracy_before`` and ``lowest_after`` (validation accuracy), adds their difference
+    as ``dip``. A field that is None for a node (e.g. never re-homed) counts as missing.
+    """
+    values: dict[str, list[float]] = {}
+    missing: Counter[str] = Counter()
+    for entry in report.values():
+        fields_ = dict(entry)
+        if fields_.get("accuracy_before") is not None and fields_.get("lowest_after") is not None:
+            fields_["dip"] = fields_["accuracy_before"] - fields_["lowest_after"]
+        for key, value in fields_.items():
+            if value is None:
+                missing[key] += 1
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                values.setdefault(key, []).append(float(value))
+    return {
+        key: {"max": max(v), "mean": float(np.mean(v)), "missing": missing[key]}
+        for key, v in values.items()
+    } | {
+        key: {"max": None, "mean": None, "missing": n}
+        for key, n in missing.items()
+        if key not in values
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -522,7 +551,19 @@ def print_scenario(name: str, block: Mapping[str, Any]) -> None:
                 f"dip max {d['dip_max']:.3f} mean {d['dip_mean']:.3f}, "
                 f"recovered {d['recovered']}/{d['drifted']}"
             )
+    for method, r in block["results"].items():
+        for key in ("rounds_to_rehome", "rounds_to_recover", "dip"):
+            stat = r.get("drift_report_summary", {}).get(key)
+            if stat:
+                print(
+                    f"  drift_report {method}: {key} max {_num(stat['max'])} "
+                    f"mean {_num(stat['mean'])} (never: {stat['missing']})"
+                )
     print("targets:", block["targets"])
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _parse_methods(text: str) -> list[str]:

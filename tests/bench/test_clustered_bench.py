@@ -91,3 +91,21 @@ def test_drift_summary_counts_rounds_to_rehome_the_dip_and_the_gap() -> None:
     assert node["dip"] == pytest.approx(0.3) and node["gap"] == pytest.approx(0.01)
     assert node["recovered"] is True
     assert summary["rounds_to_rehome_max"] == 2 and summary["recovered"] == 1
+
+
+def test_the_networks_drift_report_is_summarized_with_never_counted_apart() -> None:
+    # Prepare: two drifted nodes; one never re-homed
+    from bench.clustered import summarize_report
+
+    report = {
+        "node-001": {"rounds_to_rehome": 2, "accuracy_before": 0.9, "lowest_after": 0.5},
+        "node-002": {"rounds_to_rehome": None, "accuracy_before": 0.8, "lowest_after": 0.7},
+    }
+
+    # Execute
+    summary = summarize_report(report)
+
+    # Assert
+    assert summary["rounds_to_rehome"] == {"max": 2.0, "mean": 2.0, "missing": 1}
+    assert summary["dip"]["max"] == pytest.approx(0.4)
+    assert summary["dip"]["mean"] == pytest.approx(0.25)

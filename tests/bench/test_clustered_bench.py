@@ -91,6 +91,7 @@ def test_drift_summary_counts_rounds_to_rehome_the_dip_and_the_gap() -> None:
     assert node["dip"] == pytest.approx(0.3) and node["gap"] == pytest.approx(0.01)
     assert node["recovered"] is True
     assert summary["rounds_to_rehome_max"] == 2 and summary["recovered"] == 1
+    assert summary["gap_mean"] == pytest.approx(0.01)
 
 
 def test_the_networks_drift_report_is_summarized_with_never_counted_apart() -> None:

@@ -63,7 +63,8 @@ def demo(
         int, typer.Option(min=1, max=64, help="Hidden clusters (at most --nodes).")
     ] = 2,
     cluster_mode: Annotated[
-        str, typer.Option(help="rotation (360/k degrees) | label_permutation | mixed")
+        str,
+        typer.Option(help="rotation (90° steps up to 4, 360/k beyond) | label_permutation | mixed"),
     ] = "rotation",
     alpha: Annotated[float, typer.Option(min=0.001, help="Dirichlet concentration.")] = 0.5,
     policy: Annotated[str, typer.Option(help="local (judge on own data) | reported")] = "local",

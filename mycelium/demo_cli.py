@@ -59,8 +59,13 @@ def demo(
     ] = None,
     dataset: Annotated[str, typer.Option(help="digits | fashion")] = "digits",
     partition: Annotated[str, typer.Option(help="iid | dirichlet | clustered")] = "clustered",
-    clusters: Annotated[int, typer.Option(min=1, max=4, help="Hidden clusters.")] = 2,
-    cluster_mode: Annotated[str, typer.Option(help="rotation | label_permutation")] = "rotation",
+    clusters: Annotated[
+        int, typer.Option(min=1, max=64, help="Hidden clusters (at most --nodes).")
+    ] = 2,
+    cluster_mode: Annotated[
+        str,
+        typer.Option(help="rotation (90° steps up to 4, 360/k beyond) | label_permutation | mixed"),
+    ] = "rotation",
     alpha: Annotated[float, typer.Option(min=0.001, help="Dirichlet concentration.")] = 0.5,
     policy: Annotated[str, typer.Option(help="local (judge on own data) | reported")] = "local",
     strategy: Annotated[str, typer.Option(help="fedavg | fedmedian | fedtrimmedavg | krum")] = (
@@ -98,6 +103,10 @@ def demo(
     one_of(dataset, list(DATASET_NAMES), "--dataset")
     one_of(partition, SCHEMES, "--partition")
     one_of(cluster_mode, CLUSTER_MODES, "--cluster-mode")
+    if clusters > nodes:
+        raise typer.BadParameter(
+            f"{clusters} clusters need at least as many nodes, got {nodes}", param_hint="--clusters"
+        )
     one_of(policy, list(POLICIES), "--policy")
     one_of(strategy, list(STRATEGY_NAMES), "--strategy")
     cfg = DemoConfig(

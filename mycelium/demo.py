@@ -24,17 +24,18 @@ from mycelium.runlog import RunLog
 from node.credentials import CredentialStore
 from node.errors import RegistryUnavailableError
 from node.federation.strategies import set_flower_log_level
-from node.learning.partition import NodeData, PartitionSpec
+from node.learning.partition import PartitionSpec
 from node.registry_client import RegistryClient
 from node.runtime.network import InProcessNetwork, NetworkConfig, RoundStats, local_only_accuracy
 
-__all__ = ["DemoConfig", "check_registry", "migrations_table", "run_demo"]
+__all__ = ["DEFAULT_CLUSTERS", "DemoConfig", "check_registry", "migrations_table", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 # Loggers whose INFO lines tell the story of a run: a node's joins and migrations, the
 # network's drift, merges and splits.
 _NARRATED = ("node.runtime.agent", "node.runtime.network")
+DEFAULT_CLUSTERS = 3
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DemoConfig:
     duration: float | None = None
     dataset: str = "digits"
     partition: str = "clustered"
-    clusters: int = 3
+    clusters: int = DEFAULT_CLUSTERS
     cluster_mode: str = "rotation"
     capacity: int = 4
     drift: bool = True
@@ -80,9 +81,14 @@ class DemoConfig:
             return None
         if self.drift_at is not None:
             return self.drift_at
-        if self.duration is not None or self.rounds < 2:
-            return None  # no known length to put a default drift half-way through
+        if self.duration is not None or self.rounds < 2 or self.drifting_nodes < 1:
+            return None  # no known length to drift half-way through, or no node to drift
         return max(2, self.rounds // 2)
+
+    @property
+    def drifting_nodes(self) -> int:
+        """How many nodes a drift moves (PartitionSpec.drifted's rounding)."""
+        return round(self.drift_fraction * self.nodes)
 
     def check(self) -> None:
         """Raise ValueError naming the flag when the drift flags cannot work together."""
@@ -100,6 +106,10 @@ class DemoConfig:
             raise ValueError(
                 "--drift-at needs hidden clusters to drift between: "
                 "--partition clustered and --clusters 2 or more"
+            )
+        if self.drifting_nodes < 1:
+            raise ValueError(
+                f"--drift-fraction {self.drift_fraction:g} of --nodes {self.nodes} drifts no node"
             )
 
 
@@ -273,12 +283,12 @@ def _apply_drift(
     cfg: DemoConfig, spec: PartitionSpec, net: InProcessNetwork
 ) -> dict[str, Any] | None:
     """Switch a fraction of the nodes to another hidden cluster's data, before the round."""
-    # TODO(i14-data, i14-meta): call spec.drifted and net.apply_drift directly once merged.
-    drifted, apply = getattr(spec, "drifted", None), getattr(net, "apply_drift", None)
-    if drifted is None or apply is None:
+    # TODO(i14-meta): call net.apply_drift directly once merged.
+    apply = getattr(net, "apply_drift", None)
+    if apply is None:
         log.warning("this build cannot drift a node's data yet: no drift in this run")
         return None
-    replacements: dict[int, NodeData] = drifted(cfg.drift_fraction, cfg.seed)
+    replacements = spec.drifted(cfg.drift_fraction, cfg.seed)
     before = {i: net.agents[i].cluster for i in replacements}
     apply(replacements)
     nodes = {

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mycelium.demo import DemoConfig, migrations_table, run_demo
+from mycelium.demo import DEFAULT_CLUSTERS, DemoConfig, migrations_table, run_demo
 from node.cli.common import one_of
 from node.errors import NodeError
 from node.federation.strategies import STRATEGY_NAMES
@@ -78,8 +78,14 @@ def demo(
     ] = None,
     dataset: Annotated[str, typer.Option(help="digits | fashion")] = "digits",
     partition: Annotated[str, typer.Option(help="iid | dirichlet | clustered")] = "clustered",
-    clusters: Annotated[int, typer.Option(min=1, max=4, help="Hidden clusters.")] = 3,
-    cluster_mode: Annotated[str, typer.Option(help="rotation | label_permutation")] = "rotation",
+    clusters: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Hidden clusters (default 3, at most --nodes)."),
+    ] = None,
+    cluster_mode: Annotated[
+        str,
+        typer.Option(help="rotation (90° steps up to 4, 360/k beyond) | label_permutation | mixed"),
+    ] = "rotation",
     capacity: Annotated[int, typer.Option(min=2, help="Most members a group may have.")] = 4,
     drift: Annotated[
         bool, typer.Option("--drift/--no-drift", help="Some nodes' data drift mid-run.")
@@ -140,6 +146,12 @@ def demo(
     one_of(dataset, list(DATASET_NAMES), "--dataset")
     one_of(partition, SCHEMES, "--partition")
     one_of(cluster_mode, CLUSTER_MODES, "--cluster-mode")
+    if clusters is None:
+        clusters = min(DEFAULT_CLUSTERS, nodes)
+    if clusters > nodes:
+        raise typer.BadParameter(
+            f"{clusters} clusters need at least as many nodes, got {nodes}", param_hint="--clusters"
+        )
     one_of(policy, list(POLICIES), "--policy")
     one_of(strategy, list(STRATEGY_NAMES), "--strategy")
     cfg = DemoConfig(

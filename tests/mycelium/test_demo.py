@@ -139,3 +139,10 @@ def test_the_demo_runs_twice_in_a_row_against_one_registry(
     assert summary["rounds"] == 2 and set(summary["nodes"]) == {"node-000", "node-001"}
     stored = sorted(p.name for p in (out / "credentials").rglob("*.json"))
     assert stored == ["node-000.json", "node-001.json"]
+
+
+def test_more_clusters_than_nodes_is_named_without_a_traceback(tmp_path: Path) -> None:
+    result = _run("--nodes", "4", "--clusters", "6", "--output", str(tmp_path))
+    assert result.returncode == 2
+    assert "--clusters" in result.stderr and "6 clusters" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -53,6 +53,9 @@ def test_bad_drift_flags_are_named_and_exit_2(tmp_path: Path) -> None:
     zero = _run("--drift-fraction", "0", "--output", str(tmp_path))
     above = _run("--drift-fraction", "1.5", "--output", str(tmp_path))
     iid = _run("--partition", "iid", "--drift-at", "2", "--output", str(tmp_path))
+    nobody = _run(
+        "--nodes", "2", "--drift-at", "2", "--drift-fraction", "0.2", "--output", str(tmp_path)
+    )
 
     # Assert: exit 2, one line naming the flag, nothing run or written
     assert late.returncode == 2
@@ -60,7 +63,11 @@ def test_bad_drift_flags_are_named_and_exit_2(tmp_path: Path) -> None:
     assert zero.returncode == 2 and "--drift-fraction must be in (0, 1], got 0" in zero.stderr
     assert above.returncode == 2 and "--drift-fraction must be in (0, 1], got 1.5" in above.stderr
     assert iid.returncode == 2 and "--partition clustered" in iid.stderr
-    for result in (late, zero, above, iid):
+    assert (
+        nobody.returncode == 2
+        and "--drift-fraction 0.2 of --nodes 2 drifts no node" in nobody.stderr
+    )
+    for result in (late, zero, above, iid, nobody):
         assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -43,12 +43,12 @@ class DemoConfig:
     """Flags of `mycelium demo` / demo.py.
 
     The defaults are the README's demo: 12 digits nodes in 3 hidden clusters, groups of at
-    most 4, 12 rounds; at round 6 (``drift_at`` None: half-way) a quarter of the nodes
+    most 4, 16 rounds; at round 8 (``drift_at`` None: half-way) a quarter of the nodes
     switch to another cluster's data and must re-home. ``check()`` names a bad flag.
     """
 
     nodes: int = 12
-    rounds: int = 12
+    rounds: int = 16
     duration: float | None = None
     dataset: str = "digits"
     partition: str = "clustered"

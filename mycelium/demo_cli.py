@@ -72,7 +72,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
 
 def demo(
     nodes: Annotated[int, typer.Option(min=1, max=2000, help="Number of nodes.")] = 12,
-    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 12,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 16,
     duration: Annotated[
         float | None, typer.Option(min=0.1, help="Run for this many seconds instead of --rounds.")
     ] = None,

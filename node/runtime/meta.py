@@ -218,8 +218,8 @@ def merge_plan(
 ) -> list[tuple[int, int]]:
     """Which groups merge: ``(smaller, into_larger)`` for mutual siblings (both
     ``(a, b)`` and ``(b, a)`` in ``siblings``) whose member counts together fit
-    ``capacity``. Each group takes part in at most one merge; smallest pairs first, ties
-    by id (deterministic)."""
+    ``capacity``. Each group takes part in at most one merge; smallest pairs first; of
+    two equal sizes the newer (higher id) merges into the older (deterministic)."""
     directed = set(siblings)
     pairs = sorted(
         {(min(a, b), max(a, b)) for a, b in directed if (b, a) in directed and a != b},
@@ -240,7 +240,7 @@ def merge_plan(
 
 def sattler_split(
     updates: Mapping[str, np.ndarray], threshold: float = 0.0, min_members: int = 4
-) -> tuple[list[str], list[str]] | None:
+) -> tuple[list[str], list[str], float] | None:
     """Clustered FL's split (Sattler, Müller & Samek, 2020, IEEE TNNLS): bipartition the
     members by the cosine similarity of their updates and split when they disagree.
 
@@ -250,8 +250,8 @@ def sattler_split(
     most dissimilar members apart; the group splits when the largest cosine similarity
     across the two parts is below ``threshold`` (0: no member of one part has an update
     pointing even partly the way of any member of the other). Returns the two parts,
-    each sorted, the larger first; None when there are fewer than ``min_members`` or
-    the members agree.
+    each sorted, the larger first, and that cross similarity; None when there are fewer
+    than ``min_members`` or the members agree.
     """
     names = sorted(updates)
     if len(names) < max(min_members, 2):
@@ -273,7 +273,7 @@ def sattler_split(
     if cross >= threshold:
         return None
     parts = sorted(([names[i] for i in a], [names[i] for i in b]), key=lambda p: (-len(p), p))
-    return parts[0], parts[1]
+    return parts[0], parts[1], cross
 
 
 # --- carrying decisions out against the registry --------------------------------------

@@ -22,10 +22,13 @@ yes         POST heartbeat                             sets liveness and metrics
 yes         POST claim_host (``/groups/{id}/host``)    the holder is granted it again
 yes         POST round_ticket, round_key               each mints a credential, changes nothing
 yes         POST submit_contributions                  ledger keyed on node, group, round
+yes         PUT report_siblings                        replaces the group's whole link set
+yes         GET siblings, links                        reads
 yes         POST register with a token (stored or      the same node and secret again is
             client-chosen, see below)                  an update (200, created false)
 no          POST register without a token,             a repeat is refused (401, 409) or
-            create_group, join, leave                  hides the move the first one made
+            create_group, join, leave,                 hides the move the first one made
+            merge_group, split_group
 ==========  =========================================  ================================
 
 What is retried, and by what:
@@ -70,7 +73,7 @@ import datetime as dt
 import email.utils
 import logging
 import ssl
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -100,6 +103,9 @@ from registry.schemas import (
     EventsPublic,
     GroupDetail,
     GroupHost,
+    GroupLinkPublic,
+    GroupLinksPublic,
+    GroupMoved,
     GroupPublic,
     GroupsPublic,
     MembershipPublic,
@@ -119,12 +125,15 @@ __all__ = [
     "ConflictError",
     "EventPublic",
     "ForbiddenError",
+    "GroupLink",
+    "GroupMoved",
     "ModelBlob",
     "NotFoundError",
     "RegistryClient",
     "RegistryClientError",
     "RegistryRequestError",
     "RegistryUnavailableError",
+    "SiblingFit",
     "UnauthorizedError",
     "tls_context",
 ]
@@ -184,6 +193,26 @@ class ModelBlob:
     data: bytes
     round: int
     sha256: str
+
+
+# A directed sibling link as the registry stores it (``registry.schemas.GroupLinkPublic``).
+GroupLink = GroupLinkPublic
+
+
+@dataclass(frozen=True)
+class SiblingFit:
+    """How a group's members' validation data scored a sibling group's model.
+
+    ``fit`` and ``own_fit`` are accuracies in [0, 1] (the sibling's model and the group's
+    own, on the same examples), ``loss`` the sibling's model's mean loss there (>= 0, or
+    None), ``examples`` how many validation examples the scores rest on (>= 1).
+    """
+
+    group_id: int
+    fit: float
+    own_fit: float
+    loss: float | None
+    examples: int
 
 
 class _Failed(Exception):
@@ -665,6 +694,66 @@ class RegistryClient:
         ForbiddenError), which checks the members' round tickets."""
         resp = self._request("POST", f"/groups/{group_id}/round-key", idempotent=True)
         return RoundKey.model_validate(resp.json())
+
+    # --- meta-federation: sibling links, merge, split --------------------------------
+
+    def report_siblings(
+        self, group_id: int, round: int, siblings: Sequence[SiblingFit]
+    ) -> list[GroupLink]:
+        """Replace the group's sibling links (this node must be a member) with ``siblings``
+        measured at ``round``; returns the stored links by sibling id. The registry refuses
+        (RegistryRequestError, status 422) the group itself, a sibling twice, more than 64
+        or scores out of range; NotFoundError an unknown sibling; ConflictError one of
+        another domain."""
+        body = {
+            "round": round,
+            "siblings": [
+                {
+                    "group_id": s.group_id,
+                    "fit": s.fit,
+                    "own_fit": s.own_fit,
+                    "loss": s.loss,
+                    "examples": s.examples,
+                }
+                for s in siblings
+            ],
+        }
+        resp = self._request("PUT", f"/groups/{group_id}/siblings", idempotent=True, json=body)
+        return GroupLinksPublic.model_validate(resp.json()).links
+
+    def siblings(self, group_id: int) -> list[GroupLink]:
+        """The links group ``group_id`` measured and those pointing at it (live groups)."""
+        resp = self._request("GET", f"/groups/{group_id}/siblings", idempotent=True)
+        return GroupLinksPublic.model_validate(resp.json()).links
+
+    def links(self, domain: str | None = None) -> list[GroupLink]:
+        """Every link between live groups (of ``domain``, when given)."""
+        params = {"domain": domain} if domain is not None else None
+        resp = self._request("GET", "/links", idempotent=True, params=params)
+        return GroupLinksPublic.model_validate(resp.json()).links
+
+    def merge_group(self, group_id: int, into: int) -> GroupMoved:
+        """Move every member of ``group_id`` (this node's group) into its sibling ``into``;
+        ``group_id`` is archived. ConflictError when ``into`` is no sibling, has no room,
+        or is of another domain, aggregation or mode."""
+        # A repeat after a lost answer is refused (403): this node left ``group_id``.
+        resp = self._request(
+            "POST", f"/groups/{group_id}/merge", idempotent=False, json={"into": into}
+        )
+        return GroupMoved.model_validate(resp.json())
+
+    def split_group(self, group_id: int, members: Sequence[str], name: str) -> GroupMoved:
+        """Split ``members`` of ``group_id`` (this node's group) off into a new group named
+        ``name``, like the old one; ConflictError when a node listed is not a member, when
+        every member is listed, or when the name is taken."""
+        # A repeat after a lost answer is refused (409): the name is taken.
+        resp = self._request(
+            "POST",
+            f"/groups/{group_id}/split",
+            idempotent=False,
+            json={"members": list(members), "name": name},
+        )
+        return GroupMoved.model_validate(resp.json())
 
     # --- models --------------------------------------------------------------------
 

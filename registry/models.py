@@ -27,6 +27,7 @@ __all__ = [
     "DomainSignature",
     "Event",
     "Group",
+    "GroupLink",
     "LedgerEntry",
     "MemberMetric",
     "Membership",
@@ -112,6 +113,25 @@ class Group(Base):
     aggregation: Mapped[str] = mapped_column(String(16), default="fedavg", server_default="fedavg")
     # How members train together: Flower ``rounds`` or peer-to-peer ``gossip``.
     mode: Mapped[str] = mapped_column(String(16), default="rounds", server_default="rounds")
+
+
+class GroupLink(Base):
+    """A sibling link, directed: group ``group_id`` scored ``sibling_id``'s model on its
+    members' validation data (``fit``, accuracy in [0, 1]) next to its own (``own_fit``).
+    Reads drop a link once either group is archived."""
+
+    __tablename__ = "group_links"
+    __table_args__ = (UniqueConstraint("group_id", "sibling_id", name="uq_group_link"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"), index=True)
+    sibling_id: Mapped[int] = mapped_column(ForeignKey("groups.id"), index=True)
+    fit: Mapped[float] = mapped_column(Float)
+    own_fit: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float, default=None)
+    examples: Mapped[int] = mapped_column(Integer)
+    round: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Node(Base):

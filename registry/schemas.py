@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,7 +36,12 @@ __all__ = [
     "GroupCreate",
     "GroupDetail",
     "GroupHost",
+    "GroupLinkPublic",
+    "GroupLinksPublic",
+    "GroupMerge",
+    "GroupMoved",
     "GroupPublic",
+    "GroupSplit",
     "GroupsPublic",
     "Heartbeat",
     "HostClaim",
@@ -61,6 +67,8 @@ __all__ = [
     "RoundRewards",
     "RoundTicket",
     "RoundTicketClaims",
+    "SiblingFitIn",
+    "SiblingsReport",
     "SimulationCreate",
     "SimulationPublic",
     "SimulationsPublic",
@@ -428,6 +436,87 @@ class EventsPublic(BaseModel):
 
     data: list[EventPublic]
     last_id: int
+
+
+# --- sibling links, merge and split ------------------------------------------------------
+
+# Most siblings one group may report at once.
+MAX_SIBLINGS = 64
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class SiblingFitIn(_In):
+    """One sibling as the reporting group measured it on its members' validation data."""
+
+    group_id: GroupId
+    fit: Fraction = Field(description="The sibling's model's accuracy there, in [0, 1].")
+    own_fit: Fraction = Field(description="The group's own model's accuracy there, in [0, 1].")
+    loss: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = Field(
+        default=None, description="The sibling's model's mean loss there (>= 0, finite)."
+    )
+    examples: int = Field(ge=1, le=2**31 - 1, description="Validation examples behind it.")
+
+
+class SiblingsReport(_In):
+    """A group's whole set of sibling links for a round: it replaces the previous set."""
+
+    round: int = Field(ge=0, le=MAX_ID)
+    siblings: list[SiblingFitIn] = Field(default_factory=list, max_length=MAX_SIBLINGS)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SiblingsReport:
+        twice = sorted(i for i, n in Counter(s.group_id for s in self.siblings).items() if n > 1)
+        if twice:
+            raise ValueError(f"siblings listed more than once: {twice}")
+        return self
+
+
+class GroupLinkPublic(BaseModel):
+    """A directed sibling link: group `group_id` measured group `sibling_id`'s model."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    group_id: int
+    sibling_id: int
+    fit: float
+    own_fit: float
+    loss: float | None
+    examples: int
+    round: int
+    updated_at: dt.datetime
+
+
+class GroupLinksPublic(BaseModel):
+    """Sibling links between live groups."""
+
+    links: list[GroupLinkPublic]
+
+
+class GroupMerge(_In):
+    """Merge the group into a sibling: every member moves to `into`."""
+
+    into: GroupId
+
+
+class GroupSplit(_In):
+    """Split the listed members off into a new group named `name`."""
+
+    members: list[NodeId] = Field(min_length=1, max_length=10_000)
+    name: GroupName
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GroupSplit:
+        twice = sorted(m for m, n in Counter(self.members).items() if n > 1)
+        if twice:
+            raise ValueError(f"members listed more than once: {twice}")
+        return self
+
+
+class GroupMoved(BaseModel):
+    """The group that received members (by a merge or a split) and who moved, by node id."""
+
+    group: GroupPublic
+    moved: list[str]
 
 
 # --- ledger ------------------------------------------------------------------------

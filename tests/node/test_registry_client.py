@@ -20,9 +20,11 @@ from node.learning.weights import WeightsSignature, weights_to_bytes
 from node.registry_client import (
     ConflictError,
     ForbiddenError,
+    NotFoundError,
     RegistryClient,
     RegistryRequestError,
     RegistryUnavailableError,
+    SiblingFit,
     UnauthorizedError,
 )
 from tests.support.registry_proc import RegistryProcess
@@ -65,6 +67,55 @@ def test_refusals_raise_typed_errors(sqlite_registry: RegistryProcess) -> None:
         with pytest.raises(UnauthorizedError):
             stranger.heartbeat()
     assert full.value.status == 409 and "full" in str(full.value.detail)
+
+
+def test_client_reports_siblings_merges_and_splits(sqlite_registry: RegistryProcess) -> None:
+    # Prepare: groups A (a, c, d) and B (b) of one domain; A measures B
+    url = sqlite_registry.url
+    with (
+        RegistryClient(url) as a,
+        RegistryClient(url) as b,
+        RegistryClient(url) as c,
+        RegistryClient(url) as d,
+    ):
+        for client, name in ((a, "meta-a"), (b, "meta-b"), (c, "meta-c"), (d, "meta-d")):
+            client.register(name, f"x:{len(name)}", "meta")
+        ga = a.create_group("meta-group-a", "meta", max_capacity=4)
+        gb = b.create_group("meta-group-b", "meta", max_capacity=4)
+        c.join(ga.id)
+        d.join(ga.id)
+
+        # Execute
+        stored = a.report_siblings(
+            ga.id, 2, [SiblingFit(group_id=gb.id, fit=0.9, own_fit=0.8, loss=None, examples=12)]
+        )
+        seen_from_b = b.siblings(gb.id)
+        in_domain = a.links("meta")
+        split = c.split_group(ga.id, ["meta-d"], "meta-group-d")
+        with pytest.raises(ConflictError) as not_sibling:
+            d.merge_group(split.group.id, gb.id)
+        with pytest.raises(NotFoundError):
+            a.report_siblings(ga.id, 3, [SiblingFit(2**31 - 2, 0.5, 0.5, 0.1, 1)])
+        with pytest.raises(RegistryRequestError) as itself:
+            a.report_siblings(ga.id, 3, [SiblingFit(ga.id, 0.5, 0.5, 0.1, 1)])
+        merged = c.merge_group(ga.id, gb.id)
+
+    # Assert
+    [link] = stored
+    assert (link.group_id, link.sibling_id, link.fit, link.loss, link.round) == (
+        ga.id,
+        gb.id,
+        0.9,
+        None,
+        2,
+    )
+    assert seen_from_b == stored == in_domain
+    assert split.moved == ["meta-d"] and split.group.member_count == 1
+    assert split.group.name == "meta-group-d" and split.group.max_capacity == 4
+    assert not_sibling.value.status == 409 and "not a sibling" in str(not_sibling.value.detail)
+    assert itself.value.status == 422
+    assert sorted(merged.moved) == ["meta-a", "meta-c"]
+    assert merged.group.id == gb.id and merged.group.member_count == 3
 
 
 def test_a_node_of_another_model_is_refused_at_the_door(sqlite_registry: RegistryProcess) -> None:

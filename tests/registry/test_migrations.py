@@ -114,3 +114,54 @@ def test_event_domains_are_backfilled_from_groups_then_nodes(
 
     # Assert: the group's domain wins, then the node's; an event of neither has none
     assert domains == ["alpha", "beta", None]
+
+
+def test_group_links_migrate_up_and_down_keeping_the_groups(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    # Prepare: a database at 0008 with two groups
+    url = database_url or f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0008")
+    engine = create_engine(url)
+    now = "CURRENT_TIMESTAMP"
+    with engine.begin() as conn:
+        for gid in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO groups (id, name, domain, max_capacity, created_at, updated_at, "
+                    f"round, performance, host_epoch, aggregation, mode) VALUES ({gid}, 'g{gid}', "
+                    f"'digits', 5, {now}, {now}, 0, '{{}}', 0, 'fedavg', 'rounds')"
+                )
+            )
+
+    # Execute: up to 0009, store a link, then down again
+    upgrade(url, "0009")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO group_links (group_id, sibling_id, fit, own_fit, loss, examples, "
+                f"round, updated_at) VALUES (1, 2, 0.8, 0.7, NULL, 30, 4, {now})"
+            )
+        )
+    columns = {c["name"] for c in inspect(engine).get_columns("group_links")}
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0008")
+    tables_down = set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        groups = conn.execute(text("SELECT name FROM groups ORDER BY id")).scalars().all()
+    engine.dispose()
+
+    # Assert
+    assert columns == {
+        "id",
+        "group_id",
+        "sibling_id",
+        "fit",
+        "own_fit",
+        "loss",
+        "examples",
+        "round",
+        "updated_at",
+    }
+    assert "group_links" not in tables_down
+    assert groups == ["g1", "g2"]

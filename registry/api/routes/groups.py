@@ -1,4 +1,4 @@
-"""Routes for groups: create, list, show, join, leave, performance."""
+"""Routes for groups: create, list, show, join, leave, performance, siblings, merge, split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import ValidationError
 from starlette.routing import Route
 
-from registry import crud, round_tickets, snapshots
+from registry import crud, round_tickets, siblings, snapshots
 from registry.api import reads
 from registry.api.deps import DatabaseDep, PageDep, SettingsDep, TokenDep, request_token
 from registry.api.validation import invalid_response
@@ -17,7 +17,12 @@ from registry.schemas import (
     GroupCreate,
     GroupDetail,
     GroupHost,
+    GroupLinkPublic,
+    GroupLinksPublic,
+    GroupMerge,
+    GroupMoved,
     GroupPublic,
+    GroupSplit,
     GroupsPublic,
     HostClaim,
     JoinRequest,
@@ -29,6 +34,7 @@ from registry.schemas import (
     PerformanceReportsPublic,
     RoundKey,
     RoundTicket,
+    SiblingsReport,
 )
 from registry.settings import RegistrySettings
 
@@ -251,3 +257,102 @@ def round_key(
         return round_tickets.issue_round_key(
             session, caller=caller, group_id=group_id, secret=secret
         )
+
+
+# --- meta-federation: sibling links, merge, split (registry.siblings) ---------------------
+
+
+def _links(rows: list[object]) -> GroupLinksPublic:
+    return GroupLinksPublic(links=[GroupLinkPublic.model_validate(r) for r in rows])
+
+
+@router.put(
+    "/{group_id}/siblings",
+    response_model=GroupLinksPublic,
+    responses={**AUTH_ERRORS, 404: {}, 409: {}},
+)
+def report_siblings(
+    db: DatabaseDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    group_id: GroupIdPath,
+    body: SiblingsReport,
+) -> GroupLinksPublic:
+    """A member replaces the group's sibling links (the groups whose models it scored on
+    its members' validation data); 422 for the group itself or a sibling listed twice, 404
+    for an unknown sibling, 409 for one of another domain. Returns the stored links."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        rows = siblings.report_siblings(
+            session,
+            caller=caller,
+            group_id=group_id,
+            body=body,
+            max_round_jump=settings.max_round_jump,
+        )
+        return _links(list(rows))
+
+
+@router.get("/{group_id}/siblings", response_model=GroupLinksPublic, responses={404: {}})
+def list_siblings(db: DatabaseDep, group_id: GroupIdPath) -> GroupLinksPublic:
+    """The sibling links the group measured and those pointing at it, between live groups."""
+    with db.read() as session:
+        crud.get_group(session, group_id=group_id)
+        return _links(list(siblings.list_links(session, group_id=group_id)))
+
+
+@router.post(
+    "/{group_id}/merge",
+    response_model=GroupMoved,
+    responses={**AUTH_ERRORS, 404: {}, 409: {}},
+)
+def merge_group(
+    db: DatabaseDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    group_id: GroupIdPath,
+    body: GroupMerge,
+) -> GroupMoved:
+    """A member moves the whole group into a sibling (`into`) and the group is archived;
+    409 when `into` is not a sibling (no link either way), is of another domain,
+    aggregation or mode, or has no room for every member."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        group, moved = siblings.merge_group(
+            session,
+            caller=caller,
+            group_id=group_id,
+            into=body.into,
+            quarantine_flags=settings.quarantine_flags,
+            quarantine_s=settings.quarantine_s,
+        )
+        return GroupMoved(group=group, moved=moved)
+
+
+@router.post(
+    "/{group_id}/split",
+    response_model=GroupMoved,
+    status_code=status.HTTP_201_CREATED,
+    responses={**AUTH_ERRORS, 404: {}, 409: {}},
+)
+def split_group(
+    db: DatabaseDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    group_id: GroupIdPath,
+    body: GroupSplit,
+) -> GroupMoved:
+    """A member splits the listed members off into a new group like this one (domain,
+    capacity, aggregation, mode) named `name`; 409 when a listed node is not a member,
+    when every member is listed, or when the name is taken."""
+    with db.write() as session:
+        caller = crud.authenticate(session, token=token)
+        group, moved = siblings.split_group(
+            session,
+            caller=caller,
+            group_id=group_id,
+            body=body,
+            quarantine_flags=settings.quarantine_flags,
+            quarantine_s=settings.quarantine_s,
+        )
+        return GroupMoved(group=group, moved=moved)

@@ -16,15 +16,13 @@ import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from sklearn.cluster import AgglomerativeClustering
 from torch import nn
 
-from node import registry_client
-from node.registry_client import RegistryClient, RegistryClientError
+from node.registry_client import RegistryClient, RegistryClientError, SiblingFit
 from node.runtime.policy import beats
 
 __all__ = [
@@ -279,27 +277,14 @@ def sattler_split(
 # --- carrying decisions out against the registry --------------------------------------
 
 
-def _client_call(client: RegistryClient, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a meta-federation method of the registry client (they arrive with the
-    registry's sibling endpoints); a client without it raises ``RegistryClientError``."""
-    fn = getattr(client, method, None)
-    if fn is None:
-        raise RegistryClientError(f"this registry client has no {method}()")
-    return fn(*args, **kwargs)
-
-
 def report_group_siblings(
     client: RegistryClient, group_id: int, round_: int, siblings: Sequence[SiblingScore]
 ) -> bool:
     """The host reports its group's siblings (``PUT /groups/{id}/siblings``); False (and a
     log line) when the registry refuses or is away."""
-    fit_type = getattr(registry_client, "SiblingFit", None)
-    if fit_type is None:
-        log.info("group %s: registry client cannot report siblings yet", group_id)
-        return False
-    fits = [fit_type(s.sibling_id, s.fit, s.own_fit, s.loss, s.examples) for s in siblings]
+    fits = [SiblingFit(s.sibling_id, s.fit, s.own_fit, s.loss, s.examples) for s in siblings]
     try:
-        _client_call(client, "report_siblings", group_id, round_, fits)
+        client.report_siblings(group_id, round_, fits)
     except RegistryClientError as exc:
         log.warning("group %s: siblings not reported: %s", group_id, exc)
         return False
@@ -311,7 +296,7 @@ def merge_into(client: RegistryClient, group_id: int, into: int) -> bool:
     (``POST /groups/{id}/merge``); a refusal (409: over capacity, no longer siblings) is
     skipped with a log line and gives False."""
     try:
-        _client_call(client, "merge_group", group_id, into)
+        client.merge_group(group_id, into)
     except RegistryClientError as exc:
         log.info("group %s: merge into %s skipped: %s", group_id, into, exc)
         return False
@@ -322,7 +307,7 @@ def split_off(client: RegistryClient, group_id: int, members: Sequence[str], nam
     """Ask the registry to move ``members`` of ``group_id`` into a new group ``name``
     (``POST /groups/{id}/split``); a refusal is logged and gives False."""
     try:
-        _client_call(client, "split_group", group_id, list(members), name)
+        client.split_group(group_id, list(members), name)
     except RegistryClientError as exc:
         log.info("group %s: split skipped: %s", group_id, exc)
         return False

@@ -10,11 +10,12 @@ import pytest
 
 from node.learning.data import load_digits
 from node.learning.partition import NodeData, partition
-from node.learning.weights import bytes_to_weights
+from node.learning.weights import bytes_to_weights, weights_to_bytes
 from node.registry_client import RegistryClient
 from node.runtime import meta
 from node.runtime.agent import NodeAgent
 from node.runtime.network import InProcessNetwork, NetworkConfig
+from node.runtime.policy import PolicyConfig
 from registry.server import BackgroundRegistry
 from registry.settings import build_settings
 from tests.node.helpers import digits_learner
@@ -224,3 +225,35 @@ def test_a_drifting_node_rehomes_and_the_report_shows_it(registry_url: str) -> N
 def test_meta_every_rounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="meta_every_rounds"):
         NetworkConfig(meta_every_rounds=0)
+
+
+def test_a_node_scores_one_group_per_sibling_component_first(registry_url: str) -> None:
+    # Prepare: three groups with snapshots; groups 1 and 2 are siblings (one component)
+    data = partition(load_digits(), 4, "iid", seed=0)
+    gids = []
+    for i in range(3):
+        founder = NodeAgent(
+            f"f{i}", digits_learner(data[i], seed=i), RegistryClient(registry_url), "digits"
+        )
+        founder.ensure_registered()
+        group = founder.client.create_group(
+            f"g{i}", "digits", max_capacity=5, join=True, model_signature=founder.signature
+        )
+        founder.client.upload_model(group.id, 0, weights_to_bytes(founder.learner.get_weights()))
+        gids.append(group.id)
+    components = {gids[0]: gids[0], gids[1]: gids[0], gids[2]: gids[2]}
+    node = NodeAgent(
+        "judge",
+        digits_learner(data[3], seed=3),
+        RegistryClient(registry_url),
+        "digits",
+        policy_config=PolicyConfig(top_k=1),
+        sibling_view=lambda: components,
+    )
+    node.ensure_registered()
+
+    # Execute
+    scored = {c.group_id for c in node.candidates() if c.local_score is not None}
+
+    # Assert: top_k = 1 alone would score one group; the view adds the other component
+    assert len(scored) == 2 and gids[2] in scored and len(scored & {gids[0], gids[1]}) == 1

@@ -406,10 +406,7 @@ class InProcessNetwork:
         found: dict[int, list[tuple[meta.SiblingScore, meta.Fit]]] = {}
         for gid in gids:
             members = rosters[gid]
-            vals = [a.learner.data.val for a in members]
-            x = torch.from_numpy(np.concatenate([v.x for v in vals]).astype(np.float32))
-            y = torch.from_numpy(np.concatenate([v.y for v in vals]).astype(np.int64))
-            sizes = [len(v) for v in vals]
+            x, y, sizes = _members_val(members)
             own = self._fit(self._groups[gid].weights, x, y, sizes)
             found[gid] = []
             for other in meta.sibling_candidates(gid, gids, links, self._rng, cfg.meta_candidates):
@@ -432,7 +429,9 @@ class InProcessNetwork:
     ) -> None:
         """Each group's model := the examples x fit weighted mean of its own and its
         siblings' (``meta.sharing_weights``), all computed from the models before any
-        changes; only the model crosses groups, membership stays."""
+        changes; only the model crosses groups, membership stays. The mean is kept only
+        when it fits the group's members' data as well as the group's own model, by the
+        same 5% rule as siblings (``meta.is_sibling``): averaging never makes it worse."""
         examples = {g: sum(a.learner.num_train_examples for a in ms) for g, ms in rosters.items()}
         new: dict[int, list[np.ndarray]] = {}
         for gid, sibs in found.items():
@@ -445,7 +444,14 @@ class InProcessNetwork:
             models = [self._groups[gid].weights] + [
                 self._groups[s.sibling_id].weights for s, _ in sibs
             ]
-            new[gid] = weighted_mean(models, weights)
+            mean = weighted_mean(models, weights)
+            x, y, sizes = _members_val(rosters[gid])
+            if meta.is_sibling(
+                sibs[0][1], self._fit(mean, x, y, sizes), self.config.switch_threshold
+            ):
+                new[gid] = mean
+            else:
+                log.info("group %s: the mean with %s siblings fits worse; kept", gid, len(sibs))
         for gid, model in new.items():
             self._groups[gid].weights = model
         self.shared[rnd] = len(new)
@@ -633,6 +639,14 @@ class InProcessNetwork:
         for agent in self.agents:
             agent.leave()
             agent.client.close()
+
+
+def _members_val(members: Sequence[NodeAgent]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The members' validation data stacked (x float32, y int64) and each one's size."""
+    vals = [a.learner.data.val for a in members]
+    x = torch.from_numpy(np.concatenate([v.x for v in vals]).astype(np.float32))
+    y = torch.from_numpy(np.concatenate([v.y for v in vals]).astype(np.int64))
+    return x, y, [len(v) for v in vals]
 
 
 def local_only_accuracy(

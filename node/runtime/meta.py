@@ -247,7 +247,10 @@ def sattler_split(
     agglomerative clustering on ``1 - cosine`` (as in the paper's code), which keeps the
     most dissimilar members apart; the group splits when the largest cosine similarity
     across the two parts is below ``threshold`` (0: no member of one part has an update
-    pointing even partly the way of any member of the other). Returns the two parts,
+    pointing even partly the way of any member of the other). The paper also waits
+    until the group's mean update is small (near a stationary point of FedAvg); here
+    one round's updates decide, and a wrong split is undone by the siblings' merge.
+    Returns the two parts,
     each sorted, the larger first, and that cross similarity; None when there are fewer
     than ``min_members`` or the members agree.
     """

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from node.errors import ConfigError
+from node.names import check_node_id
 
 __all__ = ["CredentialStore"]
 
@@ -40,7 +41,12 @@ class CredentialStore:
         self.root = Path(data_dir) / "credentials"
 
     def path(self, registry_url: str, node_id: str) -> Path:
-        """The file holding ``node_id``'s token at ``registry_url`` (which may not exist)."""
+        """The file holding ``node_id``'s token at ``registry_url`` (which may not exist).
+
+        Raises ``ConfigError`` when ``node_id`` is not a node id the registry accepts
+        (``registry.schemas.NODE_ID_PATTERN``): such a name could point outside the store.
+        """
+        check_node_id(node_id)
         url = registry_url.rstrip("/")
         parts = urlsplit(url)
         readable = _UNSAFE.sub("_", parts.netloc or url)[:64]

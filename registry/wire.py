@@ -281,20 +281,31 @@ class ModelSignature:
         shown = ", ".join(str(t) for t in self.tensors[:_DESCRIBED])
         return f"({shown}{', ...' if len(self.tensors) > _DESCRIBED else ''})"
 
-    def difference(self, other: ModelSignature, *, kinds_only: bool = False) -> str | None:
+    def difference(
+        self, other: ModelSignature, *, kinds_only: bool = False, reader: bool = False
+    ) -> str | None:
         """None when ``other`` fits this signature, else the first difference, worded as the
         continuation of "... uses a model of ".
+
+        Worded to whoever sent ``other`` ("its tensor 0 is ..., yours is ..."), or, with
+        ``reader``, to whoever expects this signature of a model it received ("this node's
+        tensor 0 is ..., the snapshot's is ...").
 
         Names are compared only when both sides know them (a positional ``w<i>`` fits any
         name); dtypes exactly, or by kind (float for float) with ``kinds_only``.
         """
+        mine, theirs, they = (
+            ("this node's", "the snapshot's", "the snapshot")
+            if reader
+            else ("its", "yours", "yours")
+        )
         if len(other.tensors) != len(self.tensors):
-            return f"{self.describe()}; yours has {len(other.tensors)}: {other._listing()}"
-        for i, (mine, theirs) in enumerate(zip(self.tensors, other.tensors, strict=True)):
-            named = not (_is_positional(mine.name, i) or _is_positional(theirs.name, i))
-            dtype_differs = mine.kind != theirs.kind if kinds_only else mine.dtype != theirs.dtype
-            if (named and mine.name != theirs.name) or mine.shape != theirs.shape or dtype_differs:
-                return f"{self.describe()}; its tensor {i} is {mine}, yours is {theirs}"
+            return f"{self.describe()}; {they} has {len(other.tensors)}: {other._listing()}"
+        for i, (ours, got) in enumerate(zip(self.tensors, other.tensors, strict=True)):
+            named = not (_is_positional(ours.name, i) or _is_positional(got.name, i))
+            dtype_differs = ours.kind != got.kind if kinds_only else ours.dtype != got.dtype
+            if (named and ours.name != got.name) or ours.shape != got.shape or dtype_differs:
+                return f"{self.describe()}; {mine} tensor {i} is {ours}, {theirs} is {got}"
         return None
 
 
@@ -388,8 +399,12 @@ def bytes_to_weights(
     *,
     max_bytes: int | None = None,
     exact_dtypes: bool = True,
+    reader: bool = False,
 ) -> list[np.ndarray]:
     """Decode a snapshot made by ``weights_to_bytes``: its arrays, in order.
+
+    ``reader``: word a signature mismatch to the node that received the snapshot
+    (``ModelSignature.difference``), not to its sender.
 
     Every header is read and checked before any array data: against ``signature`` when
     given (count, shapes, and dtypes exactly or, without ``exact_dtypes``, by kind), and
@@ -418,7 +433,9 @@ def bytes_to_weights(
         members = [archive.getinfo(_member(i)) for i in range(len(infos))]
         try:
             headers = [_read_header(archive, info) for info in members]
-            _check_headers(members, headers, signature, max_bytes, exact_dtypes=exact_dtypes)
+            _check_headers(
+                members, headers, signature, max_bytes, exact_dtypes=exact_dtypes, reader=reader
+            )
             arrays = []
             for info, header in zip(members, headers, strict=True):
                 with archive.open(info) as fp:
@@ -455,6 +472,7 @@ def _check_headers(
     max_bytes: int | None,
     *,
     exact_dtypes: bool,
+    reader: bool = False,
 ) -> None:
     """Refuse, from the headers alone, what does not fit ``signature`` or ``max_bytes``
     (see ``bytes_to_weights``)."""
@@ -462,7 +480,7 @@ def _check_headers(
         got = ModelSignature(
             tuple(TensorSpec(_positional(i), h.shape, h.dtype.name) for i, h in enumerate(headers))
         )
-        diff = signature.difference(got, kinds_only=not exact_dtypes)
+        diff = signature.difference(got, kinds_only=not exact_dtypes, reader=reader)
         if diff is not None:
             raise SignatureMismatchError(diff)
     elif max_bytes is None:

@@ -31,6 +31,12 @@ PYTHON=${MYCELIUM_PYTHON:-$ROOT/.venv/bin/python}
 CYCLES=${SCALE_CYCLES:-40}
 PERIOD=${SCALE_PERIOD_S:-0.2}
 TIMEOUT=${SCALE_TIMEOUT_S:-900}
+bad_env() { echo "error: $1 must be $2, got '$3'" >&2; exit 2; }
+[[ $CYCLES =~ ^[0-9]+$ ]] && ((10#$CYCLES >= 1)) || bad_env SCALE_CYCLES "a whole number >= 1" "$CYCLES"
+[[ $PERIOD =~ ^[0-9]*\.?[0-9]+$ ]] && [[ ! $PERIOD =~ ^0*\.?0*$ ]] \
+    || bad_env SCALE_PERIOD_S "a number of seconds > 0" "$PERIOD"
+[[ $TIMEOUT =~ ^[0-9]+$ ]] && ((10#$TIMEOUT >= 1)) \
+    || bad_env SCALE_TIMEOUT_S "a whole number of seconds >= 1" "$TIMEOUT"
 [[ -x $PYTHON ]] || { echo "error: no python at $PYTHON (set MYCELIUM_PYTHON)" >&2; exit 2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mycelium-scale.XXXXXX")

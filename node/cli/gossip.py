@@ -37,6 +37,7 @@ from node.errors import ConfigError, NodeError
 from node.learning.learner import Learner
 from node.learning.models import build_model
 from node.learning.partition import NodeData
+from node.names import check_node_id
 from node.p2p.auth import auth_from_config
 from node.p2p.config import DEFAULT_CONFIG_PATH, PeerConfig, load_config
 from node.p2p.gossip import GossipNode
@@ -91,6 +92,8 @@ def _check(config: PeerConfig) -> str:
         url = check_url(url)
     except ValueError as exc:
         raise ConfigError(f"gossip.registry_url: {exc}") from exc
+    if config.node_id is not None:
+        check_node_id(config.node_id)
     if config.p2p.data_dir is None:
         raise ConfigError(
             "p2p.data_dir: needed to keep this node's signing key and registry token (--data-dir)"

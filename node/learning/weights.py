@@ -74,7 +74,9 @@ def bytes_to_weights(
     ``WeightsMismatchError`` (does not fit ``signature``). Values are not checked.
     """
     try:
-        return wire.bytes_to_weights(blob, signature, max_bytes=max_bytes, exact_dtypes=False)
+        return wire.bytes_to_weights(
+            blob, signature, max_bytes=max_bytes, exact_dtypes=False, reader=True
+        )
     except wire.WireError as exc:
         raise _node_error(exc) from exc
 

@@ -101,6 +101,11 @@ class SharedSecretAuth(FrameAuth):
     scheme = "hmac-sha256"
 
     def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes | bytearray):
+            raise ConfigError(
+                f"p2p.shared_secret must be bytes, got {type(secret).__name__} "
+                "(encode a text secret: secret.encode())"
+            )
         if len(secret) < MIN_SECRET_BYTES:
             raise ConfigError(
                 f"p2p.shared_secret: {len(secret)} bytes is too short; use at least "

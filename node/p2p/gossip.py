@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
 import random
 from collections import OrderedDict
@@ -90,6 +91,7 @@ from node.learning.wrappers import (
     labelled_arrays,
     split_arrays,
 )
+from node.names import check_domain, check_node_id
 from node.p2p.aggregation import MEAN, aggregate, check_aggregation
 from node.p2p.auth import (
     DEFAULT_REPLAY_WINDOW_S,
@@ -496,6 +498,10 @@ class GossipNode:
             view_size, shuffle_length = topology.view_size, topology.shuffle_length
         elif isinstance(topology, RandomTopology):
             view_size, shuffle_length = topology.max_peers, 0
+        check_node_id(node_id)
+        check_domain(domain)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"port must be 0 (any free port) to 65535, got {port!r}")
         check_aggregation(aggregation, trim_fraction)
         if max_age_jump < 0:
             raise ValueError(f"max_age_jump must be non-negative, got {max_age_jump}")
@@ -730,9 +736,11 @@ class GossipNode:
         (``training_config.epochs``) on the local data instead, logged once as
         "no peers: training locally" (and "peers found" when one answers again) and
         counted in ``stats.local_only_cycles``. Raises ``ValueError`` naming the problem
-        when the data is not usable (X rows != y rows, y not integer labels, empty).
+        when the data is not usable (X rows != y rows, y not integer labels, empty) or
+        does not fit the model (examples of another shape, labels beyond its classes).
         """
         self.data = _splits(data_provider, self.seed)
+        await self._check_data_fits_model(self.data.val)
         cycle = 0
         while not self._stopping.is_set() and (max_cycles is None or cycle < max_cycles):
             cycle += 1
@@ -761,6 +769,26 @@ class GossipNode:
             if self._registration is not None and cycle % self.report_every == 0:
                 await self._report()
         return self.stats
+
+    async def _check_data_fits_model(self, sample: Any) -> None:
+        """Score the model once on ``sample`` (``.x``, ``.y``), so data that cannot train it
+        fails here, with a ``ValueError`` naming the mismatch, not deep in a training
+        thread: inputs of another shape, or labels the model has no class for."""
+        labels = int(sample.y.max()) if len(sample.y) else 0
+        shape = tuple(sample.x.shape[1:])
+        async with self._model_lock:
+            try:
+                result = await asyncio.to_thread(self.model.evaluate, sample.x, sample.y)
+            except Exception as exc:  # the framework's own error for the user's data
+                raise ValueError(
+                    f"the data does not fit the model (examples of shape {shape}, labels up "
+                    f"to {labels}): {type(exc).__name__}: {exc}"
+                ) from exc
+        if not math.isfinite(float(result.get("loss", 0.0))):
+            raise ValueError(
+                f"the model's loss on the data is not finite (examples of shape {shape}, "
+                f"labels up to {labels}): are there labels beyond the model's classes?"
+            )
 
     def _note_peers(self, *, found: bool) -> None:
         if found and self._training_alone:

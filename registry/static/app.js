@@ -8,12 +8,15 @@ const EVENT_TYPES = ["registered", "node_updated", "reactivated", "group_created
   "left", "migrated", "performance_reported", "model_uploaded", "expired", "group_archived",
   "host_claimed", "host_released", "reward", "simulation_started", "simulation_finished",
   "snapshot_rejected", "signature_learned", "member_flagged", "member_quarantined",
-  "token_rotated"];
+  "token_rotated", "siblings_updated", "groups_merged", "group_split"];
 const REFRESH_ON = {
   groups: new Set(["group_created", "joined", "left", "migrated", "performance_reported",
-    "expired", "group_archived", "host_claimed", "host_released", "model_uploaded"]),
+    "expired", "group_archived", "host_claimed", "host_released", "model_uploaded",
+    "groups_merged", "group_split"]),
   nodes: new Set(["registered", "reactivated", "joined", "left", "migrated", "expired",
-    "node_updated"]),
+    "node_updated", "groups_merged", "group_split"]),
+  // Sibling links between groups (meta-federation); a merge or an archive drops a group's.
+  links: new Set(["siblings_updated", "groups_merged", "group_archived"]),
   balances: new Set(["reward"]),
   simulations: new Set(["simulation_started", "simulation_finished"]),
 };
@@ -25,6 +28,7 @@ const MAX_LEDGER_ROWS = 60;
 const state = {
   groups: [],
   nodes: [],
+  links: [],           // directed sibling links between live groups (GET /links)
   balances: [],
   ledger: [],          // newest first
   tokensPaid: 0,
@@ -101,6 +105,12 @@ async function loadNodes() {
   renderStats();
 }
 
+async function loadLinks() {
+  const page = await getJSON("/links");
+  state.links = page.links;
+  renderTopology();
+}
+
 async function loadBalances() {
   const page = await getJSON("/ledger/balances?limit=12");
   state.balances = page.data;
@@ -127,6 +137,7 @@ async function loadSimulations() {
 const refresh = {
   groups: debounce(loadGroups, 250),
   nodes: debounce(loadNodes, 250),
+  links: debounce(loadLinks, 250),
   balances: debounce(loadBalances, 300),
   simulations: debounce(loadSimulations, 200),
 };
@@ -215,7 +226,8 @@ function scheduleStats() {
 
 function typeClass(type) {
   if (["joined", "left", "migrated", "registered", "reactivated", "node_updated"].includes(type)) return "membership";
-  if (["group_created", "group_archived", "host_claimed", "host_released", "model_uploaded"].includes(type)) return "group";
+  if (["group_created", "group_archived", "host_claimed", "host_released", "model_uploaded",
+    "siblings_updated", "groups_merged", "group_split"].includes(type)) return "group";
   if (type === "performance_reported") return "perf";
   if (type === "reward") return "reward";
   if (type.startsWith("simulation")) return "sim";
@@ -244,6 +256,12 @@ function describe(ev) {
       return `${who} · ${grp} · round ${d.round} · refused: ${d.reason}`;
     case "signature_learned":
       return `${who} · domain ${d.domain} · ${d.tensors} tensors (${d.source})`;
+    case "siblings_updated":
+      return `${who} · ${grp} · round ${d.round} · siblings ${(d.siblings || []).map((x) => `${x.group_id} (fit ${fmt(x.fit)})`).join(", ") || "none"}`;
+    case "groups_merged":
+      return `${who} · group ${d.from} merged into ${ev.group_id} · ${(d.moved || []).length} moved`;
+    case "group_split":
+      return `${who} · group ${d.to} split from ${d.from} · ${(d.moved || []).length} moved`;
     case "group_created":
       return `${who} · ${grp} "${d.name}" (capacity ${d.max_capacity})`;
     case "simulation_started":
@@ -343,7 +361,10 @@ function renderTopology() {
   const parts = [];
   const slots = groups.length + (loose.length ? 1 : 0);
   const placed = groups.filter((g) => g.member_count > 0).length;
-  $("topology-hint").textContent = `${state.nodes.filter((n) => n.status === "active").length} active nodes in ${placed} groups`;
+  const live = new Set(groups.map((g) => g.id));
+  const linked = siblingPairs(state.links, live).length;
+  $("topology-hint").textContent = `${state.nodes.filter((n) => n.status === "active").length} active nodes in ${placed} groups`
+    + (linked ? ` · ${linked} sibling link${linked === 1 ? "" : "s"}` : "");
   if (!slots) {
     root.replaceChildren(svg("text", { x: W / 2, y: H / 2, class: "hub-sub" }, "waiting for nodes…"));
     return;
@@ -354,9 +375,15 @@ function renderTopology() {
   const hubs = groups.map((g, i) => ({ g, i }));
   if (loose.length) hubs.push({ g: null, i: groups.length });
   const ringFor = (n) => Math.min(88, 34 + n * 6.5);
-  for (const { g, i } of hubs) {
+  const hubAt = (i) => {
     const angle = -Math.PI / 2 + (2 * Math.PI * i) / slots;
-    const hx = cx + rx * Math.cos(angle), hy = cy + ry * Math.sin(angle);
+    return [cx + rx * Math.cos(angle), cy + ry * Math.sin(angle)];
+  };
+  const at = new Map(groups.map((g, i) => [g.id, hubAt(i)]));
+  const siblings = siblingPairs(state.links, at);
+  if (siblings.length) parts.push(renderSiblingLinks(siblings, at));
+  for (const { g, i } of hubs) {
+    const [hx, hy] = hubAt(i);
     const members = g ? membersOf(g.id) : loose;
     const color = g ? colorOf(g.id) : "#64748b";
     const ring = ringFor(members.length);
@@ -390,6 +417,38 @@ function renderTopology() {
     parts.push(layer);
   }
   root.replaceChildren(...parts);
+}
+
+// Undirected sibling pairs between groups in `live` (a Map or Set of group ids): each
+// pair once, with the directions that were measured and the best fit among them.
+function siblingPairs(links, live) {
+  const pairs = new Map();
+  for (const l of links) {
+    if (!live.has(l.group_id) || !live.has(l.sibling_id)) continue;
+    const a = Math.min(l.group_id, l.sibling_id), b = Math.max(l.group_id, l.sibling_id);
+    const key = `${a}-${b}`;
+    const pair = pairs.get(key) || { a, b, key, fit: 0, measured: [] };
+    pair.fit = Math.max(pair.fit, l.fit);
+    pair.measured.push(l);
+    pairs.set(key, pair);
+  }
+  return [...pairs.values()];
+}
+
+// Dashed lines between sibling hubs, thicker for a better fit, labelled with the fit.
+function renderSiblingLinks(pairs, at) {
+  const layer = svg("g", { class: "siblings" });
+  for (const p of pairs) {
+    const [x1, y1] = at.get(p.a), [x2, y2] = at.get(p.b);
+    const line = svg("line", { x1, y1, x2, y2, class: "sibling-link", "data-link": p.key,
+      "stroke-width": (1 + 4 * p.fit).toFixed(2) });
+    const told = p.measured.map((l) => `group ${l.group_id} measured ${l.sibling_id}: fit ${fmt(l.fit)} (own ${fmt(l.own_fit)}, ${l.examples} examples, round ${l.round})`);
+    line.append(svg("title", {}, told.join("\n")));
+    layer.append(line);
+    layer.append(svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 5, class: "sibling-label",
+      "data-link": p.key }, `fit ${fmt(p.fit, 2)}`));
+  }
+  return layer;
 }
 
 // --- performance chart -----------------------------------------------------------
@@ -589,7 +648,8 @@ function main() {
   const saved = sessionStorage.getItem("mycelium-admin-token");
   if (saved) $("sim-token").value = saved;
   renderPerf();
-  Promise.all([loadGroups(), loadNodes(), loadLedger(), loadBalances(), loadSimulations()])
+  Promise.all([loadGroups(), loadNodes(), loadLinks(), loadLedger(), loadBalances(),
+    loadSimulations()])
     .catch((err) => console.warn(err))
     .then(loadRecentEvents)
     .catch((err) => console.warn(err))

@@ -69,3 +69,13 @@ def test_a_damaged_credential_file_is_a_config_error_naming_it(tmp_path: Path) -
 
     with pytest.raises(ConfigError, match=r"cannot read node credential .*n1\.json"):
         store.load_or_create("http://127.0.0.1:8000", "n1")
+
+
+@pytest.mark.parametrize("node_id", ["../../../escaped", "a/b", ".hidden", "", "x" * 129])
+def test_a_node_id_that_could_leave_the_store_is_refused_and_nothing_is_written(
+    tmp_path: Path, node_id: str
+) -> None:
+    store = CredentialStore(tmp_path / "data")
+    with pytest.raises(ConfigError, match=r"node id .* is not valid"):
+        store.load_or_create("http://127.0.0.1:9", node_id)
+    assert list(tmp_path.rglob("*")) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.registry.helpers import register
+from tests.registry.helpers import create_group, register
 from tests.support.registry_proc import RegistryProcess
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -143,3 +143,59 @@ def test_the_dashboard_shows_the_last_events_and_pages_back_after_pruning(
 
 
 _IDS = "els => els.map(e => e.dataset.event)"
+
+
+def test_the_topology_draws_sibling_links_live_and_drops_them_on_a_merge(
+    dashboard_registry: RegistryProcess,
+) -> None:
+    # Prepare: two groups of one member each
+    with httpx.Client(base_url=dashboard_registry.url, timeout=10) as c:
+        _, ha = register(c)
+        _, hb = register(c)
+        ga = create_group(c, ha)
+        gb = create_group(c, hb)
+        with playwright_sync.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(dashboard_registry.url + "/")
+                page.wait_for_selector("#conn.live", timeout=15_000)
+                page.wait_for_selector(f'#topology .hub[data-group="{gb}"]', timeout=10_000)
+                before = page.locator("#topology .sibling-link").count()
+
+                # Execute: A reports B as a sibling over HTTP while the page is open
+                link = {"group_id": gb, "fit": 0.83, "own_fit": 0.8, "loss": 0.5, "examples": 9}
+                r = c.put(
+                    f"/groups/{ga}/siblings", headers=ha, json={"round": 1, "siblings": [link]}
+                )
+                assert r.status_code == 200, r.text
+                line = f'#topology line.sibling-link[data-link="{ga}-{gb}"]'
+                # A line between two hubs one above the other has an empty bounding box, which
+                # Playwright calls hidden: wait for it in the DOM and for its label on screen.
+                page.wait_for_selector(line, state="attached", timeout=10_000)
+                tag = f'#topology text.sibling-label[data-link="{ga}-{gb}"]'
+                page.wait_for_selector(tag, timeout=5_000)
+                width = float(page.get_attribute(line, "stroke-width") or 0)
+                label = page.text_content(tag)
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.locator("#topology").screenshot(path=str(ARTIFACTS / "dashboard-siblings.png"))
+                hint = page.inner_text("#topology-hint")
+
+                # ... then A merges into B: A's hub and the link go
+                r = c.post(f"/groups/{ga}/merge", headers=ha, json={"into": gb})
+                assert r.status_code == 200, r.text
+                page.wait_for_selector(line, state="detached", timeout=10_000)
+                page.wait_for_selector(
+                    f'#topology .hub[data-group="{ga}"]', state="detached", timeout=10_000
+                )
+            finally:
+                browser.close()
+
+    # Assert: none before, one dashed line as thick as its fit says, labelled with it
+    assert before == 0
+    assert width == pytest.approx(1 + 4 * 0.83)
+    assert label == "fit 0.83"
+    assert "1 sibling link" in hint
+    assert not errors, errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,12 @@ def _events(client: httpx.Client, type_: str, group_id: int) -> list[dict[str, A
 
 def _link_pairs(links: list[dict[str, Any]]) -> set[tuple[int, int]]:
     return {(link["group_id"], link["sibling_id"]) for link in links}
+
+
+def _link(client: httpx.Client, gid: int, headers: dict[str, str], *siblings: int) -> None:
+    body = {"round": 0, "siblings": [_sib(s) for s in siblings]}
+    r = client.put(f"/groups/{gid}/siblings", headers=headers, json=body)
+    assert r.status_code == 200, r.text
 
 
 # --- reporting and reading links ---------------------------------------------------------
@@ -235,13 +242,40 @@ def test_links_list_every_live_link_and_filters_by_domain(client: httpx.Client) 
     assert bad.status_code == 422
 
 
+def test_a_link_to_a_group_archived_for_emptiness_disappears_from_reads(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a registry archiving empty groups after 0.5 s; A links to B and B to A
+    extra = ["--sweep-interval", "0.1", "--archive-grace", "0.5"]
+    with (
+        RegistryProcess(tmp_path / "reg", extra=extra) as reg,
+        httpx.Client(base_url=reg.url, timeout=10) as c,
+    ):
+        ga, [(_, ha)] = _group_with(c, 1)
+        gb, [(_, hb)] = _group_with(c, 1)
+        _link(c, ga, ha, gb)
+        _link(c, gb, hb, ga)
+        before = c.get(f"/groups/{ga}/siblings").json()["links"]
+
+        # Execute: B's only member leaves; the sweeper archives B
+        assert c.post("/groups/leave", headers=hb).status_code == 200
+        for _ in range(200):
+            if c.get(f"/groups/{gb}").json()["archived"]:
+                break
+            time.sleep(0.05)
+        from_a = c.get(f"/groups/{ga}/siblings").json()["links"]
+        every = c.get("/links").json()["links"]
+        again = c.put(
+            f"/groups/{ga}/siblings", headers=ha, json={"round": 1, "siblings": [_sib(gb)]}
+        )
+
+    # Assert: both directions were there, neither is now, and B cannot be named again
+    assert _link_pairs(before) == {(ga, gb), (gb, ga)}
+    assert from_a == [] and every == []
+    assert again.status_code == 404
+
+
 # --- merge ---------------------------------------------------------------------------------
-
-
-def _link(client: httpx.Client, gid: int, headers: dict[str, str], *siblings: int) -> None:
-    body = {"round": 0, "siblings": [_sib(s) for s in siblings]}
-    r = client.put(f"/groups/{gid}/siblings", headers=headers, json=body)
-    assert r.status_code == 200, r.text
 
 
 def test_merge_moves_every_member_and_dissolves_the_source(client: httpx.Client) -> None:
@@ -428,3 +462,32 @@ def test_split_refuses_with_reasons(client: httpx.Client) -> None:
     assert no_token.status_code == 401
     assert unknown.status_code == 404
     assert client.get(f"/groups/{gid}").json()["member_count"] == 3
+
+
+def test_split_frees_the_hosting_and_the_figures_of_the_members_who_leave(
+    client: httpx.Client,
+) -> None:
+    # Prepare: three members report accuracy; the third hosts the group
+    gid, members = _group_with(client, 3)
+    for (_, h), value in zip(members, (0.9, 0.8, 0.2), strict=True):
+        body = {"value": value, "round": 1, "num_examples": 10}
+        assert client.put(f"/groups/{gid}/performance", headers=h, json=body).status_code == 200
+    host_id, host_headers = members[2]
+    claim = client.post(f"/groups/{gid}/host", headers=host_headers, json={"address": "h:1"})
+    assert claim.json()["claimed"] is True
+
+    # Execute: the host is split off
+    r = client.post(
+        f"/groups/{gid}/split",
+        headers=members[0][1],
+        json={"members": [host_id], "name": unique("s")},
+    )
+
+    # Assert: the old group has no host and scores only who stayed; the new starts unscored
+    assert r.status_code == 201, r.text
+    old = client.get(f"/groups/{gid}").json()
+    assert old["host_node_id"] is None
+    assert old["accuracy"] == pytest.approx(0.85)
+    assert r.json()["group"]["accuracy"] is None
+    [released] = _events(client, "host_released", gid)
+    assert released["node_id"] == host_id and released["data"]["reason"] == "split"

@@ -111,6 +111,7 @@ def test_sigterm_stops_the_node_cleanly_and_it_leaves_its_group(
         (["--index", "4", "--nodes", "4"], "data.index"),
         (["--port", "70000"], "p2p.local_port"),
         (["--dataset", "cifar"], "data.dataset"),
+        (["--node-id", "../../../escaped"], "node id '../../../escaped' is not valid"),
     ],
 )
 def test_bad_flags_are_one_clear_line_and_exit_2(
@@ -150,6 +151,26 @@ def test_the_scale_script_refuses_a_bad_node_count() -> None:
 
     assert run.returncode == 2
     assert "usage:" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SCALE_CYCLES", "0"), ("SCALE_PERIOD_S", "-1"), ("SCALE_TIMEOUT_S", "soon")],
+)
+def test_the_scale_script_names_a_bad_setting_before_it_starts_anything(
+    name: str, value: str
+) -> None:
+    run = subprocess.run(
+        [str(ROOT / "scripts" / "run_scale_test.sh"), "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, name: value},
+    )
+
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {name} must be")
+    assert f"got '{value}'" in run.stderr
+    assert "registry" not in run.stdout  # nothing was started
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_a_snapshot_is_checked_against_the_model_before_its_data_is_read() -> No
         archive.writestr("w0.npy", header.getvalue() + bytes(16))
 
     # Execute / Assert
-    with pytest.raises(WeightsMismatchError, match="yours has 1"):
+    with pytest.raises(WeightsMismatchError, match="the snapshot has 1"):
         decode_weights(buffer.getvalue(), signature)
     with pytest.raises(SerializationError, match="too large"):
         bytes_to_weights(buffer.getvalue())
@@ -127,3 +127,16 @@ def test_the_node_takes_a_float64_aggregate_by_kind_and_refuses_nan() -> None:
         decode_weights(weights_to_bytes(nan), signature)
     with pytest.raises(WeightsMismatchError):
         decode_weights(weights_to_bytes([w.astype(np.int32) for w in model]), signature)
+
+
+def test_a_refused_snapshot_is_described_from_the_receiving_node_s_side() -> None:
+    # A node reads a snapshot of another architecture: the message must say which shape is
+    # the node's and which the snapshot's (not address the node as the snapshot's sender).
+    signature = WeightsSignature.of([np.zeros((16, 64), np.float32)])
+    blob = weights_to_bytes([np.zeros((8, 64), np.float32)])
+
+    with pytest.raises(WeightsMismatchError) as refused:
+        decode_weights(blob, signature)
+
+    assert "this node's tensor 0 is w0 [16, 64] float32" in str(refused.value)
+    assert "the snapshot's is w0 [8, 64] float32" in str(refused.value)

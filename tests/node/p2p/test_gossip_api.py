@@ -137,8 +137,11 @@ def test_x_and_y_as_arrays_or_tensors_are_accepted(as_tensors: bool, digits_xy: 
         (np.zeros((10, 64)), np.zeros((10, 2), dtype=np.int64), "y must be 1-D"),
         (np.full((10, 64), np.nan), np.zeros(10, dtype=np.int64), "NaN or infinite"),
         ([[0.0] * 64] * 10, np.zeros(10, dtype=np.int64), "NumPy array or a torch tensor"),
+        (np.zeros((10, 64)), np.full(10, 12, dtype=np.int64), "does not fit the model"),
+        (np.zeros((10, 32)), np.zeros(10, dtype=np.int64), "examples of shape (32,)"),
+        (np.zeros((10, 8, 8)), np.zeros(10, dtype=np.int64), "does not fit the model"),
     ],
-    ids=["rows", "float-labels", "empty", "2d-labels", "nan", "list"],
+    ids=["rows", "float-labels", "empty", "2d-labels", "nan", "list", "labels", "width", "rank"],
 )
 def test_unusable_data_is_refused_with_a_message_naming_the_problem(
     x: Any, y: Any, message: str
@@ -399,3 +402,29 @@ def test_a_lone_member_reports_what_it_learnt_and_finds_a_newcomer_on_the_roster
     assert "Gossip lone-1: no peers: training locally" in said
     assert "Gossip lone-1: peers found" in said
     assert first.stats.sent >= 1 and second.stats.received >= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"node_id": "../../x"}, "node id '../../x' is not valid"),
+        ({"domain": ""}, "domain '' is not valid"),
+        ({"domain": "Digits Set"}, "domain 'Digits Set' is not valid"),
+        ({"port": 70000}, "port must be 0 (any free port) to 65535, got 70000"),
+        ({"port": "7000"}, "port must be 0 (any free port) to 65535, got '7000'"),
+    ],
+    ids=["node-id", "empty-domain", "bad-domain", "port-range", "port-type"],
+)
+def test_a_gossip_node_with_a_bad_name_or_port_is_refused_at_construction(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    args: dict[str, Any] = {"node_id": "a", "domain": "digits", **kwargs}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        GossipNode(model=_torch_net(), auth=AUTH, registry=None, **args)
+
+
+def test_a_text_shared_secret_is_refused_with_a_hint_to_encode_it() -> None:
+    from node.gossip import SharedSecretAuth
+
+    with pytest.raises(ConfigError, match=r"must be bytes, got str .*secret\.encode\(\)"):
+        SharedSecretAuth("a text secret that is long enough to pass the length check")  # type: ignore[arg-type]

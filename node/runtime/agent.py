@@ -7,14 +7,19 @@ A registry outage never stops a node: it keeps its model and retries next time.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 from node.errors import ConfigError, NonFiniteWeightsError, RemoteInputError
-from node.learning.learner import Learner
+from node.learning.learner import Learner, load_weights
 from node.learning.weights import SnapshotCache, WeightsSignature, weights_to_bytes
 from node.registry_client import (
     ConflictError,
@@ -24,6 +29,7 @@ from node.registry_client import (
     UnauthorizedError,
 )
 from node.rejections import Rejections
+from node.runtime.meta import ExampleScores, score_examples
 from node.runtime.policy import (
     Candidate,
     Create,
@@ -32,7 +38,9 @@ from node.runtime.policy import (
     Migrate,
     PolicyConfig,
     Stay,
+    beats,
     get_policy,
+    paired_lower_bound,
     rank_candidates,
 )
 
@@ -77,11 +85,28 @@ class NodeAgent:
     recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
     # This node's own model's accuracy when it joined its current group.
     solo_accuracy: float | None = None
+    # group id -> id of its sibling component (node.runtime.meta.sibling_components);
+    # when set, the node scores one representative group per component first.
+    sibling_view: Callable[[], Mapping[int, int]] | None = None
+    # How many groups at most a node scores per decision when diversifying by component.
+    max_scored: int = 6
 
     def __post_init__(self) -> None:
         self.signature = WeightsSignature.of(self.learner.get_weights(), self.learner.weight_names)
         self.rejections = Rejections(self.node_id)
         self._unusable: set[int] = set()
+        self._scratch: torch.nn.Module | None = None
+        # candidate group id -> evaluations in a row in which it beat the current group
+        self._wins: dict[int, int] = {}
+        self._scores: dict[int, ExampleScores] = {}
+
+    def data_changed(self) -> None:
+        """This node's data changed (drift): the evidence gathered on the old data is void,
+        and the node may reconsider its group at its next evaluation."""
+        self.recent.clear()
+        self._wins.clear()
+        self.solo_accuracy = None
+        self.rounds_since_move = max(self.rounds_since_move, self.policy_config.cooldown_rounds)
 
     # --- registry presence -----------------------------------------------------------
 
@@ -136,7 +161,13 @@ class NodeAgent:
     # --- evaluating groups -------------------------------------------------------------
 
     def score_group(self, group_id: int) -> float | None:
-        """The group's latest snapshot evaluated on this node's validation data.
+        """The group's latest snapshot's accuracy on this node's validation data (see
+        ``score_group_examples``)."""
+        scores = self.score_group_examples(group_id)
+        return scores.accuracy if scores is not None else None
+
+    def score_group_examples(self, group_id: int) -> ExampleScores | None:
+        """The group's latest snapshot on this node's validation data, per example.
 
         None when the group has no snapshot or its snapshot is unusable (corrupt, of
         another architecture, not finite): that is logged, and the group is no
@@ -148,17 +179,34 @@ class NodeAgent:
             return None
         try:
             weights = self.snapshots.weights(blob.sha256, blob.data, self.signature)
-            result = self.learner.evaluate("val", weights=weights)
-            if not math.isfinite(result.loss):
+            scores = self.score_weights(weights)
+            if not math.isfinite(scores.mean_loss):
                 raise NonFiniteWeightsError("its loss on this node's own data is not finite")
         except RemoteInputError as exc:
             self.rejections.record(f"snapshot of group {group_id} (round {blob.round})", exc)
             self._unusable.add(group_id)
             return None
-        return result.accuracy
+        self._scores[group_id] = scores
+        return scores
 
-    def candidates(self, *, exclude: int | None = None) -> list[Candidate]:
-        """The domain's groups; the top K by reported performance are scored on local data."""
+    def score_weights(self, weights: list[np.ndarray]) -> ExampleScores:
+        """``weights`` (checked, this node's signature) on this node's validation split,
+        per example, in a scratch copy of the model (the learner's model is untouched)."""
+        if self._scratch is None:
+            self._scratch = copy.deepcopy(self.learner.model)
+        load_weights(self._scratch, weights)
+        val = self.learner.data.val
+        x = torch.from_numpy(np.ascontiguousarray(val.x, dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(val.y, dtype=np.int64))
+        return score_examples(self._scratch, x, y)
+
+    def candidates(
+        self, *, exclude: int | None = None, baseline: ExampleScores | None = None
+    ) -> list[Candidate]:
+        """The domain's groups; the top K by reported performance (with a sibling view:
+        one group per sibling component first) are scored on local data. With
+        ``baseline`` (the current group's model per example) each scored candidate
+        carries its paired lower bound against it and its run of wins."""
         groups = [g for g in self.client.list_groups(domain=self.domain) if g.id != exclude]
         plain = [
             Candidate(g.id, g.name, g.member_count, g.max_capacity, g.accuracy, None)
@@ -166,22 +214,57 @@ class NodeAgent:
         ]
         if self.policy != "local":
             return plain
-        to_score = {
-            c.group_id for c in rank_candidates(plain, self.policy_config.top_k) if c.has_room
-        }
+        ranked = rank_candidates(plain, len(plain))
+        to_score = {c.group_id for c in ranked[: self.policy_config.top_k] if c.has_room}
+        if self.sibling_view is not None:
+            components = self.sibling_view()
+            seen: set[int] = set()
+            for c in ranked:
+                comp = components.get(c.group_id, c.group_id)
+                if c.has_room and comp not in seen and len(to_score) < self.max_scored:
+                    seen.add(comp)
+                    to_score.add(c.group_id)
         self._unusable.clear()
-        scored = [
-            Candidate(
-                c.group_id,
-                c.name,
-                c.members,
-                c.capacity,
-                c.reported,
-                self.score_group(c.group_id) if c.group_id in to_score else None,
+        scored = []
+        for c in plain:
+            scores = self.score_group_examples(c.group_id) if c.group_id in to_score else None
+            if scores is None:
+                scored.append(c)
+                continue
+            bound = (
+                paired_lower_bound(
+                    scores.correct, baseline.correct, self.policy_config.confidence_z
+                )
+                if baseline is not None
+                else None
             )
-            for c in plain
-        ]
+            scored.append(
+                Candidate(
+                    c.group_id,
+                    c.name,
+                    c.members,
+                    c.capacity,
+                    c.reported,
+                    scores.accuracy,
+                    local_loss=scores.mean_loss,
+                    margin_bound=bound,
+                    wins=self._wins.get(c.group_id, 0),
+                )
+            )
         return [c for c in scored if c.group_id not in self._unusable]
+
+    def _count_wins(self, candidates: list[Candidate], current: ExampleScores) -> None:
+        """Update the runs of wins: a candidate that beats the current group by the
+        threshold with a lower loss extends its run; any other candidate's run ends."""
+        t = self.policy_config.switch_threshold
+        self._wins = {
+            c.group_id: c.wins + 1
+            for c in candidates
+            if c.local_score is not None
+            and c.local_loss is not None
+            and beats(c.local_score, current.accuracy, t)
+            and c.local_loss < current.mean_loss
+        }
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -224,17 +307,22 @@ class NodeAgent:
         if self.group_id is None:
             return None
         try:
-            current = self.score_group(self.group_id)
+            current = self.score_group_examples(self.group_id)
             if current is None:
-                current = self.learner.evaluate("val").accuracy
+                current = self.score_weights(self.learner.get_weights())
+            candidates = self.candidates(
+                exclude=self.group_id if self.policy == "local" else None, baseline=current
+            )
             decision = get_policy(self.policy).reevaluate(
                 self.group_id,
-                current,
-                self.candidates(exclude=self.group_id if self.policy == "local" else None),
+                current.accuracy,
+                candidates,
                 self.rounds_since_move,
                 self.policy_config,
                 list(self.recent),
+                current_loss=current.mean_loss,
             )
+            self._count_wins(candidates, current)
             if isinstance(decision, Migrate):
                 try:
                     self._join(decision.to_group, round_, decision.reason)
@@ -282,12 +370,33 @@ class NodeAgent:
         previous = self.group_id
         self.client.join(group_id)
         self.solo_accuracy = self.learner.evaluate("val").accuracy
+        self._cold_start(group_id)
         self.group_id = group_id
         self.rounds_since_move = 0
         self.recent.clear()
+        self._wins.clear()
         self.moves.append(Move(round_, previous, group_id, reason))
         verb = "migrated" if previous is not None else "joined"
         log.info("%s: %s group %s (from %s): %s", self.node_id, verb, group_id, previous, reason)
+
+    def _cold_start(self, group_id: int) -> None:
+        """Start from the group's snapshot (the best-fitting one: this node just chose
+        it), not from this node's own model: load it into the learner. A snapshot that
+        is gone or unusable leaves the learner as it is."""
+        try:
+            blob = self.client.download_model(group_id)
+            if blob is None:
+                return
+            weights = self.snapshots.weights(blob.sha256, blob.data, self.signature)
+        except RemoteInputError as exc:
+            self.rejections.record(f"snapshot of group {group_id} to start from", exc)
+            return
+        except RegistryClientError as exc:
+            log.warning(
+                "%s: no snapshot of group %s to start from: %s", self.node_id, group_id, exc
+            )
+            return
+        self.learner.set_weights(weights)
 
     def _create(self, round_: int, reason: str) -> int:
         name = f"{self.domain}-{self.node_id}-r{round_}"

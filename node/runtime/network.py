@@ -5,32 +5,41 @@ round (``node.federation.round.run_group_round`` over the in-memory Flower trans
 among its current members: its host (first member) uploads the new snapshot and submits
 contributions, every member reports how the group model does on its own data. Nodes
 heartbeat every ``heartbeat_every_rounds`` rounds and re-evaluate their group every
-``evaluate_every_rounds`` rounds.
+``evaluate_every_rounds`` rounds. With ``meta_federation``, every ``meta_every_rounds``
+rounds the groups find their siblings, share knowledge with them, merge and split
+(``node.runtime.meta``). ``apply_drift`` swaps nodes' data mid-run; ``drift_report``
+says how they re-homed.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from node.credentials import CredentialStore
 from node.errors import RegistryClientError
 from node.federation.inprocess import InMemoryFederation
 from node.federation.round import GroupMember, latest_group_model, run_group_round
-from node.learning.learner import Learner
+from node.learning.learner import Learner, load_weights
+from node.learning.merge import weighted_mean
 from node.learning.models import build_model
 from node.learning.partition import NodeData
 from node.learning.weights import SnapshotCache
 from node.registry_client import RegistryClient
-from node.runtime.agent import NodeAgent
+from node.runtime import meta
+from node.runtime.agent import Move, NodeAgent
 from node.runtime.policy import Leave, Migrate, PolicyConfig
 
 __all__ = ["InProcessNetwork", "NetworkConfig", "RoundStats", "local_only_accuracy"]
@@ -59,6 +68,20 @@ class NetworkConfig:
     seed: int = 0
     # Leave-one-out contribution of every member per group round, sent to the ledger.
     measure_contribution: bool = True
+    # Groups find sibling groups, share models with them, merge and split.
+    meta_federation: bool = True
+    meta_every_rounds: int = 2
+    # Groups whose models a group scores per meta round (bounded: cheap at 80 groups).
+    meta_candidates: int = 16
+    # Split a group when the largest cosine similarity of updates across the best
+    # bipartition is below this (Sattler et al., 2020).
+    split_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.meta_every_rounds < 1:
+            raise ValueError(f"meta_every_rounds must be at least 1, got {self.meta_every_rounds}")
+        if self.meta_candidates < 1:
+            raise ValueError(f"meta_candidates must be at least 1, got {self.meta_candidates}")
 
 
 @dataclass
@@ -88,6 +111,15 @@ class _GroupState:
 
 
 @dataclass
+class _Drift:
+    node_id: str
+    round: int
+    old_cluster: int
+    new_cluster: int
+    accuracy_before: float
+
+
+@dataclass
 class InProcessNetwork:
     """Nodes, one learner each, sharing a registry; `run_round()` advances one round."""
 
@@ -108,16 +140,30 @@ class InProcessNetwork:
     _contributions: dict[str, float] = field(default_factory=dict, init=False)
     _contribution_seconds: float = field(default=0.0, init=False)
     _aggregations: dict[int, str] = field(default_factory=dict, init=False)
+    # (group, sibling) -> the sibling's accuracy on the group's members' data
+    _siblings: dict[tuple[int, int], float] = field(default_factory=dict, init=False)
+    # group -> member -> flat update of the group's last round (for splits)
+    _updates: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, init=False)
+    _drifts: list[_Drift] = field(default_factory=list, init=False)
+    # round -> node id -> hidden cluster that round (drift changes it)
+    _clusters: dict[int, dict[str, int]] = field(default_factory=dict, init=False)
+    shared: dict[int, int] = field(default_factory=dict, init=False)  # round -> groups shared
+    merges: list[tuple[int, int, int]] = field(default_factory=list, init=False)
+    splits: list[tuple[int, int, list[str]]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
         self._cache = SnapshotCache()
+        self._rng = random.Random(cfg.seed)
         policy_cfg = PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k)
         for i, nd in enumerate(self.data):
+            # One initial model for the domain (same seed for every node): models that
+            # start apart cannot be averaged (McMahan et al., 2017, fig. 1), and groups
+            # and siblings average them.
             model = (
                 self.model_factory(i)
                 if self.model_factory
-                else build_model(cfg.dataset, seed=cfg.seed + i)
+                else build_model(cfg.dataset, seed=cfg.seed)
             )
             learner = Learner(
                 model,
@@ -147,6 +193,7 @@ class InProcessNetwork:
                     aggregation=cfg.strategy,
                     cluster=nd.cluster,
                     snapshots=self._cache,
+                    sibling_view=self._components if cfg.meta_federation else None,
                 )
             )
             agent = self.agents[-1]
@@ -189,6 +236,8 @@ class InProcessNetwork:
         for agent in self.agents:
             if agent.group_id is None:  # registry away or no group: keep learning alone
                 agent.learner.train()
+        if cfg.meta_federation and rnd % cfg.meta_every_rounds == 0:
+            migrations += self.meta_round(rnd)
         if rnd % cfg.evaluate_every_rounds == 0:
             for agent in self.agents:
                 if isinstance(agent.reconsider(rnd), Migrate | Leave):
@@ -202,6 +251,7 @@ class InProcessNetwork:
                     agent.ensure_registered()
         for agent in self.agents:
             agent.rounds_since_move += 1
+        self._clusters[rnd] = {a.node_id: a.cluster or 0 for a in self.agents}
         stats = RoundStats(
             round=rnd,
             groups={gid: [a.node_id for a in members] for gid, members in self._rosters().items()},
@@ -258,8 +308,18 @@ class InProcessNetwork:
             measure_contribution=self.config.measure_contribution,
             rejections=host.rejections,
         )
+        start = state.weights
         if result.aggregated:
             state.weights, state.round = result.weights, result.round
+        self._updates[gid] = {
+            u.member: np.concatenate(
+                [
+                    (np.asarray(w, np.float64) - s).ravel()
+                    for w, s in zip(u.weights, start, strict=True)
+                ]
+            )
+            for u in result.updates
+        }
         for evaluation in result.evaluations:
             self._agent(evaluation.member).note_round(
                 gid, evaluation.accuracies[0], evaluation.own_accuracy
@@ -279,6 +339,285 @@ class InProcessNetwork:
                 )
                 return self.config.strategy
         return self._aggregations[gid]
+
+    # --- meta-federation ----------------------------------------------------------------
+
+    @property
+    def links(self) -> list[tuple[int, int, float]]:
+        """Current sibling links between live groups, ``(group_a, group_b, fit)`` with
+        ``a < b``; ``fit`` is the higher of the two directions' accuracies (a link holds
+        when either group found the other a sibling at the last meta round)."""
+        live = set(self._rosters())
+        best: dict[tuple[int, int], float] = {}
+        for (g, s), fit in self._siblings.items():
+            if g in live and s in live:
+                key = (min(g, s), max(g, s))
+                best[key] = max(best.get(key, 0.0), fit)
+        return [(a, b, f) for (a, b), f in sorted(best.items())]
+
+    def _components(self) -> dict[int, int]:
+        return meta.sibling_components(self._rosters(), [(a, b) for a, b, _ in self.links])
+
+    def _scorer(self) -> torch.nn.Module:
+        if not hasattr(self, "_scratch"):
+            self._scratch = copy.deepcopy(self.agents[0].learner.model)
+        return self._scratch
+
+    def _fit(
+        self, weights: list[np.ndarray], x: torch.Tensor, y: torch.Tensor, sizes: list[int]
+    ) -> meta.Fit:
+        """``weights`` on the stacked members' data: per member, summed as a host would."""
+        model = self._scorer()
+        load_weights(model, weights)
+        per_member = meta.member_fits(meta.score_examples(model, x, y), sizes)
+        total = meta.Fit(0, 0.0, 0)
+        for f in per_member:
+            total = total + f
+        return total
+
+    @property
+    def group_models(self) -> dict[int, list[np.ndarray]]:
+        """Each live group's current model (copies), by group id."""
+        return {
+            g: [w.copy() for w in self._groups[g].weights]
+            for g in self._rosters()
+            if g in self._groups
+        }
+
+    def meta_round(self, rnd: int) -> int:
+        """Sibling discovery, knowledge sharing, merges and splits (``run_round`` calls it
+        every ``meta_every_rounds`` rounds); returns the number of nodes that changed
+        group."""
+        rosters = self._rosters()
+        gids = sorted(g for g in rosters if g in self._groups)
+        if len(gids) >= 2:
+            found = self._discover_siblings(rnd, rosters, gids)
+            self._share(rnd, rosters, found)
+        moved = self._merge(rnd, self._rosters())
+        moved += self._split(rnd, self._rosters())
+        return moved
+
+    def _discover_siblings(
+        self, rnd: int, rosters: dict[int, list[NodeAgent]], gids: list[int]
+    ) -> dict[int, list[tuple[meta.SiblingScore, meta.Fit]]]:
+        """Score candidate groups' models on each group's members' validation data."""
+        cfg = self.config
+        links = [(a, b) for a, b, _ in self.links]
+        found: dict[int, list[tuple[meta.SiblingScore, meta.Fit]]] = {}
+        for gid in gids:
+            members = rosters[gid]
+            x, y, sizes = _members_val(members)
+            own = self._fit(self._groups[gid].weights, x, y, sizes)
+            found[gid] = []
+            for other in meta.sibling_candidates(gid, gids, links, self._rng, cfg.meta_candidates):
+                fit = self._fit(self._groups[other].weights, x, y, sizes)
+                self._siblings.pop((gid, other), None)
+                if meta.is_sibling(own, fit, cfg.switch_threshold):
+                    score = meta.SiblingScore(
+                        gid, other, fit.accuracy, own.accuracy, fit.loss, fit.examples
+                    )
+                    found[gid].append((score, own))
+                    self._siblings[(gid, other)] = fit.accuracy
+            meta.report_group_siblings(members[0].client, gid, rnd, [s for s, _ in found[gid]])
+        return found
+
+    def _share(
+        self,
+        rnd: int,
+        rosters: dict[int, list[NodeAgent]],
+        found: dict[int, list[tuple[meta.SiblingScore, meta.Fit]]],
+    ) -> None:
+        """Each group's model := the examples x fit weighted mean of its own and its
+        siblings' (``meta.sharing_weights``), all computed from the models before any
+        changes; only the model crosses groups, membership stays. The mean is kept only
+        when it fits the group's members' data as well as the group's own model, by the
+        same 5% rule as siblings (``meta.is_sibling``): averaging never makes it worse."""
+        examples = {g: sum(a.learner.num_train_examples for a in ms) for g, ms in rosters.items()}
+        new: dict[int, list[np.ndarray]] = {}
+        for gid, sibs in found.items():
+            if not sibs:
+                continue
+            own_fit = sibs[0][1].accuracy
+            weights = meta.sharing_weights(
+                (examples[gid], own_fit), [(examples[s.sibling_id], s.fit) for s, _ in sibs]
+            )
+            models = [self._groups[gid].weights] + [
+                self._groups[s.sibling_id].weights for s, _ in sibs
+            ]
+            mean = weighted_mean(models, weights)
+            x, y, sizes = _members_val(rosters[gid])
+            if meta.is_sibling(
+                sibs[0][1], self._fit(mean, x, y, sizes), self.config.switch_threshold
+            ):
+                new[gid] = mean
+            else:
+                log.info("group %s: the mean with %s siblings fits worse; kept", gid, len(sibs))
+        for gid, model in new.items():
+            self._groups[gid].weights = model
+        self.shared[rnd] = len(new)
+
+    def _merge(self, rnd: int, rosters: dict[int, list[NodeAgent]]) -> int:
+        """Mutual siblings whose members together fit the capacity merge, smaller into
+        larger, through the registry; a refusal is skipped."""
+        sizes = {g: len(ms) for g, ms in rosters.items()}
+        capacity = self.config.max_capacity
+        moved = 0
+        for small, large in meta.merge_plan(sizes, list(self._siblings), capacity):
+            host = rosters[small][0]
+            if not meta.merge_into(host.client, small, large):
+                continue
+            fit = self._siblings.get((small, large), 0.0)
+            reason = (
+                f"group {small} merged into its sibling group {large}: its model fits "
+                f"group {small}'s data {fit:.2f}, and {sizes[small]} + {sizes[large]} members "
+                f"fit the capacity of {capacity}"
+            )
+            for agent in rosters[small]:
+                self._moved(agent, rnd, large, reason)
+                moved += 1
+            self._groups.pop(small, None)
+            self.merges.append((rnd, small, large))
+            log.info("round %s: %s", rnd, reason)
+        return moved
+
+    def _split(self, rnd: int, rosters: dict[int, list[NodeAgent]]) -> int:
+        """A group whose members' updates disagree splits (Sattler et al., 2020)."""
+        moved = 0
+        for gid, members in sorted(rosters.items()):
+            updates = {
+                n: u
+                for n, u in self._updates.get(gid, {}).items()
+                if n in {a.node_id for a in members}
+            }
+            parts = meta.sattler_split(updates, self.config.split_threshold)
+            if parts is None:
+                continue
+            _, leaving, cross = parts
+            host = members[0]
+            if not meta.split_off(
+                host.client, gid, leaving, f"{self.config.domain}-split-{gid}-r{rnd}"
+            ):
+                continue
+            reason = (
+                f"split from group {gid}: members' updates disagree (largest cosine "
+                f"similarity across the two parts {cross:.2f} < {self.config.split_threshold:.2f})"
+            )
+            new_gid: int | None = None
+            for node_id in leaving:
+                agent = self._agent(node_id)
+                try:
+                    new_gid = agent.client.get_node().group_id
+                except RegistryClientError as exc:
+                    log.warning("%s: group after split unknown: %s", node_id, exc)
+                    continue
+                if new_gid is not None and new_gid != gid:
+                    self._moved(agent, rnd, new_gid, reason)
+                    moved += 1
+            if new_gid is not None and new_gid != gid:
+                state = self._groups[gid]
+                self._groups[new_gid] = _GroupState([w.copy() for w in state.weights], 0)
+            self.splits.append((rnd, gid, list(leaving)))
+            self._updates.pop(gid, None)
+            log.info("round %s: %s", rnd, reason)
+        return moved
+
+    def _moved(self, agent: NodeAgent, rnd: int, to_group: int, reason: str) -> None:
+        """Record a group change the registry made for the node (a merge or a split)."""
+        agent.moves.append(Move(rnd, agent.group_id, to_group, reason))
+        agent.group_id = to_group
+        agent.rounds_since_move = 0
+        agent.recent.clear()
+
+    # --- drift ----------------------------------------------------------------------------
+
+    def apply_drift(self, replacements: Mapping[int, NodeData]) -> None:
+        """Swap the data of the nodes at these indices for ``replacements`` from now on
+        (the model is kept; ``agent.cluster`` follows ``NodeData.cluster``); recorded for
+        ``drift_report``. Raises ``ValueError`` for an index out of range."""
+        for i, nd in sorted(replacements.items()):
+            if not 0 <= i < len(self.agents):
+                raise ValueError(f"no node {i}: the network has {len(self.agents)}")
+            agent = self.agents[i]
+            old = agent.learner
+            before = (
+                self.history[-1].node_accuracy[agent.node_id]
+                if self.history
+                else old.evaluate("val").accuracy
+            )
+            learner = Learner(
+                old.model,
+                nd,
+                learning_rate=old.learning_rate,
+                batch_size=old.batch_size,
+                epochs=old.epochs,
+                seed=old.seed,
+                momentum=old.momentum,
+            )
+            self._drifts.append(
+                _Drift(agent.node_id, self._round, agent.cluster or 0, nd.cluster, before)
+            )
+            agent.learner = learner
+            agent.cluster = nd.cluster
+            agent.data_changed()
+            self.members[agent.node_id] = GroupMember(
+                agent.node_id, learner, reporter=agent.client, rejections=agent.rejections
+            )
+            log.info(
+                "%s: data drifted at round %s (cluster %s -> %s)",
+                agent.node_id,
+                self._round,
+                self._drifts[-1].old_cluster,
+                nd.cluster,
+            )
+
+    def drift_report(self) -> dict[str, dict[str, Any]]:
+        """Per drifted node: ``round`` of the drift (rounds completed then), ``old_cluster``,
+        ``new_cluster``, ``rounds_to_rehome`` (rounds after the drift until the node sits
+        in a group whose majority cluster is its new one; None if never), and validation
+        accuracy ``accuracy_before`` (the round before), ``lowest_after`` and
+        ``rounds_to_recover`` (until back within 0.02 of before; None if never)."""
+        out: dict[str, dict[str, Any]] = {}
+        for d in self._drifts:
+            after = [s for s in self.history if s.round > d.round]
+            rehome: int | None = None
+            recover: int | None = None
+            for stats in after:
+                clusters = self._clusters.get(stats.round, {})
+                group = next((g for g, ms in stats.groups.items() if d.node_id in ms), None)
+                if rehome is None and group is not None:
+                    counts = Counter(clusters.get(m, 0) for m in stats.groups[group])
+                    top = max(counts.values())
+                    majority = {c for c, n in counts.items() if n == top}
+                    if majority == {d.new_cluster}:
+                        rehome = stats.round - d.round
+                acc = stats.node_accuracy.get(d.node_id, 0.0)
+                if recover is None and acc >= d.accuracy_before - 0.02:
+                    recover = stats.round - d.round
+            lows = [s.node_accuracy.get(d.node_id, 0.0) for s in after]
+            out[d.node_id] = {
+                "round": d.round,
+                "old_cluster": d.old_cluster,
+                "new_cluster": d.new_cluster,
+                "rounds_to_rehome": rehome,
+                "accuracy_before": d.accuracy_before,
+                "lowest_after": min(lows) if lows else None,
+                "rounds_to_recover": recover,
+            }
+        return out
+
+    def purity(self) -> float:
+        """Share of nodes whose group's majority cluster is their own (a node alone or in
+        no group counts as pure when alone; tied majorities count as impure)."""
+        rosters = self._rosters()
+        pure = 0
+        for agent in self.agents:
+            if agent.group_id is None:
+                continue
+            counts = Counter(a.cluster or 0 for a in rosters[agent.group_id])
+            top = max(counts.values())
+            majority = [c for c, n in counts.items() if n == top]
+            pure += majority == [agent.cluster or 0]
+        return pure / len(self.agents) if self.agents else 0.0
 
     def _agent(self, node_id: str) -> NodeAgent:
         return next(a for a in self.agents if a.node_id == node_id)
@@ -300,6 +639,14 @@ class InProcessNetwork:
         for agent in self.agents:
             agent.leave()
             agent.client.close()
+
+
+def _members_val(members: Sequence[NodeAgent]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The members' validation data stacked (x float32, y int64) and each one's size."""
+    vals = [a.learner.data.val for a in members]
+    x = torch.from_numpy(np.concatenate([v.x for v in vals]).astype(np.float32))
+    y = torch.from_numpy(np.concatenate([v.y for v in vals]).astype(np.int64))
+    return x, y, [len(v) for v in vals]
 
 
 def local_only_accuracy(

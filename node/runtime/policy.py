@@ -3,6 +3,13 @@
 Scores are "higher is better" (accuracy). A candidate *beats* a baseline by the
 relative threshold ``t`` when ``score > baseline * (1 + t)``.
 
+Moving needs confidence (``confident_win``): with ~15 validation examples one
+example is 7 points of accuracy, so a 5% win alone is noise. A candidate must beat
+the current group by the threshold in accuracy, have the lower mean loss, and either
+pass a one-sided paired test on the same validation examples (``paired_lower_bound``
+> 0: McNemar-style paired comparison of per-example correctness, normal bound at
+``confidence_z``) or have won ``evidence_rounds`` evaluations in a row.
+
 - ``local`` (default): judge groups by their current model evaluated on the node's
   own validation data (decentralised IFCA, Ghosh et al., 2020).
 - ``reported``: the earlier prototype's rule, kept as a baseline: follow whichever
@@ -11,8 +18,12 @@ relative threshold ``t`` when ``score > baseline * (1 + t)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 __all__ = [
     "LOCAL",
@@ -29,7 +40,9 @@ __all__ = [
     "Stay",
     "beats",
     "choose_initial",
+    "confident_win",
     "get_policy",
+    "paired_lower_bound",
     "rank_candidates",
     "reevaluate",
     "reported_accuracy_choose",
@@ -45,7 +58,12 @@ class Candidate:
     """A group as a node sees it.
 
     ``reported``: the group's own reported performance. ``local_score``: the group's
-    current model evaluated on this node's validation data (None: not evaluated).
+    current model's accuracy on this node's validation data (None: not evaluated);
+    ``local_loss`` its mean cross-entropy there (nats). ``margin_bound``: the one-sided
+    lower confidence bound of (this model's minus the current group's model's)
+    per-example correctness on the same examples (``paired_lower_bound``; None: not
+    paired). ``wins``: how many evaluations in a row, before this one, this candidate
+    already beat the current group.
     """
 
     group_id: int
@@ -54,6 +72,9 @@ class Candidate:
     capacity: int
     reported: float | None
     local_score: float | None
+    local_loss: float | None = None
+    margin_bound: float | None = None
+    wins: int = 0
 
     @property
     def has_room(self) -> bool:
@@ -64,13 +85,16 @@ class Candidate:
 @dataclass(frozen=True)
 class PolicyConfig:
     """Knobs of the policies: relative switch threshold, cooldown in rounds, snapshots to
-    try, and how many rounds in a row the group's model must lose to the node's own update
-    before the node leaves it (``evidence_rounds``)."""
+    try, how many rounds in a row the group's model must lose to the node's own update
+    before the node leaves it, or a candidate must win before the node moves without a
+    significant paired test (``evidence_rounds``), and the z of that one-sided test
+    (``confidence_z``; 1.645: 95%)."""
 
     switch_threshold: float = 0.05
     cooldown_rounds: int = 3
     top_k: int = 3
     evidence_rounds: int = 2
+    confidence_z: float = 1.645
 
 
 @dataclass(frozen=True)
@@ -114,10 +138,24 @@ class Leave:
 
 Decision = Join | Create | Stay | Migrate | Leave
 ChooseFn = Callable[[float, Sequence[Candidate], PolicyConfig], Join | Create]
-ReevaluateFn = Callable[
-    [int, float, Sequence[Candidate], int, PolicyConfig, Sequence[tuple[float, float]]],
-    Stay | Migrate | Leave,
-]
+
+
+class ReevaluateFn(Protocol):
+    """A policy's periodic re-evaluation (see ``reevaluate``)."""
+
+    def __call__(
+        self,
+        current_group: int,
+        current_score: float,
+        candidates: Sequence[Candidate],
+        rounds_since_move: int,
+        cfg: PolicyConfig,
+        recent: Sequence[tuple[float, float]] = (),
+        *,
+        current_loss: float | None = None,
+    ) -> Stay | Migrate | Leave:
+        """Decide whether to stay, migrate or leave."""
+        ...
 
 
 def beats(score: float, baseline: float, threshold: float) -> bool:
@@ -125,15 +163,81 @@ def beats(score: float, baseline: float, threshold: float) -> bool:
     return score > baseline * (1.0 + threshold)
 
 
+def paired_lower_bound(
+    candidate_correct: Sequence[bool] | np.ndarray,
+    current_correct: Sequence[bool] | np.ndarray,
+    z: float = 1.645,
+) -> float:
+    """One-sided lower confidence bound of the mean per-example accuracy difference.
+
+    ``candidate_correct``, ``current_correct``: bool ``[N]``, whether each model got
+    each of the *same* N validation examples right. Returns ``mean(d) - z * se(d)`` with
+    ``d = candidate - current`` in {-1, 0, 1} and ``se`` its standard error; > 0 means
+    the candidate is better at the one-sided level of ``z``. A paired test (the normal
+    approximation behind McNemar's test, McNemar 1947) is far tighter than comparing
+    two accuracies: the examples both models get right or wrong add no noise. With no
+    disagreement at all the bound is 0 (no evidence). Raises ``ValueError`` when the
+    lengths differ or N = 0.
+    """
+    a = np.asarray(candidate_correct, dtype=np.float64)
+    b = np.asarray(current_correct, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"need two equal non-empty vectors, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    n = len(d)
+    # Sample variance, floored at one discordant pair in n so that 2 lucky examples of
+    # 2 disagreeing are no certainty.
+    var = max(float(d.var(ddof=1)) if n > 1 else 1.0, 1.0 / n)
+    return float(d.mean() - z * math.sqrt(var / n))
+
+
+def confident_win(
+    candidate: Candidate,
+    current_score: float,
+    current_loss: float | None,
+    cfg: PolicyConfig,
+) -> tuple[bool, str]:
+    """Whether ``candidate`` beats the current group with confidence, and why (in words).
+
+    Rule: accuracy beats ``current_score`` by ``cfg.switch_threshold`` (relative), the
+    mean loss is lower (when both are known), and either ``margin_bound > 0`` (a
+    significant paired win on the same examples) or this is the
+    ``cfg.evidence_rounds``-th win in a row (repeated evidence). The reason is empty
+    when the candidate is not even better.
+    """
+    score = candidate.local_score
+    if score is None or not beats(score, current_score, cfg.switch_threshold):
+        return False, ""
+    loss, fit = candidate.local_loss, f"{score:.2f} vs {current_score:.2f}"
+    if loss is not None and current_loss is not None:
+        fit += f" (loss {loss:.2f} vs {current_loss:.2f})"
+        if loss >= current_loss:
+            return False, f"{candidate.name} fits own data {fit}, but its loss is not lower"
+    in_a_row = candidate.wins + 1
+    if candidate.margin_bound is not None and candidate.margin_bound > 0:
+        return True, (
+            f"{candidate.name} fits own data {fit}, a significant paired win "
+            f"(lower bound +{candidate.margin_bound:.2f})"
+        )
+    if in_a_row >= cfg.evidence_rounds:
+        return True, f"{candidate.name} fits own data {fit}, {in_a_row} evaluations in a row"
+    return False, (
+        f"{candidate.name} fits own data {fit}, but not yet with confidence "
+        f"({in_a_row} of {cfg.evidence_rounds} evaluations)"
+    )
+
+
 def _reported_key(c: Candidate) -> tuple[bool, float, int]:
     # Sorts ascending: reported ones first, best first, then lowest id for determinism.
     return (c.reported is None, -(c.reported or 0.0), c.group_id)
 
 
-def _local_key(c: Candidate) -> tuple[float, float, int]:
-    # max(): best local score, then best reported, then lowest id.
+def _local_key(c: Candidate) -> tuple[float, float, float, int]:
+    # max(): best local score, then lowest loss, then best reported, then lowest id.
     reported = c.reported if c.reported is not None else float("-inf")
-    return (c.local_score if c.local_score is not None else float("-inf"), reported, -c.group_id)
+    loss = -c.local_loss if c.local_loss is not None else float("-inf")
+    score = c.local_score if c.local_score is not None else float("-inf")
+    return (score, loss, reported, -c.group_id)
 
 
 def rank_candidates(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
@@ -168,7 +272,8 @@ def choose_initial(
             f"own model {own_score:.3f} beats the best group {best.name} ({best_score:.3f}) "
             f"by more than {cfg.switch_threshold:.0%}"
         )
-    return Join(best.group_id, f"{best.name} scores {best_score:.3f} on own data")
+    loss = f" (loss {best.local_loss:.2f})" if best.local_loss is not None else ""
+    return Join(best.group_id, f"{best.name} fits own data best: {best_score:.2f}{loss}")
 
 
 def _cooldown(rounds_since_move: int, cfg: PolicyConfig) -> Stay | None:
@@ -186,11 +291,14 @@ def reevaluate(
     rounds_since_move: int,
     cfg: PolicyConfig,
     recent: Sequence[tuple[float, float]] = (),
+    *,
+    current_loss: float | None = None,
 ) -> Stay | Migrate | Leave:
-    """Migrate when a group with room beats the current one on own data by the threshold;
-    leave when the current group's model makes the node's own worse.
+    """Migrate when a group with room beats the current one on own data with confidence
+    (``confident_win``); leave when the current group's model makes the node's own worse.
 
-    ``current_score`` is the current group's model on this node's validation data.
+    ``current_score`` / ``current_loss`` are the current group's model's accuracy and
+    mean loss on this node's validation data.
     ``recent`` holds, oldest first, ``(group model, without the group)`` accuracies on the
     node's validation data from its last rounds in this group, where "without the
     group" is the best the node had on its own (its update of the round before
@@ -204,16 +312,13 @@ def reevaluate(
         return stay
     others = [c for c in candidates if c.group_id != current_group and c.local_score is not None]
     open_groups = [c for c in others if c.has_room]
+    waiting = ""
     if open_groups:
         best = max(open_groups, key=_local_key)
-        score = best.local_score if best.local_score is not None else 0.0
-        if beats(score, current_score, cfg.switch_threshold):
-            return Migrate(
-                current_group,
-                best.group_id,
-                f"{best.name} scores {score:.3f} on own data vs {current_score:.3f} here "
-                f"(> {cfg.switch_threshold:.0%} better)",
-            )
+        confident, why = confident_win(best, current_score, current_loss, cfg)
+        if confident:
+            return Migrate(current_group, best.group_id, why)
+        waiting = why
     evidence = list(recent)[-cfg.evidence_rounds :] if cfg.evidence_rounds > 0 else []
     if len(evidence) == cfg.evidence_rounds and all(
         beats(own, group, cfg.switch_threshold) for group, own in evidence
@@ -225,6 +330,8 @@ def reevaluate(
             f"({cfg.evidence_rounds} rounds in a row > {cfg.switch_threshold:.0%} better): "
             "the group makes this node's model worse",
         )
+    if waiting:
+        return Stay(waiting)
     if not others:
         return Stay("no other group evaluated")
     best_any = max(others, key=_local_key)
@@ -255,13 +362,15 @@ def reported_accuracy_reevaluate(
     rounds_since_move: int,
     cfg: PolicyConfig,
     recent: Sequence[tuple[float, float]] = (),
+    *,
+    current_loss: float | None = None,
 ) -> Stay | Migrate | Leave:
     """Baseline: move to the group with room reporting the best performance.
 
     The current group's level is its reported value when it is among ``candidates``
     (else ``current_score``). Same threshold and cooldown as ``reevaluate``, so the two
-    policies differ only in the signal they trust; ``recent`` is not used (the baseline
-    trusts reports, not its own data).
+    policies differ only in the signal they trust; ``recent`` and ``current_loss`` are
+    not used (the baseline trusts reports, not its own data).
     """
     if (stay := _cooldown(rounds_since_move, cfg)) is not None:
         return stay

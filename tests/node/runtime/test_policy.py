@@ -14,7 +14,9 @@ from node.runtime.policy import (
     PolicyConfig,
     Stay,
     choose_initial,
+    confident_win,
     get_policy,
+    paired_lower_bound,
     rank_candidates,
     reevaluate,
     reported_accuracy_choose,
@@ -30,9 +32,12 @@ def group(
     reported: float | None = None,
     members: int = 1,
     capacity: int = 4,
+    bound: float | None = 0.2,
 ) -> Candidate:
-    """A candidate group with readable defaults."""
-    return Candidate(gid, f"g{gid}", members, capacity, reported, local)
+    """A candidate group with readable defaults: by default its win (if any) is
+    significant on a paired test (``bound`` > 0), so these tests isolate the threshold,
+    cooldown and capacity rules; the confidence rule has its own tests below."""
+    return Candidate(gid, f"g{gid}", members, capacity, reported, local, margin_bound=bound)
 
 
 # --- rank_candidates -------------------------------------------------------------
@@ -295,3 +300,103 @@ def test_a_better_group_is_preferred_to_leaving() -> None:
     recent = [(0.10, 0.62), (0.11, 0.65)]
     decision = reevaluate(1, 0.11, [group(2, local=0.9)], 5, CFG, recent)
     assert isinstance(decision, Migrate) and decision.to_group == 2
+
+
+# --- confidence at small data ----------------------------------------------------------
+
+
+def _correct(right: int, n: int = 15) -> list[bool]:
+    return [True] * right + [False] * (n - right)
+
+
+def test_one_lucky_example_in_fifteen_is_no_significant_paired_win() -> None:
+    # Prepare: 15 validation examples; the candidate gets one more right (9 vs 8: +12%)
+    candidate, current = _correct(9), _correct(8)
+
+    # Execute
+    bound = paired_lower_bound(candidate, current)
+
+    # Assert
+    assert bound <= 0
+
+
+def test_a_clear_paired_win_is_significant_even_on_fifteen_examples() -> None:
+    # Prepare: the candidate gets 13 of 15 right, the current group 5 (the same 5)
+    bound = paired_lower_bound(_correct(13), _correct(5))
+    assert bound > 0
+
+
+def test_paired_bound_refuses_vectors_of_different_examples() -> None:
+    with pytest.raises(ValueError, match="equal"):
+        paired_lower_bound(_correct(3, 5), _correct(3, 6))
+
+
+def test_the_confidence_rule_refuses_a_move_on_tiny_noisy_evidence() -> None:
+    # Prepare: one evaluation, a 12% better accuracy and a lower loss, but the paired
+    # test on 15 examples says noise
+    noisy = Candidate(
+        2,
+        "g2",
+        1,
+        4,
+        None,
+        9 / 15,
+        local_loss=1.0,
+        margin_bound=paired_lower_bound(_correct(9), _correct(8)),
+    )
+
+    # Execute
+    decision = reevaluate(1, 8 / 15, [noisy], 5, CFG, current_loss=1.2)
+
+    # Assert
+    assert isinstance(decision, Stay)
+    assert "not yet with confidence" in decision.reason and "1 of 2" in decision.reason
+
+
+def test_the_same_noisy_win_twice_in_a_row_is_evidence_enough() -> None:
+    # Prepare: the same candidate won the previous evaluation too
+    again = Candidate(
+        2,
+        "g2",
+        1,
+        4,
+        None,
+        9 / 15,
+        local_loss=1.0,
+        margin_bound=paired_lower_bound(_correct(9), _correct(8)),
+        wins=1,
+    )
+
+    # Execute
+    decision = reevaluate(1, 8 / 15, [again], 5, CFG, current_loss=1.2)
+
+    # Assert: it moves, and the reason says why in figures
+    assert decision == Migrate(1, 2, decision.reason)
+    assert "0.60 vs 0.53" in decision.reason and "loss 1.00 vs 1.20" in decision.reason
+    assert "2 evaluations in a row" in decision.reason
+
+
+def test_a_clear_win_moves_at_the_first_evaluation() -> None:
+    clear = Candidate(
+        2,
+        "g2",
+        1,
+        4,
+        None,
+        13 / 15,
+        local_loss=0.4,
+        margin_bound=paired_lower_bound(_correct(13), _correct(5)),
+    )
+    decision = reevaluate(1, 5 / 15, [clear], 5, CFG, current_loss=1.9)
+    assert decision == Migrate(1, 2, decision.reason) and "significant" in decision.reason
+
+
+def test_a_higher_loss_vetoes_an_accuracy_win() -> None:
+    # Prepare: more right answers but far less sure of them (loss up)
+    overconfident = Candidate(2, "g2", 1, 4, None, 0.9, local_loss=2.5, margin_bound=0.3)
+
+    # Execute
+    moved, why = confident_win(overconfident, 0.6, 0.8, CFG)
+
+    # Assert
+    assert not moved and "loss is not lower" in why

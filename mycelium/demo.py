@@ -43,7 +43,7 @@ class DemoConfig:
     """Flags of `mycelium demo` / demo.py.
 
     The defaults are the README's demo: 12 digits nodes in 3 hidden clusters, groups of at
-    most 4, 16 rounds; at round 8 (``drift_at`` None: half-way) a quarter of the nodes
+    most 5, 16 rounds; at round 8 (``drift_at`` None: half-way) a quarter of the nodes
     switch to another cluster's data and must re-home. ``check()`` names a bad flag.
     """
 
@@ -54,7 +54,8 @@ class DemoConfig:
     partition: str = "clustered"
     clusters: int = DEFAULT_CLUSTERS
     cluster_mode: str = "rotation"
-    capacity: int = 4
+    capacity: int = 5
+    meta_federation: bool = True
     drift: bool = True
     drift_at: int | None = None  # the round whose start sees the drift; None: rounds // 2
     drift_fraction: float = 0.25
@@ -191,6 +192,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
         policy=cfg.policy,
         strategy=cfg.strategy,
         max_capacity=cfg.capacity,
+        meta_federation=cfg.meta_federation,
         seed=cfg.seed,
     )
     board = RunLog(cfg.tensorboard) if cfg.tensorboard is not None else None
@@ -220,7 +222,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
                     if cfg.duration is not None and time.monotonic() - started >= cfg.duration:
                         break
                     if drift is None and net.round + 1 == cfg.drift_round:
-                        drift = _apply_drift(cfg, spec, net) or {}
+                        drift = _apply_drift(cfg, spec, net)
                     stats = net.run_round()
                     moves = sum(1 for a in net.agents for m in a.moves if m.from_group is not None)
                     bar.set_postfix(
@@ -240,8 +242,9 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
             if cfg.on_finish:  # before the nodes leave: the network as it ended
                 cfg.on_finish()
             summary = _summary(cfg, net, started)
-            if drift:
-                summary["drift"] = {**drift, **_drift_report(net)}
+            if drift is not None:
+                # the network's account: rounds to re-home, the accuracy dip and recovery
+                summary["drift"] = {**drift, "report": net.drift_report()}
             net.shutdown()
     if cfg.local_only and not stop.is_set():
         local = local_only_accuracy(data, net_cfg, net.round)
@@ -279,44 +282,17 @@ def _node_log_above_the_bar() -> Iterator[None]:
             lg.propagate = propagate
 
 
-def _apply_drift(
-    cfg: DemoConfig, spec: PartitionSpec, net: InProcessNetwork
-) -> dict[str, Any] | None:
-    """Switch a fraction of the nodes to another hidden cluster's data, before the round."""
-    # TODO(i14-meta): call net.apply_drift directly once merged.
-    apply = getattr(net, "apply_drift", None)
-    if apply is None:
-        log.warning("this build cannot drift a node's data yet: no drift in this run")
-        return None
+def _apply_drift(cfg: DemoConfig, spec: PartitionSpec, net: InProcessNetwork) -> dict[str, Any]:
+    """Switch a fraction of the nodes to another hidden cluster's data, before the round
+    (the network logs each drifted node)."""
     replacements = spec.drifted(cfg.drift_fraction, cfg.seed)
     before = {i: net.agents[i].cluster for i in replacements}
-    apply(replacements)
+    net.apply_drift(replacements)
     nodes = {
         net.agents[i].node_id: {"from_cluster": before[i], "to_cluster": nd.cluster}
         for i, nd in sorted(replacements.items())
     }
-    tqdm.write(
-        f"round {net.round + 1}: drift: "
-        + ", ".join(
-            f"{n} (cluster {d['from_cluster']} -> {d['to_cluster']})" for n, d in nodes.items()
-        )
-    )
     return {"round": net.round + 1, "fraction": cfg.drift_fraction, "nodes": nodes}
-
-
-def _drift_report(net: InProcessNetwork) -> dict[str, Any]:
-    """The network's own account of the drift (rounds to re-home, accuracy dip), as JSON."""
-    report: Any = getattr(net, "drift_report", dict)()
-    return {"report": json.loads(json.dumps(report, default=_plain))}
-
-
-def _plain(value: Any) -> Any:
-    """JSON for what json cannot write itself: dataclasses as dicts, numbers as floats."""
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def migrations_table(summary: dict[str, Any]) -> list[dict[str, Any]]:

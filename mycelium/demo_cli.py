@@ -86,7 +86,14 @@ def demo(
         str,
         typer.Option(help="rotation (90° steps up to 4, 360/k beyond) | label_permutation | mixed"),
     ] = "rotation",
-    capacity: Annotated[int, typer.Option(min=2, help="Most members a group may have.")] = 4,
+    capacity: Annotated[int, typer.Option(min=2, help="Most members a group may have.")] = 5,
+    meta: Annotated[
+        bool,
+        typer.Option(
+            "--meta/--no-meta",
+            help="Meta-federation: sibling groups share models, may merge, and split.",
+        ),
+    ] = True,
     drift: Annotated[
         bool, typer.Option("--drift/--no-drift", help="Some nodes' data drift mid-run.")
     ] = True,
@@ -163,6 +170,7 @@ def demo(
         clusters=clusters,
         cluster_mode=cluster_mode,
         capacity=capacity,
+        meta_federation=meta,
         drift=drift,
         drift_at=drift_at,
         drift_fraction=drift_fraction,

@@ -153,3 +153,26 @@ def test_more_clusters_than_nodes_is_named_without_a_traceback(tmp_path: Path) -
     assert result.returncode == 2
     assert "--clusters" in result.stderr and "6 clusters" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_drift_switches_the_chosen_nodes_to_another_cluster_and_is_reported(
+    tmp_path: Path,
+) -> None:
+    # Prepare: 4 nodes in 2 clusters; a half of them drift at the start of round 2
+    out = tmp_path / "out"
+    args = ("--nodes", "4", "--clusters", "2", "--rounds", "3", "--drift-at", "2")
+    args += ("--drift-fraction", "0.5", "--samples-per-node", "120", "--no-local-only")
+
+    # Execute
+    result = _run(*args, "--no-viz", "--output", str(out))
+
+    # Assert: two nodes moved to the other cluster, as the summary and the output say
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    drift = summary["drift"]
+    assert drift["round"] == 2 and len(drift["nodes"]) == 2
+    for node_id, d in drift["nodes"].items():
+        assert d["from_cluster"] != d["to_cluster"]
+        assert summary["nodes"][node_id]["cluster"] == d["to_cluster"]
+        assert drift["report"][node_id]["new_cluster"] == d["to_cluster"]
+    assert "drift at round 2: " in result.stdout.replace("\n", " ")

@@ -35,6 +35,7 @@ FORMAT = "mycelium-viz-snapshots"
 VERSION = 1
 ACCURACY = "accuracy"
 MIGRATED = "migrated"
+REGROUPED = ("groups_merged", "group_split")  # the registry moved a group's members
 # Timestamps are kept as the registry's JSON spells them (the schema's serializer).
 _DATETIME = TypeAdapter(dt.datetime)
 
@@ -162,13 +163,23 @@ class Snapshot:
 
     @property
     def migrations(self) -> tuple[Migration, ...]:
-        """Migrations among this snapshot's new events, oldest first."""
+        """Migrations among this snapshot's new events, oldest first: a node's own move
+        (``migrated``), and each member the registry moved when its group merged into a
+        sibling (``groups_merged``) or split off (``group_split``)."""
         out = []
         for ev in self.events:
-            if ev.type == MIGRATED and ev.node_id and ev.group_id is not None:
+            if ev.group_id is None:
+                continue
+            if ev.type == MIGRATED and ev.node_id:
                 src = ev.data.get("from_group")
                 if isinstance(src, int):
                     out.append(Migration(ev.node_id, src, ev.group_id, ev.id))
+            elif ev.type in REGROUPED:
+                src, moved = ev.data.get("from"), ev.data.get("moved")
+                if isinstance(src, int) and isinstance(moved, list):
+                    out.extend(
+                        Migration(n, src, ev.group_id, ev.id) for n in moved if isinstance(n, str)
+                    )
         return tuple(out)
 
     @property

@@ -16,7 +16,9 @@ from viz.frames import build_frames
 from viz.layout import GROUP_RADIUS
 from viz.render import Renderer
 from viz.snapshot import (
+    EventRecord,
     GroupState,
+    Migration,
     NodeState,
     SiblingLink,
     Snapshot,
@@ -125,3 +127,33 @@ def test_links_the_registry_records_are_fetched_and_drawn(sqlite_registry: Regis
     drawn = [line.get_gid() for line in _dashed_lines(renderer)]
     assert f"sibling-link:{min(ga, gb)}-{max(ga, gb)}" in drawn
     assert not any(str(gc) in gid.split(":")[1].split("-") for gid in drawn)
+
+
+def test_members_moved_by_a_merge_or_split_are_drawn_as_migrations() -> None:
+    # Prepare: group 3 merged into its sibling 1 (moving e); then d split off 2 into 3
+    first = _snap(())
+    merged = Snapshot(
+        index=1,
+        time=1.0,
+        groups=tuple(
+            GroupState(g, f"g{g}", tuple(m), 0.5, 3, 4)
+            for g, m in {1: ["a", "b", "e"], 2: ["c", "d"]}.items()
+        ),
+        nodes=tuple(
+            NodeState(n, g, "active", 0.5)
+            for g, ms in {1: ["a", "b", "e"], 2: ["c", "d"]}.items()
+            for n in ms
+        ),
+        events=(
+            EventRecord(7, "groups_merged", "e", 1, {"from": 3, "moved": ["e"]}, ""),
+            EventRecord(8, "group_split", "c", 3, {"from": 2, "to": 3, "moved": ["d"]}, ""),
+        ),
+    )
+
+    # Execute
+    frames = build_frames([first, merged])
+
+    # Assert: both moves count, and the one into a live group gets an arrow
+    assert merged.migrations == (Migration("e", 3, 1, 7), Migration("d", 2, 3, 8))
+    assert frames[1].stats.migrations == 2
+    assert [m.migration.node_id for m in frames[1].migrations] == ["e"]

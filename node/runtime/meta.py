@@ -24,6 +24,7 @@ from torch import nn
 
 from node.registry_client import RegistryClient, RegistryClientError, SiblingFit
 from node.runtime.policy import beats
+from node.runtime.scores import sibling_clusters
 
 __all__ = [
     "ExampleScores",
@@ -152,22 +153,15 @@ class SiblingScore:
 
 
 def sibling_components(groups: Iterable[int], links: Iterable[tuple[int, int]]) -> dict[int, int]:
-    """Connected components of the sibling graph: group id -> smallest group id of its
-    component (a group with no link is its own component)."""
-    parent = {g: g for g in groups}
-
-    def find(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    for a, b in links:
-        if a in parent and b in parent:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    return {g: find(g) for g in parent}
+    """Connected components of the sibling graph (``node.runtime.scores.sibling_clusters``):
+    group id -> smallest group id of its component (a group with no link is its own
+    component). Links naming a group outside ``groups`` are ignored."""
+    known = set(groups)
+    clusters = sibling_clusters(known, [(a, b) for a, b in links if a in known and b in known])
+    smallest: dict[int, int] = {}
+    for g, c in clusters.items():
+        smallest[c] = min(smallest.get(c, int(g)), int(g))  # type: ignore[call-overload]
+    return {int(g): smallest[c] for g, c in clusters.items()}  # type: ignore[call-overload]
 
 
 def sibling_candidates(

@@ -41,6 +41,7 @@ from node.registry_client import RegistryClient
 from node.runtime import meta
 from node.runtime.agent import Move, NodeAgent
 from node.runtime.policy import Leave, Migrate, PolicyConfig
+from node.runtime.scores import group_purity
 
 __all__ = ["InProcessNetwork", "NetworkConfig", "RoundStats", "local_only_accuracy"]
 
@@ -606,18 +607,13 @@ class InProcessNetwork:
         return out
 
     def purity(self) -> float:
-        """Share of nodes whose group's majority cluster is their own (a node alone or in
-        no group counts as pure when alone; tied majorities count as impure)."""
-        rosters = self._rosters()
-        pure = 0
-        for agent in self.agents:
-            if agent.group_id is None:
-                continue
-            counts = Counter(a.cluster or 0 for a in rosters[agent.group_id])
-            top = max(counts.values())
-            majority = [c for c, n in counts.items() if n == top]
-            pure += majority == [agent.cluster or 0]
-        return pure / len(self.agents) if self.agents else 0.0
+        """Group purity (``node.runtime.scores.group_purity``): the share of nodes whose
+        group's majority cluster is their own; a node in no group counts as a group of one."""
+        if not self.agents:
+            return 0.0
+        return group_purity(
+            [a.cluster or 0 for a in self.agents], [a.group_id for a in self.agents]
+        )
 
     def _agent(self, node_id: str) -> NodeAgent:
         return next(a for a in self.agents if a.node_id == node_id)

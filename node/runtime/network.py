@@ -455,6 +455,8 @@ class InProcessNetwork:
                 log.info("group %s: the mean with %s siblings fits worse; kept", gid, len(sibs))
         for gid, model in new.items():
             self._groups[gid].weights = model
+            for agent in rosters[gid]:  # members adopt the group's new model, as after a round
+                agent.learner.set_weights(model)
         self.shared[rnd] = len(new)
 
     def _merge(self, rnd: int, rosters: dict[int, list[NodeAgent]]) -> int:

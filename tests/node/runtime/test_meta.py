@@ -153,6 +153,45 @@ def test_same_cluster_groups_link_and_merge_over_the_registry(registry_url: str)
         n.shutdown()
 
 
+def test_members_adopt_their_group_s_shared_model_at_once(registry_url: str) -> None:
+    # Prepare: 6 nodes of one cluster in groups of at most 2, so every group has siblings;
+    # two plain rounds, then one meta round called directly
+    data = partition(load_digits(), 6, "clustered", seed=0, clusters=1)
+    net = InProcessNetwork(
+        registry_url,
+        data,
+        NetworkConfig(seed=0, max_capacity=2, meta_federation=False, measure_contribution=False),
+        node_prefix="adopt",
+    )
+    net.start()
+    net.run_round()
+    net.run_round()
+    before = net.group_models
+    home = {a.node_id: a.group_id for a in net.agents}
+
+    # Execute
+    net.meta_round(net.round)
+
+    # Assert: the groups whose model the sharing changed...
+    after = net.group_models
+    changed = [
+        g
+        for g in after
+        if g in before
+        and any(not np.array_equal(a, b) for a, b in zip(after[g], before[g], strict=True))
+    ]
+    assert changed and net.shared[net.round] >= len(changed)
+    # ...are the model their members now hold (what they are tested and scored with);
+    # members a merge moved hold their old group's model until the next round
+    stayed = [a for a in net.agents if a.group_id == home[a.node_id]]
+    assert any(a.group_id in changed for a in stayed)
+    for agent in stayed:
+        if agent.group_id in changed:
+            for mine, group in zip(agent.learner.get_weights(), after[agent.group_id], strict=True):
+                np.testing.assert_array_equal(mine, group)
+    net.shutdown()
+
+
 def test_a_mixed_group_splits_by_cluster(registry_url: str) -> None:
     # Prepare: the "reported" policy herds 4 nodes of 2 clusters into one group
     data = partition(

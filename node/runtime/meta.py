@@ -13,6 +13,7 @@ validation data (``member_fits``), the group's host sums the counts (``Fit.__add
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "sibling_candidates",
     "sibling_components",
     "split_off",
+    "wilson_lower_bound",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,12 +129,36 @@ def member_fits(scores: ExampleScores, sizes: Sequence[int]) -> list[Fit]:
     return out
 
 
-def is_sibling(own: Fit, other: Fit, threshold: float) -> bool:
+def wilson_lower_bound(accuracy: float, examples: int, z: float = 1.645) -> float:
+    """One-sided lower confidence bound of an accuracy measured on ``examples`` examples
+    (Wilson score interval, Wilson 1927; z = 1.645: 95 % one-sided). 0.0 for no examples."""
+    if examples <= 0:
+        return 0.0
+    n, p = float(examples), min(max(accuracy, 0.0), 1.0)
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def is_sibling(own: Fit, other: Fit, threshold: float, chance: float = 0.0) -> bool:
     """True when ``other`` (another group's model on this group's members' data) fits as
     well as ``own`` (this group's model on the same data): its accuracy is not worse by
     more than the relative ``threshold`` and its mean loss not higher by more than it.
-    The same 5% rule by which nodes choose groups (``node.runtime.policy.beats``)."""
+    The same 5% rule by which nodes choose groups (``node.runtime.policy.beats``).
+
+    ``chance`` (1 / classes): ``other`` must also keep, with confidence, at least half of
+    what ``own`` gained over chance (its Wilson lower bound minus chance >= half of own's
+    accuracy minus chance). Without that, models that have learned little yet "fit as
+    well" as each other: measured on 60 Fashion-MNIST nodes with 100 examples each, 46 of
+    the 59 links of the first meta round joined different clusters, at fits of 0.08-0.2,
+    and sharing across them kept the groups near chance; demanding only a lower bound
+    above chance still left 18 of 25 links across clusters."""
     if other.examples == 0 or own.examples == 0:
+        return False
+    kept = wilson_lower_bound(other.accuracy, other.examples) - chance
+    if chance > 0.0 and kept < max(own.accuracy - chance, 0.0) / 2:
+        return False
+    if kept <= 0.0 and chance > 0.0:
         return False
     return not beats(own.accuracy, other.accuracy, threshold) and other.loss <= own.loss * (
         1.0 + threshold

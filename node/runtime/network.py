@@ -156,6 +156,9 @@ class InProcessNetwork:
         cfg = self.config
         self._cache = SnapshotCache()
         self._rng = random.Random(cfg.seed)
+        # A sibling must beat chance with confidence (meta.is_sibling): 1 / classes.
+        classes = max((nd.train.num_classes for nd in self.data), default=0)
+        self._chance = 1.0 / classes if classes else 0.0
         policy_cfg = PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k)
         for i, nd in enumerate(self.data):
             # One initial model for the domain (same seed for every node): models that
@@ -413,7 +416,7 @@ class InProcessNetwork:
             for other in meta.sibling_candidates(gid, gids, links, self._rng, cfg.meta_candidates):
                 fit = self._fit(self._groups[other].weights, x, y, sizes)
                 self._siblings.pop((gid, other), None)
-                if meta.is_sibling(own, fit, cfg.switch_threshold):
+                if meta.is_sibling(own, fit, cfg.switch_threshold, self._chance):
                     score = meta.SiblingScore(
                         gid, other, fit.accuracy, own.accuracy, fit.loss, fit.examples
                     )
@@ -448,7 +451,7 @@ class InProcessNetwork:
             mean = weighted_mean(models, weights)
             x, y, sizes = _members_val(rosters[gid])
             if meta.is_sibling(
-                sibs[0][1], self._fit(mean, x, y, sizes), self.config.switch_threshold
+                sibs[0][1], self._fit(mean, x, y, sizes), self.config.switch_threshold, self._chance
             ):
                 new[gid] = mean
             else:

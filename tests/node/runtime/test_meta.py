@@ -37,6 +37,21 @@ def test_a_sibling_fits_within_the_threshold_and_a_stranger_does_not() -> None:
     assert not meta.is_sibling(own, meta.Fit(80, 60.0, 100), 0.05)  # loss 50% higher
 
 
+def test_models_that_have_learned_nothing_yet_are_no_siblings() -> None:
+    # Ten classes: chance is 0.1. Two untrained models "fit as well" as each other...
+    own = meta.Fit(correct=9, loss_sum=230.0, examples=100)
+    near_chance = meta.Fit(correct=12, loss_sum=231.0, examples=100)
+    assert meta.is_sibling(own, near_chance, 0.05)  # ...by the 5% rule alone
+    # ...but 12 of 100 is no evidence of beating chance, so they are not linked
+    assert not meta.is_sibling(own, near_chance, 0.05, chance=0.1)
+    # a model that has learned is linked on as many examples
+    assert meta.is_sibling(meta.Fit(60, 120.0, 100), meta.Fit(59, 121.0, 100), 0.05, chance=0.1)
+    # Wilson's lower bound (95 % one-sided) tightens with examples
+    assert meta.wilson_lower_bound(0.5, 100) == pytest.approx(0.418, abs=0.002)
+    assert meta.wilson_lower_bound(0.5, 20) < meta.wilson_lower_bound(0.5, 100) < 0.5
+    assert meta.wilson_lower_bound(0.9, 0) == 0.0
+
+
 def test_members_fits_add_up_to_the_group_fit() -> None:
     scores = meta.ExampleScores(np.array([1, 1, 0, 1, 0], bool), np.array([0.1, 0.2, 2, 0.3, 1]))
     fits = meta.member_fits(scores, [2, 3])

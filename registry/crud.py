@@ -357,6 +357,56 @@ def group_public(group: Group, member_count: int) -> GroupPublic:
     )
 
 
+def add_group(
+    session: Session,
+    *,
+    name: str,
+    domain: str,
+    description: str | None,
+    max_capacity: int,
+    created_by: str,
+    round_: int,
+    aggregation: str,
+    mode: str,
+    **event: Any,
+) -> Group:
+    """Add a new, empty group and its ``group_created`` event (with ``event`` besides);
+    ConflictError when a live group already has ``name``."""
+    taken = session.scalar(select(Group.id).where(Group.name == name, Group.archived_at.is_(None)))
+    if taken is not None:
+        raise ConflictError(f"a group named '{name}' already exists (id {taken})")
+    now = utcnow()
+    group = Group(
+        name=name,
+        domain=domain,
+        description=description,
+        max_capacity=max_capacity,
+        created_by=created_by,
+        created_at=now,
+        updated_at=now,
+        empty_since=now,
+        round=round_,
+        performance={},
+        aggregation=aggregation,
+        mode=mode,
+    )
+    session.add(group)
+    session.flush()
+    record_event(
+        session,
+        EventType.GROUP_CREATED,
+        node_id=created_by,
+        group_id=group.id,
+        name=group.name,
+        domain=group.domain,
+        max_capacity=group.max_capacity,
+        aggregation=group.aggregation,
+        mode=group.mode,
+        **event,
+    )
+    return group
+
+
 def create_group(
     session: Session,
     *,
@@ -375,38 +425,16 @@ def create_group(
             f"node '{caller.id}' is in domain '{caller.domain}' and cannot create a group "
             f"in domain '{body.domain}'"
         )
-    taken = session.scalar(
-        select(Group.id).where(Group.name == body.name, Group.archived_at.is_(None))
-    )
-    if taken is not None:
-        raise ConflictError(f"a group named '{body.name}' already exists (id {taken})")
-    now = utcnow()
-    group = Group(
+    group = add_group(
+        session,
         name=body.name,
         domain=body.domain,
         description=body.description,
         max_capacity=body.max_capacity,
         created_by=caller.id,
-        created_at=now,
-        updated_at=now,
-        empty_since=now,
-        round=0,
-        performance={},
+        round_=0,
         aggregation=body.aggregation,
         mode=body.mode,
-    )
-    session.add(group)
-    session.flush()
-    record_event(
-        session,
-        EventType.GROUP_CREATED,
-        node_id=caller.id,
-        group_id=group.id,
-        name=group.name,
-        domain=group.domain,
-        max_capacity=group.max_capacity,
-        aggregation=group.aggregation,
-        mode=group.mode,
     )
     if body.join:
         join_group(

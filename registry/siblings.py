@@ -339,38 +339,16 @@ def split_group(
         raise ConflictError(
             f"a split must leave group {group_id} at least one of its {len(members)} members"
         )
-    taken = session.scalar(
-        select(Group.id).where(Group.name == body.name, Group.archived_at.is_(None))
-    )
-    if taken is not None:
-        raise ConflictError(f"a group named '{body.name}' already exists (id {taken})")
-    now = utcnow()
-    new = Group(
+    new = crud.add_group(
+        session,
         name=body.name,
         domain=source.domain,
         description=f"split from group {group_id} ('{source.name}')",
         max_capacity=source.max_capacity,
         created_by=node.id,
-        created_at=now,
-        updated_at=now,
-        empty_since=now,
-        round=source.round,
-        performance={},
+        round_=source.round,
         aggregation=source.aggregation,
         mode=source.mode,
-    )
-    session.add(new)
-    session.flush()
-    record_event(
-        session,
-        EventType.GROUP_CREATED,
-        node_id=node.id,
-        group_id=new.id,
-        name=new.name,
-        domain=new.domain,
-        max_capacity=new.max_capacity,
-        aggregation=new.aggregation,
-        mode=new.mode,
         split_from=group_id,
     )
     moving = sorted(body.members)

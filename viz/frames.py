@@ -93,6 +93,9 @@ class FrameBuilder:
         before = self._layout
         layout = self._layout = update_layout(before, snap)
         history = self._history
+        # The chart's x axis is the network's round (the furthest group's); a group born
+        # later counts its own rounds from 0, so its points shift by the difference.
+        offsets = {g.id: snap.round - g.round for g in snap.groups}
         for ev in snap.events:
             if (
                 ev.type == PERFORMANCE
@@ -101,9 +104,10 @@ class FrameBuilder:
                 and isinstance(ev.data.get("group_value"), int | float)
             ):
                 points = history.setdefault(ev.group_id, {})
-                _with(points, int(ev.data.get("round", 0)), float(ev.data["group_value"]))
+                at = int(ev.data.get("round", 0)) + offsets.get(ev.group_id, 0)
+                _with(points, at, float(ev.data["group_value"]))
         for g in snap.groups:
-            _with(history.setdefault(g.id, {}), g.round, g.accuracy)
+            _with(history.setdefault(g.id, {}), snap.round, g.accuracy)
         _with(self._mean, snap.round, snap.mean_accuracy)
 
         # Age the highlights from earlier frames, then add this frame's.

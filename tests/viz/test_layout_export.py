@@ -97,3 +97,19 @@ def test_a_long_session_is_thinned_to_stay_under_the_size_limit(tmp_path: Path) 
     gif = iio.imread(result.gif, index=None)
     assert gif.shape[0] == result.frames_written
     assert not np.array_equal(gif[0], gif[-1])
+
+
+def test_a_group_born_late_is_charted_on_the_network_s_rounds() -> None:
+    # Group 1 has run 10 rounds when group 2 is created; two snapshots later group 2 has
+    # run its own rounds 1 and 2 while the network reached rounds 11 and 12
+    def snap(index: int, old_round: int, new_round: int | None) -> Snapshot:
+        groups = [GroupState(1, "g1", ("a",), 0.8, old_round, 5)]
+        if new_round is not None:
+            groups.append(GroupState(2, "g2", ("b",), 0.5 + new_round / 10, new_round, 5))
+        return Snapshot(index=index, time=float(index), groups=tuple(groups), nodes=())
+
+    frames = build_frames([snap(0, 10, None), snap(1, 11, 1), snap(2, 12, 2)])
+
+    series = frames[-1].group_series
+    assert [r for r, _ in series[1]] == [10, 11, 12]
+    assert [r for r, _ in series[2]] == [11, 12]  # not 1, 2: it was not there yet

@@ -41,7 +41,7 @@ class Stats:
 
     nodes_active: int
     nodes_total: int
-    groups: int
+    groups: int  # groups with members (an emptied group lives on at the registry a while)
     migrations: int
     best_group: str | None
     best_accuracy: float | None
@@ -141,7 +141,7 @@ class FrameBuilder:
         stats = Stats(
             nodes_active=len(snap.active_nodes),
             nodes_total=len(snap.nodes),
-            groups=len(snap.groups),
+            groups=sum(1 for g in snap.groups if g.members),  # as the demo's table counts
             migrations=self._migrations,
             best_group=best.name if best else None,
             best_accuracy=best.accuracy if best else None,

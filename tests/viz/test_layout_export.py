@@ -113,3 +113,10 @@ def test_a_group_born_late_is_charted_on_the_network_s_rounds() -> None:
     series = frames[-1].group_series
     assert [r for r, _ in series[1]] == [10, 11, 12]
     assert [r for r, _ in series[2]] == [11, 12]  # not 1, 2: it was not there yet
+
+
+def test_an_emptied_group_is_not_counted_in_the_statistics() -> None:
+    # A split left group 2 empty: the registry keeps it a while, the panel does not count it
+    frames = build_frames([_snap(0, {1: ["a", "b"], 2: []})])
+
+    assert frames[-1].stats.groups == 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -626,9 +627,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, key) is not None
     }
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if (args.drift_at is not None or args.drift_fraction is not None) and all(
+        SCENARIOS[n].drift_at is None for n in names
+    ):
+        p.error("--drift-at and --drift-fraction apply to scenario d only")
+    try:  # before hours of runs, not after
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out {args.out}: cannot make its folder: {exc.strerror or exc}")
+    if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
+        p.error(f"--out {args.out}: not a file this user can write")
     scenarios = []
     for name in names:
         sc = replace(SCENARIOS[name], **overrides)
+        if sc.clusters > sc.nodes:
+            p.error(f"scenario {name}: {sc.clusters} clusters need at least as many nodes")
         if sc.drift_at is not None:
             drift_at = args.drift_at or sc.drift_at
             fraction = sc.drift_fraction if args.drift_fraction is None else args.drift_fraction
@@ -647,11 +660,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         block = run_scenario(sc, args.methods, args.seed, data, drifted)
         print_scenario(sc.name, block)
         report[sc.name] = block
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
-                "args": {k: str(v) for k, v in vars(args).items()},
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "machine": {"python": platform.python_version(), "torch": torch.__version__},
                 "scenarios": report,
             },

@@ -65,6 +65,37 @@ def test_an_unknown_method_is_named_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--scenario", "b", "--drift-fraction", "2"], "apply to scenario d only"),
+        (["--scenario", "b", "--clusters", "100", "--nodes", "8"], "100 clusters need"),
+        (["--scenario", "b", "--out", "{file}/x.json"], "cannot make its folder"),
+        (["--scenario", "b", "--out", "{dir}"], "not a file this user can write"),
+    ],
+    ids=["drift-outside-d", "clusters-over-nodes", "out-under-a-file", "out-a-folder"],
+)
+def test_bad_flags_stop_before_any_run(flags: list[str], named: str, tmp_path: Path) -> None:
+    # Prepare: a file where --out wants a folder
+    (tmp_path / "afile").write_text("")
+    flags = [f.format(file=tmp_path / "afile", dir=tmp_path) for f in flags]
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # Assert: refused at once (no scenario table printed), one reason, no traceback
+    assert proc.returncode == 2
+    assert named in proc.stderr
+    assert "method" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
 def test_drift_summary_counts_rounds_to_rehome_the_dip_and_the_gap() -> None:
     # Prepare: 4 nodes; node 3 drifts from cluster 1 to 0 after round 2, joins group A in
     # round 4 (two rounds after the drift); its accuracy 0.8 -> 0.5 -> 0.6 -> 0.79

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     field_validator,
     model_validator,
@@ -442,7 +443,8 @@ class EventsPublic(BaseModel):
 
 # Most siblings one group may report at once.
 MAX_SIBLINGS = 64
-Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# Strict: a fit is a JSON number, not true or "0.5".
+Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class SiblingFitIn(_In):
@@ -461,7 +463,8 @@ class SiblingsReport(_In):
     """A group's whole set of sibling links for a round: it replaces the previous set."""
 
     round: int = Field(ge=0, le=MAX_ID)
-    siblings: list[SiblingFitIn] = Field(default_factory=list, max_length=MAX_SIBLINGS)
+    # Required: a body without it must not wipe the group's links ([] does, on purpose).
+    siblings: list[SiblingFitIn] = Field(max_length=MAX_SIBLINGS)
 
     @model_validator(mode="after")
     def _distinct(self) -> SiblingsReport:

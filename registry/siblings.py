@@ -334,7 +334,10 @@ def split_group(
     members = _member_ids(session, group_id)
     strangers = sorted(set(body.members) - set(members))
     if strangers:
-        raise ConflictError(f"not members of group {group_id}: {strangers}")
+        shown = ", ".join(strangers[:10]) + (
+            f" and {len(strangers) - 10} more" if len(strangers) > 10 else ""
+        )
+        raise ConflictError(f"not members of group {group_id}: {shown}")
     if len(body.members) >= len(members):
         raise ConflictError(
             f"a split must leave group {group_id} at least one of its {len(members)} members"

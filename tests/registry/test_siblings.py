@@ -136,6 +136,9 @@ def test_a_report_replaces_the_groups_whole_outgoing_set(client: httpx.Client) -
         ([_sib(999_999, loss=-1)], "greater than or equal to 0"),
         ([_sib(999_999, examples=0)], "greater than or equal to 1"),
         ([_sib(i) for i in range(1, 66)], "at most 64"),
+        ([_sib(999_999, True)], "valid number"),
+        ([_sib(999_999, "0.5")], "valid number"),
+        ("missing", "Field required"),
     ],
     ids=[
         "itself",
@@ -146,6 +149,9 @@ def test_a_report_replaces_the_groups_whole_outgoing_set(client: httpx.Client) -
         "negative-loss",
         "no-examples",
         "65-entries",
+        "fit-true",
+        "fit-text",
+        "no-siblings-key",
     ],
 )
 def test_bad_sibling_reports_are_422_with_a_reason(
@@ -158,9 +164,10 @@ def test_bad_sibling_reports_are_422_with_a_reason(
         siblings = [_sib(ga)]
     elif siblings == "twice":
         siblings = [_sib(gb), _sib(gb, 0.5)]
+    body = {"round": 0} if siblings == "missing" else {"round": 0, "siblings": siblings}
 
     # Execute
-    r = client.put(f"/groups/{ga}/siblings", headers=ha, json={"round": 0, "siblings": siblings})
+    r = client.put(f"/groups/{ga}/siblings", headers=ha, json=body)
 
     # Assert: refused, said why, nothing stored
     assert r.status_code == 422, r.text

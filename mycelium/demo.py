@@ -67,6 +67,9 @@ class DemoConfig:
     seed: int = 0
     output: Path = Path("output")
     registry_url: str | None = None
+    # The registry at registry_url was started for this run (the viz demo starts one): its
+    # nodes' tokens die with it, so none are written under output/credentials/.
+    registry_is_ours: bool = field(default=False, repr=False)
     ca_cert: Path | None = None  # PEM CA that an https --registry-url's certificate chains to
     local_only: bool = True
     progress: bool = True
@@ -203,7 +206,9 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
             cfg.on_registry_ready(url)
         # Against a registry of its own the nodes' tokens die with it; against a given one
         # they are kept under output/credentials/, so the demo can run there again.
-        store = CredentialStore(cfg.output) if cfg.registry_url else None
+        store = (
+            CredentialStore(cfg.output) if cfg.registry_url and not cfg.registry_is_ours else None
+        )
         net = InProcessNetwork(
             url,
             data,

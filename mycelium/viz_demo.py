@@ -47,7 +47,7 @@ def run_demo_with_viz(
     else:
         data_dir = Path(tempfile.mkdtemp(prefix="mycelium-registry-"))
         registry = BackgroundRegistry(RegistrySettings(data_dir=data_dir)).start()
-        cfg.registry_url = registry.url
+        cfg.registry_url, cfg.registry_is_ours = registry.url, True
     session = VizProcess(cfg.registry_url, options)
     outer_finish = cfg.on_finish
 

@@ -31,3 +31,5 @@ def test_the_default_demo_records_every_round_into_a_gif_and_png(tmp_path: Path)
     assert frames.shape[0] >= 6
     assert (out / "mycelium_net_final.png").stat().st_size > 10_000
     assert "GIF written to" in result.stdout
+    # the registry was the run's own: no node tokens were kept for it
+    assert not (out / "credentials").exists()

@@ -569,9 +569,9 @@ class InProcessNetwork:
                 agent.node_id, learner, reporter=agent.client, rejections=agent.rejections
             )
             log.info(
-                "%s: data drifted at round %s (cluster %s -> %s)",
+                "%s: data drifted before round %s (cluster %s -> %s)",
                 agent.node_id,
-                self._round,
+                self._round + 1,
                 self._drifts[-1].old_cluster,
                 nd.cluster,
             )

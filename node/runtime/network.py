@@ -506,7 +506,7 @@ class InProcessNetwork:
                 continue
             reason = (
                 f"split from group {gid}: members' updates disagree (largest cosine "
-                f"similarity across the two parts {cross:.2f} < {self.config.split_threshold:.2f})"
+                f"similarity across the two parts {cross:.3f} < {self.config.split_threshold:g})"
             )
             new_gid: int | None = None
             for node_id in leaving:

@@ -371,11 +371,8 @@ class NodeAgent:
         self.client.join(group_id)
         self.solo_accuracy = self.learner.evaluate("val").accuracy
         self._cold_start(group_id)
-        self.group_id = group_id
-        self.rounds_since_move = 0
-        self.recent.clear()
         self._wins.clear()
-        self.moves.append(Move(round_, previous, group_id, reason))
+        self.record_move(round_, group_id, reason)
         verb = "migrated" if previous is not None else "joined"
         log.info("%s: %s group %s (from %s): %s", self.node_id, verb, group_id, previous, reason)
 
@@ -411,13 +408,18 @@ class NodeAgent:
         )
         # The group starts from its creator's model, so others can evaluate it at once.
         self.client.upload_model(group.id, 0, weights_to_bytes(self.learner.get_weights()))
-        previous = self.group_id
-        self.group_id = group.id
-        self.rounds_since_move = 0
-        self.recent.clear()
-        self.moves.append(Move(round_, previous, group.id, f"created: {reason}"))
+        self.record_move(round_, group.id, f"created: {reason}")
         log.info("%s: created group %s (%s): %s", self.node_id, group.id, name, reason)
         return group.id
+
+    def record_move(self, round_: int, group_id: int, reason: str) -> None:
+        """Note that this node is now in ``group_id`` (it joined or created it, or the
+        registry moved it there in a merge or split): the move is kept with its reason,
+        the cooldown restarts and the old group's rounds stop counting as evidence."""
+        self.moves.append(Move(round_, self.group_id, group_id, reason))
+        self.group_id = group_id
+        self.rounds_since_move = 0
+        self.recent.clear()
 
     def record(self) -> dict[str, Any]:
         """Plain-data view of this node's moves."""

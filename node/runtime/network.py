@@ -31,7 +31,12 @@ from sklearn.metrics import adjusted_rand_score
 from node.credentials import CredentialStore
 from node.errors import RegistryClientError
 from node.federation.inprocess import InMemoryFederation
-from node.federation.round import GroupMember, latest_group_model, run_group_round
+from node.federation.round import (
+    GroupMember,
+    MemberUpdate,
+    latest_group_model,
+    run_group_round,
+)
 from node.learning.learner import Learner, load_weights
 from node.learning.merge import weighted_mean
 from node.learning.models import build_model
@@ -39,7 +44,7 @@ from node.learning.partition import NodeData
 from node.learning.weights import SnapshotCache
 from node.registry_client import RegistryClient
 from node.runtime import meta
-from node.runtime.agent import Move, NodeAgent
+from node.runtime.agent import NodeAgent
 from node.runtime.policy import Leave, Migrate, PolicyConfig
 from node.runtime.scores import group_purity
 
@@ -109,6 +114,10 @@ class RoundStats:
 class _GroupState:
     weights: list[np.ndarray]
     round: int
+
+
+# Members' validation data stacked: x float32, y int64, and each member's example count.
+_Stacked = tuple[torch.Tensor, torch.Tensor, list[int]]
 
 
 @dataclass
@@ -315,15 +324,8 @@ class InProcessNetwork:
         start = state.weights
         if result.aggregated:
             state.weights, state.round = result.weights, result.round
-        self._updates[gid] = {
-            u.member: np.concatenate(
-                [
-                    (np.asarray(w, np.float64) - s).ravel()
-                    for w, s in zip(u.weights, start, strict=True)
-                ]
-            )
-            for u in result.updates
-        }
+        if self.config.meta_federation:  # the members' updates, for a split's test
+            self._updates[gid] = _flat_updates(result.updates, start)
         for evaluation in result.evaluations:
             self._agent(evaluation.member).note_round(
                 gid, evaluation.accuracies[0], evaluation.own_accuracy
@@ -374,10 +376,7 @@ class InProcessNetwork:
         model = self._scorer()
         load_weights(model, weights)
         per_member = meta.member_fits(meta.score_examples(model, x, y), sizes)
-        total = meta.Fit(0, 0.0, 0)
-        for f in per_member:
-            total = total + f
-        return total
+        return sum(per_member, meta.Fit(0, 0.0, 0))
 
     @property
     def group_models(self) -> dict[int, list[np.ndarray]]:
@@ -395,14 +394,19 @@ class InProcessNetwork:
         rosters = self._rosters()
         gids = sorted(g for g in rosters if g in self._groups)
         if len(gids) >= 2:
-            found = self._discover_siblings(rnd, rosters, gids)
-            self._share(rnd, rosters, found)
+            vals = {g: _members_val(rosters[g]) for g in gids}
+            found = self._discover_siblings(rnd, rosters, gids, vals)
+            self._share(rnd, rosters, found, vals)
         moved = self._merge(rnd, self._rosters())
         moved += self._split(rnd, self._rosters())
         return moved
 
     def _discover_siblings(
-        self, rnd: int, rosters: dict[int, list[NodeAgent]], gids: list[int]
+        self,
+        rnd: int,
+        rosters: dict[int, list[NodeAgent]],
+        gids: list[int],
+        vals: Mapping[int, _Stacked],
     ) -> dict[int, list[tuple[meta.SiblingScore, meta.Fit]]]:
         """Score candidate groups' models on each group's members' validation data."""
         cfg = self.config
@@ -410,7 +414,7 @@ class InProcessNetwork:
         found: dict[int, list[tuple[meta.SiblingScore, meta.Fit]]] = {}
         for gid in gids:
             members = rosters[gid]
-            x, y, sizes = _members_val(members)
+            x, y, sizes = vals[gid]
             own = self._fit(self._groups[gid].weights, x, y, sizes)
             found[gid] = []
             for other in meta.sibling_candidates(gid, gids, links, self._rng, cfg.meta_candidates):
@@ -430,6 +434,7 @@ class InProcessNetwork:
         rnd: int,
         rosters: dict[int, list[NodeAgent]],
         found: dict[int, list[tuple[meta.SiblingScore, meta.Fit]]],
+        vals: Mapping[int, _Stacked],
     ) -> None:
         """Each group's model := the examples x fit weighted mean of its own and its
         siblings' (``meta.sharing_weights``), all computed from the models before any
@@ -449,7 +454,7 @@ class InProcessNetwork:
                 self._groups[s.sibling_id].weights for s, _ in sibs
             ]
             mean = weighted_mean(models, weights)
-            x, y, sizes = _members_val(rosters[gid])
+            x, y, sizes = vals[gid]
             if meta.is_sibling(
                 sibs[0][1], self._fit(mean, x, y, sizes), self.config.switch_threshold, self._chance
             ):
@@ -479,7 +484,7 @@ class InProcessNetwork:
                 f"fit the capacity of {capacity}"
             )
             for agent in rosters[small]:
-                self._moved(agent, rnd, large, reason)
+                agent.record_move(rnd, large, reason)
                 moved += 1
             self._groups.pop(small, None)
             self.merges.append((rnd, small, large))
@@ -517,7 +522,7 @@ class InProcessNetwork:
                     log.warning("%s: group after split unknown: %s", node_id, exc)
                     continue
                 if new_gid is not None and new_gid != gid:
-                    self._moved(agent, rnd, new_gid, reason)
+                    agent.record_move(rnd, new_gid, reason)
                     moved += 1
             if new_gid is not None and new_gid != gid:
                 state = self._groups[gid]
@@ -526,13 +531,6 @@ class InProcessNetwork:
             self._updates.pop(gid, None)
             log.info("round %s: %s", rnd, reason)
         return moved
-
-    def _moved(self, agent: NodeAgent, rnd: int, to_group: int, reason: str) -> None:
-        """Record a group change the registry made for the node (a merge or a split)."""
-        agent.moves.append(Move(rnd, agent.group_id, to_group, reason))
-        agent.group_id = to_group
-        agent.rounds_since_move = 0
-        agent.recent.clear()
 
     # --- drift ----------------------------------------------------------------------------
 
@@ -642,7 +640,19 @@ class InProcessNetwork:
             agent.client.close()
 
 
-def _members_val(members: Sequence[NodeAgent]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _flat_updates(
+    updates: Sequence[MemberUpdate], start: Sequence[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each member's update of a round (its weights minus the round's start), flat float64."""
+    return {
+        u.member: np.concatenate(
+            [(np.asarray(w, np.float64) - s).ravel() for w, s in zip(u.weights, start, strict=True)]
+        )
+        for u in updates
+    }
+
+
+def _members_val(members: Sequence[NodeAgent]) -> _Stacked:
     """The members' validation data stacked (x float32, y int64) and each one's size."""
     vals = [a.learner.data.val for a in members]
     x = torch.from_numpy(np.concatenate([v.x for v in vals]).astype(np.float32))

@@ -98,7 +98,6 @@ class NodeAgent:
         self._scratch: torch.nn.Module | None = None
         # candidate group id -> evaluations in a row in which it beat the current group
         self._wins: dict[int, int] = {}
-        self._scores: dict[int, ExampleScores] = {}
 
     def data_changed(self) -> None:
         """This node's data changed (drift): the evidence gathered on the old data is void,
@@ -186,7 +185,6 @@ class NodeAgent:
             self.rejections.record(f"snapshot of group {group_id} (round {blob.round})", exc)
             self._unusable.add(group_id)
             return None
-        self._scores[group_id] = scores
         return scores
 
     def score_weights(self, weights: list[np.ndarray]) -> ExampleScores:

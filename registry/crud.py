@@ -357,6 +357,14 @@ def group_public(group: Group, member_count: int) -> GroupPublic:
     )
 
 
+def check_not_quarantined(session: Session, node_id: str, *, flags: int, duration_s: float) -> None:
+    """ForbiddenError naming the end of ``node_id``'s quarantine while one is in force
+    (``registry.quarantine``): a quarantined node may not create, merge or split groups."""
+    held = quarantine_of(session, node_id, flags=flags, duration_s=duration_s)
+    if held is not None:
+        raise ForbiddenError(held.reason())
+
+
 def add_group(
     session: Session,
     *,
@@ -417,9 +425,7 @@ def create_group(
 ) -> Group:
     """Create a group in the caller's domain; the creator joins when asked (ForbiddenError
     while the caller is quarantined: ``join_group``)."""
-    held = quarantine_of(session, caller.id, flags=quarantine_flags, duration_s=quarantine_s)
-    if held is not None:
-        raise ForbiddenError(held.reason())
+    check_not_quarantined(session, caller.id, flags=quarantine_flags, duration_s=quarantine_s)
     if body.domain != caller.domain:
         raise ForbiddenError(
             f"node '{caller.id}' is in domain '{caller.domain}' and cannot create a group "

@@ -26,7 +26,6 @@ from registry import crud
 from registry.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
 from registry.events import EventType, record_event
 from registry.models import Group, GroupLink, Membership, Node, utcnow
-from registry.quarantine import quarantine_of
 from registry.schemas import GroupPublic, GroupSplit, SiblingsReport
 
 __all__ = [
@@ -171,12 +170,6 @@ def _member_ids(session: Session, group_id: int) -> list[str]:
     )
 
 
-def _check_not_held(session: Session, node: Node, flags: int, duration_s: float) -> None:
-    held = quarantine_of(session, node.id, flags=flags, duration_s=duration_s)
-    if held is not None:
-        raise ForbiddenError(held.reason())
-
-
 def _move(
     session: Session, *, nodes: Sequence[str], source: Group, target: Group, reason: str
 ) -> None:
@@ -242,7 +235,7 @@ def merge_group(
     if node is None:
         raise NotFoundError(f"no node '{caller.id}'")
     _check_member(node, source, "merge it")
-    _check_not_held(session, node, quarantine_flags, quarantine_s)
+    crud.check_not_quarantined(session, node.id, flags=quarantine_flags, duration_s=quarantine_s)
     if target.archived_at is not None:
         raise ConflictError(f"group {into} is archived")
     for what, ours, theirs in (
@@ -330,7 +323,7 @@ def split_group(
     if node is None:
         raise NotFoundError(f"no node '{caller.id}'")
     _check_member(node, source, "split it")
-    _check_not_held(session, node, quarantine_flags, quarantine_s)
+    crud.check_not_quarantined(session, node.id, flags=quarantine_flags, duration_s=quarantine_s)
     members = _member_ids(session, group_id)
     strangers = sorted(set(body.members) - set(members))
     if strangers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Mapping
 
 from node.errors import RemoteInputError
 
@@ -34,6 +35,11 @@ class Rejections:
         with self._lock:
             self._counts[type(exc).__name__] += 1
         log.warning("%s: %s skipped: %s", self.owner, what, exc)
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Count refusals recorded elsewhere (a worker process logged them already)."""
+        with self._lock:
+            self._counts.update(counts)
 
     @property
     def total(self) -> int:

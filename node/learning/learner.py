@@ -69,6 +69,7 @@ class Learner:
         epochs: int = 1,
         seed: int = 0,
         momentum: float = 0.9,
+        epochs_done: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -81,7 +82,7 @@ class Learner:
         self.momentum = momentum
         self._lock = threading.RLock()
         self._scratch: nn.Module | None = None
-        self._epochs_done = 0
+        self._epochs_done = epochs_done
         self._splits = {
             "train": _tensors(data.train),
             "val": _tensors(data.val),
@@ -93,6 +94,16 @@ class Learner:
     def num_train_examples(self) -> int:
         """Number of examples ``train`` runs over per epoch."""
         return len(self.data.train)
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained so far; the next epoch's shuffle is seeded from it."""
+        return self._epochs_done
+
+    @epochs_done.setter
+    def epochs_done(self, value: int) -> None:
+        with self._lock:
+            self._epochs_done = value
 
     def get_weights(self) -> list[np.ndarray]:
         """Return copies of the model's state, in ``state_dict`` order."""

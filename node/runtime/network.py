@@ -30,21 +30,31 @@ from sklearn.metrics import adjusted_rand_score
 
 from node.credentials import CredentialStore
 from node.errors import RegistryClientError
-from node.federation.inprocess import InMemoryFederation
+from node.federation.adversary import ATTACKS
 from node.federation.round import (
     GroupMember,
     MemberUpdate,
     latest_group_model,
-    run_group_round,
 )
 from node.learning.learner import Learner, load_weights
 from node.learning.merge import weighted_mean
 from node.learning.models import build_model
 from node.learning.partition import NodeData
+from node.learning.pool import DataPool, NodeSlices
 from node.learning.weights import SnapshotCache
 from node.registry_client import RegistryClient
 from node.runtime import meta
 from node.runtime.agent import NodeAgent
+from node.runtime.backends import (
+    Backend,
+    GroupOutcome,
+    GroupTask,
+    MemberSpec,
+    SerialBackend,
+    WorkerSetup,
+    merge_rejections,
+    replay,
+)
 from node.runtime.policy import Leave, Migrate, PolicyConfig
 from node.runtime.scores import group_purity
 
@@ -142,6 +152,9 @@ class InProcessNetwork:
     # its own, gone with the run).
     credentials: CredentialStore | None = None
     ca_cert: Path | None = None  # PEM CA the registry's TLS certificate chains to
+    # Where group rounds run (node.runtime.backends): this thread by default; worker
+    # processes or Ray to use more cores or machines. The network closes it on shutdown.
+    backend: Backend = field(default_factory=SerialBackend)
     agents: list[NodeAgent] = field(default_factory=list, init=False)
     members: dict[str, GroupMember] = field(default_factory=dict, init=False)
     history: list[RoundStats] = field(default_factory=list, init=False)
@@ -163,6 +176,12 @@ class InProcessNetwork:
 
     def __post_init__(self) -> None:
         cfg = self.config
+        # Every node's data in one pool; nodes hold views into it, workers map it once.
+        self._pool, self._slices = DataPool.of(self.data)
+        self.data = [self._pool.node(s) for s in self._slices]
+        self._pooled: set[str] = set()  # nodes whose data is the pool's (not drifted)
+        self._index: dict[str, int] = {}  # node id -> its index in agents
+        self._attacks: dict[str, str] = {}  # node id -> the poisoning attack it makes
         self._cache = SnapshotCache()
         self._rng = random.Random(cfg.seed)
         # A sibling must beat chance with confidence (meta.is_sibling): 1 / classes.
@@ -187,6 +206,8 @@ class InProcessNetwork:
                 seed=cfg.seed + i,
             )
             node_id = f"{self.node_prefix}-{i:03d}"
+            self._pooled.add(node_id)
+            self._index[node_id] = i
             self.agents.append(
                 NodeAgent(
                     node_id=node_id,
@@ -220,7 +241,9 @@ class InProcessNetwork:
         return self._round
 
     def start(self) -> None:
-        """Register every node and train each alone for the warm-up epochs."""
+        """Start the backend, register every node and train each alone for the warm-up
+        epochs."""
+        self.backend.start(WorkerSetup(self._scorer()), self._pool)
         for agent in self.agents:
             agent.ensure_registered()
             if self.config.warmup_epochs:
@@ -242,10 +265,12 @@ class InProcessNetwork:
                 agent.choose_group(rnd)
         rosters = self._rosters()
         group_acc: dict[int, float] = {}
-        for gid, members in sorted(rosters.items()):
-            accuracy = self._train_group(gid, members, rnd)
+        tasks = [self._task(gid, members) for gid, members in sorted(rosters.items())]
+        for outcome in self.backend.run(tasks):  # as each group's round is done
+            accuracy = self._apply(outcome, rosters[outcome.group_id])
             if accuracy is not None:
-                group_acc[gid] = accuracy
+                group_acc[outcome.group_id] = accuracy
+        group_acc = dict(sorted(group_acc.items()))
         for agent in self.agents:
             if agent.group_id is None:  # registry away or no group: keep learning alone
                 agent.learner.train()
@@ -305,22 +330,57 @@ class InProcessNetwork:
         self._groups[gid] = state
         return state
 
-    def _train_group(self, gid: int, agents: list[NodeAgent], rnd: int) -> float | None:
-        """One group round among the members; returns the group model's accuracy."""
-        host = agents[0]
-        state = self._group_model(gid, host)
-        result = run_group_round(
-            InMemoryFederation(
-                [self.members[a.node_id] for a in agents], strategy=self._aggregation(gid, host)
-            ),
-            state.weights,
-            group_id=gid,
-            round_=state.round + 1,
-            local_epochs=self.config.local_epochs,
-            registry=host.client,
-            measure_contribution=self.config.measure_contribution,
-            rejections=host.rejections,
+    def _member(self, agent: NodeAgent, weights: list[np.ndarray] | None = None) -> MemberSpec:
+        learner = agent.learner
+        data: NodeSlices | NodeData = (
+            self._slices[self._index[agent.node_id]]
+            if agent.node_id in self._pooled
+            else learner.data
         )
+        return MemberSpec(
+            agent.node_id,
+            data,
+            learner.seed,
+            learner.epochs_done,
+            learner.learning_rate,
+            learner.batch_size,
+            learner.momentum,
+            weights,
+            self._attacks.get(agent.node_id),
+        )
+
+    def _task(self, gid: int, agents: list[NodeAgent]) -> GroupTask:
+        """Group ``gid``'s next round among ``agents``, from the group's current model."""
+        state = self._group_model(gid, agents[0])
+        return GroupTask(
+            gid,
+            state.round + 1,
+            state.weights,
+            tuple(self._member(a) for a in agents),
+            self._aggregation(gid, agents[0]),
+            self.config.local_epochs,
+            self.config.measure_contribution,
+        )
+
+    def _apply(self, outcome: GroupOutcome, agents: list[NodeAgent]) -> float | None:
+        """Carry a group round's outcome out: make its registry calls as the host and
+        members (``replay``), then the members adopt the group's new model; returns its
+        accuracy. A refused upload (another host, or no longer a member) leaves the group
+        and its members as they were."""
+        gid, result = outcome.group_id, outcome.result
+        host = agents[0]
+        books = {a.node_id: a.rejections for a in agents} | {f"group {gid}": host.rejections}
+        merge_rejections(outcome, books)
+        for agent in agents:
+            agent.learner.epochs_done = outcome.epochs_done.get(
+                agent.node_id, agent.learner.epochs_done
+            )
+        result.refused = replay(outcome, host.client, {a.node_id: a.client for a in agents})
+        if result.refused is not None:
+            return None
+        for agent in agents:
+            agent.learner.set_weights(outcome.final.get(agent.node_id, result.weights))
+        state = self._groups[gid]
         start = state.weights
         if result.aggregated:
             state.weights, state.round = result.weights, result.round
@@ -333,6 +393,42 @@ class InProcessNetwork:
         self._contributions.update(result.contributions)
         self._contribution_seconds += result.contribution_seconds
         return result.accuracy
+
+    def set_attack(self, node_id: str, attack: str | None) -> None:
+        """From the next round on, node ``node_id`` sends poisoned updates of kind
+        ``attack`` (``node.federation.adversary.ATTACKS``; it answers evaluations
+        honestly), or is honest again with None: for studies of robustness. Raises
+        ``ValueError`` for an unknown node or attack."""
+        if node_id not in self._index:
+            raise ValueError(f"no node {node_id!r} in this network")
+        if attack is None:
+            self._attacks.pop(node_id, None)
+            return
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+        self._attacks[node_id] = attack
+
+    def bare_round(self) -> float:
+        """Seconds the bare local training of this round's work takes on this network's
+        backend: every node trains ``local_epochs`` epochs from its current model, alone
+        (no registry, aggregation, evaluation or scoring), in batches of the group
+        capacity; nothing is kept. The baseline of the network's overhead ratio."""
+        size = max(1, self.config.max_capacity)
+        tasks = [
+            GroupTask(
+                -1,
+                0,
+                [],
+                tuple(self._member(a, a.learner.get_weights()) for a in self.agents[i : i + size]),
+                self.config.strategy,
+                self.config.local_epochs,
+                False,
+            )
+            for i in range(0, len(self.agents), size)
+        ]
+        started = time.perf_counter()
+        self.backend.run_bare(tasks)
+        return time.perf_counter() - started
 
     def _aggregation(self, gid: int, host: NodeAgent) -> str:
         """The group's own strategy (set when it was created), else this network's."""
@@ -561,6 +657,7 @@ class InProcessNetwork:
                 _Drift(agent.node_id, self._round, agent.cluster or 0, nd.cluster, before)
             )
             agent.learner = learner
+            self._pooled.discard(agent.node_id)
             agent.cluster = nd.cluster
             agent.data_changed()
             self.members[agent.node_id] = GroupMember(
@@ -619,7 +716,7 @@ class InProcessNetwork:
         )
 
     def _agent(self, node_id: str) -> NodeAgent:
-        return next(a for a in self.agents if a.node_id == node_id)
+        return self.agents[self._index[node_id]]
 
     def test_accuracy(self) -> dict[str, float]:
         """Each node's current model on its own test split."""
@@ -638,6 +735,8 @@ class InProcessNetwork:
         for agent in self.agents:
             agent.leave()
             agent.client.close()
+        self.backend.close()
+        self._pool.close()
 
 
 def _flat_updates(

@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 
-from node.federation.adversary import AdversarialMember
 from node.learning.data import load_digits
 from node.learning.partition import partition
 from node.runtime.network import InProcessNetwork, NetworkConfig, local_only_accuracy
@@ -141,14 +140,7 @@ def test_a_poisoner_is_quarantined_and_the_honest_members_recover(tmp_path: Path
         assert len(roster) >= 3, rosters  # a host, an attacker and an honest member at least
         attacker_id = roster[-1]
         honest = [a for a in net.agents if a.node_id != attacker_id]
-        attacker = net._agent(attacker_id)
-        net.members[attacker_id] = AdversarialMember(
-            attacker_id,
-            attacker.learner,
-            "sign_flip",
-            reporter=attacker.client,
-            rejections=attacker.rejections,
-        )
+        net.set_attack(attacker_id, "sign_flip")
 
         # Execute: rounds until the registry quarantines the attacker (at most 6), then 6 more
         with httpx.Client(base_url=reg.url) as c:

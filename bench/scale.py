@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from bench.cli_args import choice_list, positive
+
 BACKEND_CHOICES = ("serial", "processes", "ray")
 TARGET_RSS_MB = 4096
 TARGET_OVERHEAD = 1.3
@@ -126,6 +128,33 @@ def _worker_pids(backend: str) -> list[int]:
     return out
 
 
+def registry_load(url: str) -> dict[str, dict[str, float]]:
+    """The registry's own count of requests and seconds spent answering, by route
+    (``METHOD route``), from its Prometheus ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = f"{sample.labels.get('method')} {sample.labels.get('route')}"
+            if sample.name == "mycelium_registry_requests_total":
+                out.setdefault(key, {"requests": 0.0, "seconds": 0.0})["requests"] += sample.value
+            elif sample.name == "mycelium_registry_request_duration_seconds_sum":
+                out.setdefault(key, {"requests": 0.0, "seconds": 0.0})["seconds"] += sample.value
+    return out
+
+
+def _per_round(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], rounds: int
+) -> dict[str, dict[str, float]]:
+    diff = {
+        key: {k: (v - before.get(key, {}).get(k, 0.0)) / rounds for k, v in figures.items()}
+        for key, figures in after.items()
+    }
+    return dict(sorted(diff.items(), key=lambda item: -item[1]["requests"]))
+
+
 def run_one(nodes: int, backend: str, args: argparse.Namespace) -> dict[str, Any]:
     """One network of ``nodes`` on ``backend``: its figures."""
     import torch
@@ -160,6 +189,7 @@ def run_one(nodes: int, backend: str, args: argparse.Namespace) -> dict[str, Any
             del data  # the network keeps its pooled copy only
             net.start()
             start_s = time.perf_counter() - t0
+            load_before = registry_load(url)
             for _ in range(args.rounds):
                 stats = net.run_round()
                 bare = net.bare_round()
@@ -179,6 +209,7 @@ def run_one(nodes: int, backend: str, args: argparse.Namespace) -> dict[str, Any
                     file=sys.stderr,
                     flush=True,
                 )
+            load = _per_round(load_before, registry_load(url), len(rounds))
             workers = [_peak_mb(pid) for pid in _worker_pids(backend)]
             purity = net.purity()
             net.shutdown()
@@ -203,6 +234,9 @@ def run_one(nodes: int, backend: str, args: argparse.Namespace) -> dict[str, Any
         "mean_accuracy": rounds[-1]["mean_accuracy"],
         "groups": rounds[-1]["groups"],
         "rounds": rounds,
+        "registry_per_round": load,
+        "requests_per_round": sum(v["requests"] for v in load.values()),
+        "registry_seconds_per_round": sum(v["seconds"] for v in load.values()),
     }
 
 
@@ -254,9 +288,10 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
     """The runs as a Markdown table."""
     print(
         "| nodes | backend | s/round | s/round after 1 | bare s/round | overhead "
-        "| overhead round 1 | peak RSS MB | worker peak MB | purity | mean acc | groups |"
+        "| overhead round 1 | peak RSS MB | worker peak MB | purity | mean acc | groups "
+        "| requests/round | registry s/round |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r.get('nodes')} | {r.get('backend')} | {r['error']} |")
@@ -266,7 +301,8 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
             f"| {r['seconds_per_round_after_first']:.2f} | {r['bare_seconds_per_round']:.2f} "
             f"| {r['overhead']:.2f} | {r['overhead_round_1']:.2f} | {r['peak_rss_mb']:.0f} "
             f"| {r['worker_peak_rss_mb']:.0f} | {r['purity']:.2f} | {r['mean_accuracy']:.3f} "
-            f"| {r['groups']} |"
+            f"| {r['groups']} | {r['requests_per_round']:.0f} "
+            f"| {r['registry_seconds_per_round']:.2f} |"
         )
 
 
@@ -280,41 +316,22 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _backends(text: str) -> list[str]:
-    names = [part for part in text.split(",") if part]
-    bad = [n for n in names if n not in BACKEND_CHOICES]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown backend(s) {', '.join(bad) or text!r}; choose from "
-            f"{', '.join(BACKEND_CHOICES)}"
-        )
-    return names
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sizes x backends, print the table and the targets, write JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=_sizes, default=[10, 100, 300, 1000])
-    p.add_argument("--backends", type=_backends, default=["processes", "ray"])
-    p.add_argument("--rounds", type=_positive, default=5)
-    p.add_argument("--samples", type=_positive, default=80, help="examples per node")
-    p.add_argument("--clusters", type=_positive, default=4)
-    p.add_argument("--workers", type=_positive, default=None, help="processes / Ray CPUs")
+    p.add_argument(
+        "--backends", type=choice_list(BACKEND_CHOICES, "backend"), default=["processes", "ray"]
+    )
+    p.add_argument("--rounds", type=positive, default=5)
+    p.add_argument("--samples", type=positive, default=80, help="examples per node")
+    p.add_argument("--clusters", type=positive, default=4)
+    p.add_argument("--workers", type=positive, default=None, help="processes / Ray CPUs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flower", action="store_true", help="skip Flower's Ray simulation")
     p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     p.add_argument("--one", nargs=2, metavar=("NODES", "BACKEND"), help=argparse.SUPPRESS)
-    p.add_argument("--flower-only", type=_positive, metavar="CLIENTS", help=argparse.SUPPRESS)
+    p.add_argument("--flower-only", type=positive, metavar="CLIENTS", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(int(args.one[0]), args.one[1], args)))

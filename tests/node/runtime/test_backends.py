@@ -103,3 +103,25 @@ def test_unknown_backends_and_attacks_are_refused_by_name(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="no node 'node-9'"):
             net.set_attack("node-9", "sign_flip")
         net.shutdown()
+
+
+def test_nodes_heartbeat_mid_round_once_their_last_heartbeat_is_old(tmp_path: Path) -> None:
+    # Prepare: no end-of-round heartbeats; any heartbeat older than 1 ms is old
+    data = partition(load_digits(), 4, "iid", seed=0)
+    cfg = NetworkConfig(seed=0, heartbeat_every_rounds=1000, heartbeat_seconds=0.001)
+    with RegistryProcess(tmp_path / "r") as reg, httpx.Client(base_url=reg.url) as http:
+        net = InProcessNetwork(reg.url, data, cfg)
+        net.start()
+
+        def beats() -> dict[str, str]:
+            nodes = http.get("/nodes", params={"limit": 100}).json()["data"]
+            return {n["id"]: n["last_heartbeat"] for n in nodes}
+
+        before = beats()
+        net.run_round()
+        after = beats()
+        net.shutdown()
+
+    # Assert: every node's heartbeat moved during the round
+    assert set(before) == {a.node_id for a in net.agents}
+    assert all(after[n] > before[n] for n in before)

@@ -106,9 +106,16 @@ def test_unknown_backends_and_attacks_are_refused_by_name(tmp_path: Path) -> Non
 
 
 def test_nodes_heartbeat_mid_round_once_their_last_heartbeat_is_old(tmp_path: Path) -> None:
-    # Prepare: no end-of-round heartbeats; any heartbeat older than 1 ms is old
+    # Prepare: no end-of-round heartbeats, and no moves after round 1 (a join counts as a
+    # heartbeat); any heartbeat older than 1 ms is old
     data = partition(load_digits(), 4, "iid", seed=0)
-    cfg = NetworkConfig(seed=0, heartbeat_every_rounds=1000, heartbeat_seconds=0.001)
+    cfg = NetworkConfig(
+        seed=0,
+        heartbeat_every_rounds=1000,
+        evaluate_every_rounds=1000,
+        meta_federation=False,
+        heartbeat_seconds=0.001,
+    )
     with RegistryProcess(tmp_path / "r") as reg, httpx.Client(base_url=reg.url) as http:
         net = InProcessNetwork(reg.url, data, cfg)
         net.start()
@@ -117,6 +124,7 @@ def test_nodes_heartbeat_mid_round_once_their_last_heartbeat_is_old(tmp_path: Pa
             nodes = http.get("/nodes", params={"limit": 100}).json()["data"]
             return {n["id"]: n["last_heartbeat"] for n in nodes}
 
+        net.run_round()
         before = beats()
         net.run_round()
         after = beats()

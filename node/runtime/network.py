@@ -83,8 +83,9 @@ class NetworkConfig:
     evaluate_every_rounds: int = 2
     heartbeat_every_rounds: int = 1
     # Besides, a node heartbeats as soon as its last heartbeat is this old, mid-round:
-    # a round of a large network can outlast the registry's node TTL (90 s by default).
-    heartbeat_seconds: float = 20.0
+    # a round of a large network can outlast the registry's node TTL (by default 90 s,
+    # three of its 30 s heartbeat intervals).
+    heartbeat_seconds: float = 30.0
     seed: int = 0
     # Leave-one-out contribution of every member per group round, sent to the ledger.
     measure_contribution: bool = True

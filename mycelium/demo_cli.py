@@ -210,6 +210,9 @@ def demo(
     except OSError as exc:
         typer.echo(f"error: cannot write the results to {output}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from exc
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        typer.echo("error: --backend ray needs Ray: pip install 'mycelium-net[ray]'", err=True)
+        raise typer.Exit(2)
     if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
         typer.echo("error: --tensorboard needs the tensorboard package", err=True)
         raise typer.Exit(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,21 @@ def test_bad_backend_flags_are_one_line_and_exit_2(
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_without_ray_installed_the_demo_names_the_extra_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: Ray not importable (None in sys.modules makes `import ray` fail, as when
+    # the extra is not installed), and the backend module not imported yet
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delitem(sys.modules, "node.runtime.ray_backend")
+
+    # Execute
+    result = CliRunner().invoke(app, ["demo", "--backend", "ray", "--output", str(tmp_path)])
+
+    # Assert: one line naming the extra, before any registry or network starts
+    assert result.exit_code == 2
+    assert "pip install 'mycelium-net[ray]'" in result.output
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -130,7 +130,9 @@ def _check_reachable(address: str) -> None:
     if not sep or not port.isdigit():
         return
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), CONNECT_TIMEOUT_S).close()
+        socket.create_connection(
+            (host.strip("[]") or "127.0.0.1", int(port)), CONNECT_TIMEOUT_S
+        ).close()
     except OSError as exc:
         raise BackendError(
             f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from bench.cli_args import choice_list, positive
 from node.errors import DatasetError
 from node.federation.ifca import run_ifca
 from node.federation.inprocess import train_in_memory
@@ -572,39 +573,23 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(METHODS)}"
-        )
-    return methods
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the scenarios; print the tables; write JSON."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
-    p.add_argument("--rounds", type=_positive, help="Rounds (default: a 20, b/c 10, d 16).")
-    p.add_argument("--methods", type=_parse_methods, default=list(METHODS), help="Comma list.")
-    p.add_argument("--nodes", type=_positive, help="Override the scenario's nodes.")
-    p.add_argument("--clusters", type=_positive, help="Override the hidden clusters.")
+    p.add_argument("--rounds", type=positive, help="Rounds (default: a 20, b/c 10, d 16).")
+    p.add_argument(
+        "--methods", type=choice_list(METHODS, "method"), default=list(METHODS), help="Comma list."
+    )
+    p.add_argument("--nodes", type=positive, help="Override the scenario's nodes.")
+    p.add_argument("--clusters", type=positive, help="Override the hidden clusters.")
     p.add_argument("--cluster-mode", choices=CLUSTER_MODES, help="Override the cluster mode.")
-    p.add_argument("--samples-per-node", type=_positive, help="Override examples per node.")
-    p.add_argument("--capacity", type=_positive, help="Override the group capacity.")
+    p.add_argument("--samples-per-node", type=positive, help="Override examples per node.")
+    p.add_argument("--capacity", type=positive, help="Override the group capacity.")
     p.add_argument("--dataset", choices=["digits", "fashion"], help="Override the data set.")
-    p.add_argument("--drift-at", type=_positive, help="Scenario d: drift after this round.")
+    p.add_argument("--drift-at", type=positive, help="Scenario d: drift after this round.")
     p.add_argument("--drift-fraction", type=float, help="Scenario d: share of nodes drifting.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench/results/clustered.json"))

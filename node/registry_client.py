@@ -659,11 +659,16 @@ class RegistryClient:
         losses: Mapping[str, float],
         *,
         num_examples: int,
+        accuracy: float | None = None,
     ) -> RoundEvaluationPublic:
         """Report this member's losses, on its own validation data, on a round's models by
         label (``new``, ``start``, ``all``, ``without:<node>``); the ledger checks a host's
-        contribution figures against them. ConflictError when other figures were stored."""
-        body = {"num_examples": num_examples, "losses": dict(losses)}
+        contribution figures against them. ConflictError when other figures were stored.
+        With ``accuracy`` (the new model's, a fraction), the same request is also this
+        member's performance report for the round (``report_performance``)."""
+        body: dict[str, Any] = {"num_examples": num_examples, "losses": dict(losses)}
+        if accuracy is not None:
+            body["accuracy"] = accuracy
         resp = self._request(
             "PUT", f"/groups/{group_id}/rounds/{round}/evaluations", idempotent=True, json=body
         )

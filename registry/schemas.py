@@ -575,6 +575,9 @@ class EvaluationReportIn(_In):
 
     num_examples: int = Field(ge=1, le=2**31 - 1)
     losses: dict[EvaluationLabel, Finite] = Field(min_length=1, max_length=1002)
+    # The round's new model's accuracy on the same data: given, it is also stored as the
+    # member's performance report for the round (one request instead of two).
+    accuracy: Finite | None = Field(default=None, ge=0.0, le=1.0)
 
     @field_validator("losses")
     @classmethod

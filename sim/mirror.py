@@ -246,11 +246,13 @@ class _Guarded:
         losses: Mapping[str, float],
         *,
         num_examples: int,
+        accuracy: float | None = None,
     ) -> object:
-        """Report the member's losses on the round's models, by label."""
+        """Report the member's losses on the round's models, by label (and with
+        ``accuracy``, its performance report for the round)."""
         return self._mirror._call(
             f"report {self._group}'s evaluation",
             lambda: self._client.report_evaluation(
-                group_id, round, losses, num_examples=num_examples
+                group_id, round, losses, num_examples=num_examples, accuracy=accuracy
             ),
         )

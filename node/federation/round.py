@@ -243,8 +243,10 @@ class PerformanceReporter(Protocol):
         losses: Mapping[str, float],
         *,
         num_examples: int,
+        accuracy: float | None = None,
     ) -> object:
-        """Report this member's losses on the round's models, by label."""
+        """Report this member's losses on the round's models, by label; with ``accuracy``
+        it is also the member's performance report for the round."""
 
 
 # --- the member's side -------------------------------------------------------------------
@@ -337,17 +339,19 @@ class GroupMember:
         if self.reporter is None:
             return
         try:
-            self.reporter.report_performance(
-                group_id,
-                value=evaluation.accuracies[0],
-                round=round_,
-                num_examples=evaluation.num_examples,
-            )
-            if evaluation.labels:
+            if evaluation.labels:  # one request: the losses, and the accuracy with them
                 self.reporter.report_evaluation(
                     group_id,
                     round_,
                     dict(zip(evaluation.labels, evaluation.losses, strict=True)),
+                    num_examples=evaluation.num_examples,
+                    accuracy=evaluation.accuracies[0],
+                )
+            else:
+                self.reporter.report_performance(
+                    group_id,
+                    value=evaluation.accuracies[0],
+                    round=round_,
                     num_examples=evaluation.num_examples,
                 )
         except RegistryClientError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,10 @@ class NodeAgent:
         self._scratch: torch.nn.Module | None = None
         # candidate group id -> evaluations in a row in which it beat the current group
         self._wins: dict[int, int] = {}
+        # When the registry last heard that this node is alive (time.monotonic()), and
+        # the metrics it last sent.
+        self.last_beat = -math.inf
+        self.last_metrics: dict[str, float] = {}
 
     def data_changed(self) -> None:
         """This node's data changed (drift): the evidence gathered on the old data is void,
@@ -144,15 +149,18 @@ class NodeAgent:
         if not self.registered:
             log.info("%s: registered with %s", self.node_id, self.client.base_url)
         self.registered = True
+        self.last_beat = time.monotonic()
         self.group_id = node.group_id
         return True
 
     def heartbeat(self, metrics: dict[str, float]) -> None:
         """Send liveness and metrics (with ``rejected_inputs``: how many inputs from elsewhere
         this node refused); a failure only marks the node as unregistered."""
+        self.last_metrics = dict(metrics)
         try:
             node = self.client.heartbeat({**metrics, REJECTED_METRIC: float(self.rejections.total)})
             self.group_id = node.group_id
+            self.last_beat = time.monotonic()
         except RegistryClientError as exc:
             log.warning("%s: heartbeat failed: %s", self.node_id, exc)
             self.registered = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import threading
 import time
@@ -81,6 +82,9 @@ class NetworkConfig:
     top_k: int = 3
     evaluate_every_rounds: int = 2
     heartbeat_every_rounds: int = 1
+    # Besides, a node heartbeats as soon as its last heartbeat is this old, mid-round:
+    # a round of a large network can outlast the registry's node TTL (90 s by default).
+    heartbeat_seconds: float = 20.0
     seed: int = 0
     # Leave-one-out contribution of every member per group round, sent to the ledger.
     measure_contribution: bool = True
@@ -96,6 +100,8 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         if self.meta_every_rounds < 1:
             raise ValueError(f"meta_every_rounds must be at least 1, got {self.meta_every_rounds}")
+        if self.heartbeat_seconds <= 0:
+            raise ValueError(f"heartbeat_seconds must be positive, got {self.heartbeat_seconds}")
         if self.meta_candidates < 1:
             raise ValueError(f"meta_candidates must be at least 1, got {self.meta_candidates}")
 
@@ -182,6 +188,7 @@ class InProcessNetwork:
         self._pooled: set[str] = set()  # nodes whose data is the pool's (not drifted)
         self._index: dict[str, int] = {}  # node id -> its index in agents
         self._attacks: dict[str, str] = {}  # node id -> the poisoning attack it makes
+        self._last_keep_alive = -math.inf
         self._cache = SnapshotCache()
         self._rng = random.Random(cfg.seed)
         # A sibling must beat chance with confidence (meta.is_sibling): 1 / classes.
@@ -263,6 +270,7 @@ class InProcessNetwork:
                 agent.ensure_registered()
             if agent.group_id is None and agent.registered:
                 agent.choose_group(rnd)
+                self._keep_alive()
         rosters = self._rosters()
         group_acc: dict[int, float] = {}
         tasks = [self._task(gid, members) for gid, members in sorted(rosters.items())]
@@ -270,6 +278,7 @@ class InProcessNetwork:
             accuracy = self._apply(outcome, rosters[outcome.group_id])
             if accuracy is not None:
                 group_acc[outcome.group_id] = accuracy
+            self._keep_alive()
         group_acc = dict(sorted(group_acc.items()))
         for agent in self.agents:
             if agent.group_id is None:  # registry away or no group: keep learning alone
@@ -280,6 +289,7 @@ class InProcessNetwork:
             for agent in self.agents:
                 if isinstance(agent.reconsider(rnd), Migrate | Leave):
                     migrations += 1
+                self._keep_alive()
         node_acc = {a.node_id: a.learner.evaluate("val").accuracy for a in self.agents}
         if rnd % cfg.heartbeat_every_rounds == 0:
             for agent in self.agents:
@@ -302,6 +312,17 @@ class InProcessNetwork:
         )
         self.history.append(stats)
         return stats
+
+    def _keep_alive(self) -> None:
+        """Heartbeat every registered node whose last heartbeat is ``heartbeat_seconds``
+        old (with the metrics it last sent), so a long round expires no one."""
+        now = time.monotonic()
+        if now - self._last_keep_alive < 1.0:  # a scan per second at most
+            return
+        self._last_keep_alive = now
+        for agent in self.agents:
+            if agent.registered and now - agent.last_beat > self.config.heartbeat_seconds:
+                agent.heartbeat(agent.last_metrics)
 
     def _rosters(self) -> dict[int, list[NodeAgent]]:
         rosters: dict[int, list[NodeAgent]] = {}

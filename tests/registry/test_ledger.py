@@ -486,6 +486,28 @@ def test_evaluations_come_from_members_once_and_well_formed(
     assert listed["count"] == 1 and listed["data"][0]["losses"] == {"new": 0.5, "start": 0.9}
 
 
+def test_an_evaluation_with_its_accuracy_is_also_the_members_performance_report_once(
+    sqlite_registry: RegistryProcess,
+) -> None:
+    with httpx.Client(base_url=sqlite_registry.url, timeout=10) as c:
+        # Prepare: a group of three at round 1
+        gid, ids, hs = _group_of_three(c)
+        path = f"/groups/{gid}/rounds/2/evaluations"
+        report = {"num_examples": 40, "losses": {"new": 0.5, "start": 0.9}, "accuracy": 0.75}
+
+        # Execute: one member reports round 2 with its accuracy, then repeats the request
+        first = c.put(path, headers=hs[1], json=report)
+        again = c.put(path, headers=hs[1], json=report)
+        out_of_range = c.put(path, headers=hs[2], json={**report, "accuracy": 1.5})
+        history = c.get(f"/groups/{gid}/performance").json()
+
+    # Assert: stored as both, the repeat added no second performance report
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert out_of_range.status_code == 422 and "accuracy" in out_of_range.text
+    mine = [r for r in history["data"] if r["node_id"] == ids[1]]
+    assert [(r["round"], r["value"], r["num_examples"]) for r in mine] == [(2, 0.75, 40)]
+
+
 def test_a_colluder_claiming_huge_examples_and_gains_cannot_mint_tokens(
     sqlite_registry: RegistryProcess,
 ) -> None:

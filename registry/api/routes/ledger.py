@@ -15,6 +15,7 @@ from registry.schemas import (
     EvaluationReportIn,
     LedgerEntryPublic,
     LedgerPublic,
+    PerformanceReportIn,
     RoundEvaluationPublic,
     RoundEvaluationsPublic,
     RoundRewards,
@@ -92,7 +93,10 @@ def report_evaluation(
     response: Response,
 ) -> RoundEvaluationPublic:
     """A member reports its losses, on its own validation data, on a round's models
-    (201; the same report again, 200; different figures for the same round, 409)."""
+    (201; the same report again, 200; different figures for the same round, 409). With
+    `accuracy`, the new model's accuracy there is also stored as the member's performance
+    report for the round, in the same transaction (as `PUT /groups/{id}/performance`
+    would; not again when the report is a repeat)."""
     with db.write() as session:
         caller = crud.authenticate(session, token=token)
         stored, created = crud.report_evaluation(
@@ -103,6 +107,16 @@ def report_evaluation(
             body=body,
             max_round_jump=settings.max_round_jump,
         )
+        if created and body.accuracy is not None:
+            crud.report_performance(
+                session,
+                caller=caller,
+                group_id=group_id,
+                body=PerformanceReportIn(
+                    value=body.accuracy, round=round, num_examples=body.num_examples
+                ),
+                max_round_jump=settings.max_round_jump,
+            )
         out = RoundEvaluationPublic.model_validate(stored)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return out

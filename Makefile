@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel. An unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,keras]'
+	$(BIN)/pip install -q -e '.[dev,keras,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -339,7 +339,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.flower_only:
         # Ray's start-up and shut-down in a process of its own.
         from bench.flower_baseline import flower_fedavg
-
         from node.learning.data import load_dataset
         from node.learning.partition import partition
 

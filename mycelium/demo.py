@@ -26,6 +26,7 @@ from node.errors import RegistryUnavailableError
 from node.federation.strategies import set_flower_log_level
 from node.learning.partition import PartitionSpec
 from node.registry_client import RegistryClient
+from node.runtime.backends import BACKENDS, make_backend
 from node.runtime.network import InProcessNetwork, NetworkConfig, RoundStats, local_only_accuracy
 
 __all__ = ["DEFAULT_CLUSTERS", "DemoConfig", "check_registry", "migrations_table", "run_demo"]
@@ -72,6 +73,11 @@ class DemoConfig:
     registry_is_ours: bool = field(default=False, repr=False)
     ca_cert: Path | None = None  # PEM CA that an https --registry-url's certificate chains to
     local_only: bool = True
+    # Where group rounds run (node.runtime.backends.BACKENDS); workers: processes or Ray
+    # CPUs (None: every core); ray_address: a Ray cluster's head (None: a local Ray).
+    backend: str = "serial"
+    workers: int | None = None
+    ray_address: str | None = None
     progress: bool = True
     node_prefix: str = "node"
     on_registry_ready: Callable[[str], None] | None = field(default=None, repr=False)
@@ -95,7 +101,18 @@ class DemoConfig:
         return round(self.drift_fraction * self.nodes)
 
     def check(self) -> None:
-        """Raise ValueError naming the flag when the drift flags cannot work together."""
+        """Raise ValueError naming the flag when the drift or backend flags cannot work
+        together."""
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers is not None and self.backend == "serial":
+            raise ValueError("--workers needs --backend processes or ray")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ValueError("--ray-address needs --backend ray")
         if not 0.0 < self.drift_fraction <= 1.0:
             raise ValueError(f"--drift-fraction must be in (0, 1], got {self.drift_fraction:g}")
         if self.drift_at is None or not self.drift:
@@ -171,9 +188,11 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
 
     Raises ValueError for flags that cannot work together (``DemoConfig.check``),
     RegistryUnavailableError when a given registry does not answer, OSError when the
-    output folder cannot be written.
+    output folder cannot be written, ``BackendError`` when the backend cannot run (Ray
+    missing or its cluster unreachable, a worker died).
     """
     cfg.check()
+    backend = make_backend(cfg.backend, workers=cfg.workers, address=cfg.ray_address)
     stop = stop or threading.Event()
     set_flower_log_level(logging.WARNING)
     torch.set_num_threads(1)  # small models: one thread per process is fastest here
@@ -216,6 +235,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None) -> dict[str, 
             node_prefix=cfg.node_prefix,
             credentials=store,
             ca_cert=cfg.ca_cert,
+            backend=backend,
         )
         try:
             net.start()

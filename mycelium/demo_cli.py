@@ -17,6 +17,7 @@ from node.errors import NodeError
 from node.federation.strategies import STRATEGY_NAMES
 from node.learning.data import DATASET_NAMES
 from node.learning.partition import CLUSTER_MODES, SCHEMES
+from node.runtime.backends import BackendError
 from node.runtime.policy import POLICIES
 
 
@@ -143,6 +144,17 @@ def demo(
             file_okay=False, help="Write TensorBoard scalars (per node, per group) to this folder."
         ),
     ] = None,
+    backend: Annotated[
+        str, typer.Option(help="Where group rounds run: serial | processes | ray.")
+    ] = "serial",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes, or Ray CPUs (default: every core)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="A Ray cluster's head, HOST:6379 (with --backend ray; default: local)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the demo: nodes form groups by how well models fit their data, then re-home after
@@ -184,6 +196,9 @@ def demo(
         ca_cert=ca_cert,
         local_only=local_only,
         tensorboard=tensorboard,
+        backend=backend,
+        workers=workers,
+        ray_address=ray_address,
     )
     try:
         cfg.check()  # before a registry or a recorder starts
@@ -195,6 +210,9 @@ def demo(
     except OSError as exc:
         typer.echo(f"error: cannot write the results to {output}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from exc
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        typer.echo("error: --backend ray needs Ray: pip install 'mycelium-net[ray]'", err=True)
+        raise typer.Exit(2)
     if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
         typer.echo("error: --tensorboard needs the tensorboard package", err=True)
         raise typer.Exit(2)
@@ -211,7 +229,7 @@ def demo(
                     typer.echo(f"{key.upper()} written to {viz_summary[key]}")
         else:
             summary = run_demo(cfg)
-    except (NodeError, ValueError) as exc:
+    except (NodeError, ValueError, BackendError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except OSError as exc:  # e.g. --output names a file, or a folder that cannot be made

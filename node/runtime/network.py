@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import threading
 import time
@@ -189,7 +188,6 @@ class InProcessNetwork:
         self._pooled: set[str] = set()  # nodes whose data is the pool's (not drifted)
         self._index: dict[str, int] = {}  # node id -> its index in agents
         self._attacks: dict[str, str] = {}  # node id -> the poisoning attack it makes
-        self._last_keep_alive = -math.inf
         self._cache = SnapshotCache()
         self._rng = random.Random(cfg.seed)
         # A sibling must beat chance with confidence (meta.is_sibling): 1 / classes.
@@ -318,9 +316,6 @@ class InProcessNetwork:
         """Heartbeat every registered node whose last heartbeat is ``heartbeat_seconds``
         old (with the metrics it last sent), so a long round expires no one."""
         now = time.monotonic()
-        if now - self._last_keep_alive < 1.0:  # a scan per second at most
-            return
-        self._last_keep_alive = now
         for agent in self.agents:
             if agent.registered and now - agent.last_beat > self.config.heartbeat_seconds:
                 agent.heartbeat(agent.last_metrics)

@@ -47,7 +47,8 @@ class _Held:
 
 
 class SnapshotStore:
-    """The latest snapshot per (group, model signature), shared by the agents of a process.
+    """The latest snapshot per group and model (tensor shapes and dtype kinds), shared by
+    the agents of a process.
 
     Thread-safe: one lock per group, so two threads asking for one group download it once,
     and different groups are fetched in parallel. A snapshot that fails its checks is held
@@ -79,7 +80,8 @@ class SnapshotStore:
         ``NonFiniteWeightsError``) when the snapshot fails its checks, and
         ``RegistryClientError`` when the download fails.
         """
-        key = (group_id, hash(signature))
+        # What decoding checks (names aside: a snapshot's tensors are numbered).
+        key = (group_id, hash((signature.shapes, signature.kinds)))
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:

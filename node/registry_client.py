@@ -61,6 +61,8 @@ Revalidated reads
 the last answer's ``ETag`` and the decoded answer, and send ``If-None-Match``; on ``304 Not
 Modified`` they return the decoded answer they kept (the same object: treat it as
 read-only) without reading or parsing a body. At most ``MAX_REVALIDATED`` URLs are kept.
+``download_model(..., known=blob)`` does the same for a snapshot: the caller holds it, the
+client sends its SHA-256 as the ``ETag`` and gets ``blob`` back while it is current.
 
 tenacity drives the retries: up to ``retries`` more tries, waiting ``backoff * 2**n`` s
 (n = 0, 1, ...; at most ``MAX_BACKOFF_S``, at least ``Retry-After``). When a call gives up it
@@ -786,14 +788,28 @@ class RegistryClient:
             return None
         return ModelInfo.model_validate(resp.json())
 
-    def download_model(self, group_id: int, round: int | None = None) -> ModelBlob | None:
-        """The group's latest snapshot (or a given round's); None when it has none."""
+    def download_model(
+        self, group_id: int, round: int | None = None, *, known: ModelBlob | None = None
+    ) -> ModelBlob | None:
+        """The group's latest snapshot (or a given round's); None when it has none.
+
+        With ``known`` (a snapshot this node holds), only a changed snapshot's bytes are
+        fetched: ``If-None-Match`` names ``known.sha256`` and, while the registry's
+        snapshot is still that one (``304 Not Modified``), ``known`` itself is returned,
+        unchanged (its ``data`` is not read, so a holder may keep it empty)."""
         try:
             resp = self._request(
-                "GET", f"/groups/{group_id}/model", idempotent=True, params={"round": round}
+                "GET",
+                f"/groups/{group_id}/model",
+                idempotent=True,
+                params={"round": round},
+                headers={"If-None-Match": f'"{known.sha256}"'} if known is not None else None,
+                ok=(200, 304) if known is not None else (200,),
             )
         except NotFoundError:
             return None
+        if resp.status_code == 304 and known is not None:
+            return known
         return ModelBlob(
             data=resp.content,
             round=int(resp.headers["x-model-round"]),

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -50,6 +50,7 @@ from node.federation.contribution import (
 )
 from node.federation.strategies import FEDAVG
 from node.learning.learner import LOSS, Learner
+from node.learning.snapshots import ConditionalSnapshotSource, SnapshotStore
 from node.learning.weights import (
     SnapshotCache,
     Weights,
@@ -614,6 +615,7 @@ def latest_group_model(
     *,
     newer_than: int = -1,
     cache: SnapshotCache | None = None,
+    store: SnapshotStore | None = None,
     loss: Callable[[Weights], float] | None = None,
     rejections: Rejections | None = None,
 ) -> GroupSnapshot | None:
@@ -623,13 +625,20 @@ def latest_group_model(
     snapshot that fails its checks (corrupt, another architecture, not finite), or
     whose ``loss`` on the caller's own data is not finite, is counted in
     ``rejections``, logged with its cause and returned without weights: never loaded,
-    never fatal. The bytes are fetched only when the round is newer.
+    never fatal. The bytes are fetched only when the round is newer, and with
+    ``store`` (whose ``registry`` must take ``download_model(..., known=)``, as
+    ``RegistryClient`` does) only when the store does not hold that round already.
     """
     rejections = rejections if rejections is not None else Rejections(f"group {group_id}")
     try:
         info = registry.model_info(group_id)
         if info is None or info.round <= newer_than:
             return None
+        if store is not None:
+            return _from_store(
+                store, cast(ConditionalSnapshotSource, registry), group_id, signature,
+                info.round, loss, rejections,
+            )  # fmt: skip
         blob = registry.download_model(group_id, round=info.round)
     except RegistryClientError as exc:
         log.warning("group %s: cannot fetch its snapshot: %s", group_id, exc)
@@ -648,3 +657,26 @@ def latest_group_model(
         rejections.record(what, exc)
         return GroupSnapshot(blob.round, None)
     return GroupSnapshot(blob.round, [w.copy() for w in weights])
+
+
+def _from_store(
+    store: SnapshotStore,
+    registry: ConditionalSnapshotSource,
+    group_id: int,
+    signature: WeightsSignature,
+    model_round: int,
+    loss: Callable[[Weights], float] | None,
+    rejections: Rejections,
+) -> GroupSnapshot | None:
+    """``latest_group_model``'s answer from ``store``; RegistryClientError when the
+    download fails."""
+    try:
+        snap = store.latest(registry, group_id, signature, model_round)
+        if snap is None:
+            return None
+        if loss is not None and not math.isfinite(loss(snap.weights)):
+            raise RemoteInputError("its loss on this node's own data is not finite")
+    except RemoteInputError as exc:
+        rejections.record(f"group {group_id}'s snapshot of round {model_round}", exc)
+        return GroupSnapshot(model_round, None)
+    return GroupSnapshot(snap.round, [w.copy() for w in snap.weights])

@@ -8,6 +8,7 @@ this module raises the node's errors (``node.errors``) for what that module refu
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -140,12 +141,14 @@ class SnapshotCache:
 
     A snapshot that failed its checks is remembered as failed (its error is raised
     again), so a bad snapshot costs one decode, not one per node that looks at it.
-    Holds at most ``limit`` entries, least recently used out first.
+    Holds at most ``limit`` entries, least recently used out first. Thread-safe (two
+    threads may both decode one new snapshot; one result is kept).
     """
 
     def __init__(self, limit: int = 64) -> None:
         self._items: OrderedDict[str, Weights | RemoteInputError] = OrderedDict()
         self._limit = limit
+        self._lock = threading.Lock()
 
     def weights(self, sha256: str, data: bytes, signature: WeightsSignature) -> Weights:
         """The weights encoded in ``data``, checked against ``signature`` (cached by hash).
@@ -153,17 +156,19 @@ class SnapshotCache:
         Raises the ``RemoteInputError`` the checks raised.
         """
         key = f"{sha256}/{hash(signature)}"
-        hit = self._items.get(key)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
         if hit is None:
             try:
                 hit = decode_weights(data, signature)
             except RemoteInputError as exc:
                 hit = exc
-            self._items[key] = hit
-            while len(self._items) > self._limit:
-                self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(key)
+            with self._lock:
+                self._items[key] = hit
+                while len(self._items) > self._limit:
+                    self._items.popitem(last=False)
         if isinstance(hit, RemoteInputError):
             raise hit
         return hit

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +21,11 @@ import torch
 
 from node.errors import ConfigError, NonFiniteWeightsError, RemoteInputError
 from node.learning.learner import Learner, load_weights
-from node.learning.weights import SnapshotCache, WeightsSignature, weights_to_bytes
+from node.learning.snapshots import SnapshotStore
+from node.learning.weights import WeightsSignature, weights_to_bytes
 from node.registry_client import (
     ConflictError,
+    GroupPublic,
     RegistryClient,
     RegistryClientError,
     RegistryUnavailableError,
@@ -77,7 +79,8 @@ class NodeAgent:
     max_capacity: int = 5
     aggregation: str = "fedavg"  # the Flower strategy of the groups this node creates
     cluster: int | None = None
-    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
+    # The latest snapshot per group; the agents of one process share one.
+    store: SnapshotStore = field(default_factory=SnapshotStore)
     group_id: int | None = None
     rounds_since_move: int = 0
     registered: bool = False
@@ -103,12 +106,17 @@ class NodeAgent:
         # the metrics it last sent.
         self.last_beat = -math.inf
         self.last_metrics: dict[str, float] = {}
+        # group id -> (snapshot sha256, its scores on this node's data) computed elsewhere
+        self._prefetched: dict[int, tuple[str, ExampleScores]] = {}
+        # group id -> round of its latest snapshot, as the last listing gave it
+        self._listed_rounds: dict[int, int | None] = {}
 
     def data_changed(self) -> None:
         """This node's data changed (drift): the evidence gathered on the old data is void,
         and the node may reconsider its group at its next evaluation."""
         self.recent.clear()
         self._wins.clear()
+        self._prefetched.clear()
         self.solo_accuracy = None
         self.rounds_since_move = max(self.rounds_since_move, self.policy_config.cooldown_rounds)
 
@@ -173,27 +181,49 @@ class NodeAgent:
         scores = self.score_group_examples(group_id)
         return scores.accuracy if scores is not None else None
 
-    def score_group_examples(self, group_id: int) -> ExampleScores | None:
+    def score_group_examples(
+        self, group_id: int, model_round: int | None = None
+    ) -> ExampleScores | None:
         """The group's latest snapshot on this node's validation data, per example.
+
+        ``model_round``: the round of the group's latest snapshot as a fresh listing gave
+        it; the shared ``store`` then answers without a request when it holds that round
+        (None: one conditional download). Scores handed over by ``prefetch`` for the same
+        snapshot (by sha256) are used instead of a forward pass.
 
         None when the group has no snapshot or its snapshot is unusable (corrupt, of
         another architecture, not finite): that is logged, and the group is no
         candidate until it stores a usable one. Raises ``RegistryClientError`` when the
         download fails.
         """
-        blob = self.client.download_model(group_id)
-        if blob is None:
-            return None
         try:
-            weights = self.snapshots.weights(blob.sha256, blob.data, self.signature)
-            scores = self.score_weights(weights)
+            snap = self.store.latest(self.client, group_id, self.signature, model_round)
+            if snap is None:
+                return None
+            hit = self._prefetched.get(group_id)
+            if hit is not None and hit[0] == snap.sha256:
+                scores = hit[1]
+            else:
+                scores = self.score_weights(snap.weights)
             if not math.isfinite(scores.mean_loss):
                 raise NonFiniteWeightsError("its loss on this node's own data is not finite")
         except RemoteInputError as exc:
-            self.rejections.record(f"snapshot of group {group_id} (round {blob.round})", exc)
+            at = f" (round {model_round})" if model_round is not None else ""
+            self.rejections.record(f"snapshot of group {group_id}{at}", exc)
             self._unusable.add(group_id)
             return None
         return scores
+
+    def prefetch(self, group_id: int, sha256: str, scores: ExampleScores) -> None:
+        """Hand over ``scores``: the group's snapshot ``sha256`` on this node's validation
+        data (``correct``/``loss`` of length ``len(learner.data.val)``), computed elsewhere
+        (one forward pass over many nodes' data). ``score_group_examples`` uses them while
+        the group's latest snapshot is that one; ``forget_prefetched`` drops them."""
+        self._prefetched[group_id] = (sha256, scores)
+
+    def forget_prefetched(self) -> None:
+        """Drop the scores ``prefetch`` handed over."""
+        self._prefetched.clear()
 
     def score_weights(self, weights: list[np.ndarray]) -> ExampleScores:
         """``weights`` (checked, this node's signature) on this node's validation split,
@@ -206,20 +236,16 @@ class NodeAgent:
         y = torch.from_numpy(np.ascontiguousarray(val.y, dtype=np.int64))
         return score_examples(self._scratch, x, y)
 
-    def candidates(
-        self, *, exclude: int | None = None, baseline: ExampleScores | None = None
-    ) -> list[Candidate]:
-        """The domain's groups; the top K by reported performance (with a sibling view:
-        one group per sibling component first) are scored on local data. With
-        ``baseline`` (the current group's model per example) each scored candidate
-        carries its paired lower bound against it and its run of wins."""
-        groups = [g for g in self.client.list_groups(domain=self.domain) if g.id != exclude]
-        plain = [
-            Candidate(g.id, g.name, g.member_count, g.max_capacity, g.accuracy, None)
-            for g in groups
-        ]
+    def scoring_plan(
+        self, listing: Sequence[GroupPublic], *, exclude: int | None = None
+    ) -> list[int]:
+        """Which of ``listing``'s groups (the domain's, ``exclude`` left out) ``candidates``
+        scores on local data, in listing order: the top K by reported performance with
+        room, and with a sibling view one group per sibling component first, at most
+        ``max_scored`` in all; none under a policy that does not score (not ``local``)."""
         if self.policy != "local":
-            return plain
+            return []
+        plain = _plain([g for g in listing if g.id != exclude])
         ranked = rank_candidates(plain, len(plain))
         to_score = {c.group_id for c in ranked[: self.policy_config.top_k] if c.has_room}
         if self.sibling_view is not None:
@@ -230,10 +256,34 @@ class NodeAgent:
                 if c.has_room and comp not in seen and len(to_score) < self.max_scored:
                     seen.add(comp)
                     to_score.add(c.group_id)
+        return [c.group_id for c in plain if c.group_id in to_score]
+
+    def candidates(
+        self,
+        *,
+        exclude: int | None = None,
+        baseline: ExampleScores | None = None,
+        listing: Sequence[GroupPublic] | None = None,
+    ) -> list[Candidate]:
+        """The domain's groups (``listing``, else listed now); those of ``scoring_plan``
+        are scored on local data. With ``baseline`` (the current group's model per
+        example) each scored candidate carries its paired lower bound against it and its
+        run of wins."""
+        if listing is None:
+            listing = self.client.list_groups(domain=self.domain)
+        self._listed_rounds = {g.id: g.model_round for g in listing}
+        plain = _plain([g for g in listing if g.id != exclude])
+        if self.policy != "local":
+            return plain
+        to_score = set(self.scoring_plan(listing, exclude=exclude))
         self._unusable.clear()
         scored = []
         for c in plain:
-            scores = self.score_group_examples(c.group_id) if c.group_id in to_score else None
+            scores = (
+                self.score_group_examples(c.group_id, self._listed_rounds.get(c.group_id))
+                if c.group_id in to_score
+                else None
+            )
             if scores is None:
                 scored.append(c)
                 continue
@@ -313,11 +363,15 @@ class NodeAgent:
         if self.group_id is None:
             return None
         try:
-            current = self.score_group_examples(self.group_id)
+            listing = self.client.list_groups(domain=self.domain)
+            rounds = {g.id: g.model_round for g in listing}
+            current = self.score_group_examples(self.group_id, rounds.get(self.group_id))
             if current is None:
                 current = self.score_weights(self.learner.get_weights())
             candidates = self.candidates(
-                exclude=self.group_id if self.policy == "local" else None, baseline=current
+                exclude=self.group_id if self.policy == "local" else None,
+                baseline=current,
+                listing=listing,
             )
             decision = get_policy(self.policy).reevaluate(
                 self.group_id,
@@ -384,13 +438,16 @@ class NodeAgent:
 
     def _cold_start(self, group_id: int) -> None:
         """Start from the group's snapshot (the best-fitting one: this node just chose
-        it), not from this node's own model: load it into the learner. A snapshot that
-        is gone or unusable leaves the learner as it is."""
+        it, from the listing it chose on, so the store holds it), not from this node's
+        own model: load it into the learner. A snapshot that is gone or unusable leaves
+        the learner as it is."""
         try:
-            blob = self.client.download_model(group_id)
-            if blob is None:
+            snap = self.store.latest(
+                self.client, group_id, self.signature, self._listed_rounds.get(group_id)
+            )
+            if snap is None:
                 return
-            weights = self.snapshots.weights(blob.sha256, blob.data, self.signature)
+            weights = snap.weights
         except RemoteInputError as exc:
             self.rejections.record(f"snapshot of group {group_id} to start from", exc)
             return
@@ -435,3 +492,10 @@ class NodeAgent:
                 for m in self.moves
             ]
         }
+
+
+def _plain(groups: Sequence[GroupPublic]) -> list[Candidate]:
+    """The groups as candidates, unscored (reported accuracy only)."""
+    return [
+        Candidate(g.id, g.name, g.member_count, g.max_capacity, g.accuracy, None) for g in groups
+    ]

@@ -14,6 +14,7 @@ says how they re-homed.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import random
 import threading
@@ -29,7 +30,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from node.credentials import CredentialStore
-from node.errors import RegistryClientError
+from node.errors import RegistryClientError, RemoteInputError
 from node.federation.adversary import ATTACKS
 from node.federation.round import (
     GroupMember,
@@ -41,7 +42,7 @@ from node.learning.merge import weighted_mean
 from node.learning.models import build_model
 from node.learning.partition import NodeData
 from node.learning.pool import DataPool, NodeSlices
-from node.learning.weights import SnapshotCache
+from node.learning.snapshots import SnapshotStore
 from node.registry_client import RegistryClient
 from node.runtime import meta
 from node.runtime.agent import NodeAgent
@@ -58,7 +59,13 @@ from node.runtime.backends import (
 from node.runtime.policy import Leave, Migrate, PolicyConfig
 from node.runtime.scores import group_purity
 
-__all__ = ["InProcessNetwork", "NetworkConfig", "RoundStats", "local_only_accuracy"]
+__all__ = [
+    "InProcessNetwork",
+    "NetworkConfig",
+    "RoundStats",
+    "batch_example_scores",
+    "local_only_accuracy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,10 @@ class NetworkConfig:
     # Split a group when the largest cosine similarity of updates across the best
     # bipartition is below this (Sattler et al., 2020).
     split_threshold: float = 0.0
+    # Score the candidate groups of all deciding nodes before they decide: one forward
+    # pass per group model over every scoring node's validation data (False: each node
+    # scores each model alone; the same decisions, slower).
+    batch_scoring: bool = True
 
     def __post_init__(self) -> None:
         if self.meta_every_rounds < 1:
@@ -188,7 +199,8 @@ class InProcessNetwork:
         self._pooled: set[str] = set()  # nodes whose data is the pool's (not drifted)
         self._index: dict[str, int] = {}  # node id -> its index in agents
         self._attacks: dict[str, str] = {}  # node id -> the poisoning attack it makes
-        self._cache = SnapshotCache()
+        # The latest snapshot of each group, fetched once per change, for every agent.
+        self._store = SnapshotStore()
         self._rng = random.Random(cfg.seed)
         # A sibling must beat chance with confidence (meta.is_sibling): 1 / classes.
         classes = max((nd.train.num_classes for nd in self.data), default=0)
@@ -232,7 +244,7 @@ class InProcessNetwork:
                     max_capacity=cfg.max_capacity,
                     aggregation=cfg.strategy,
                     cluster=nd.cluster,
-                    snapshots=self._cache,
+                    store=self._store,
                     sibling_view=self._components if cfg.meta_federation else None,
                 )
             )
@@ -267,9 +279,12 @@ class InProcessNetwork:
         for agent in self.agents:
             if not agent.registered:
                 agent.ensure_registered()
+        self._prefetch_scores([a for a in self.agents if a.group_id is None and a.registered])
+        for agent in self.agents:
             if agent.group_id is None and agent.registered:
                 agent.choose_group(rnd)
-                self._keep_alive()
+            self._keep_alive()
+        self._forget_prefetched()
         rosters = self._rosters()
         group_acc: dict[int, float] = {}
         tasks = [self._task(gid, members) for gid, members in sorted(rosters.items())]
@@ -285,10 +300,12 @@ class InProcessNetwork:
         if cfg.meta_federation and rnd % cfg.meta_every_rounds == 0:
             migrations += self.meta_round(rnd)
         if rnd % cfg.evaluate_every_rounds == 0:
+            self._prefetch_scores([a for a in self.agents if a.group_id is not None])
             for agent in self.agents:
                 if isinstance(agent.reconsider(rnd), Migrate | Leave):
                     migrations += 1
                 self._keep_alive()
+            self._forget_prefetched()
         node_acc = {a.node_id: a.learner.evaluate("val").accuracy for a in self.agents}
         if rnd % cfg.heartbeat_every_rounds == 0:
             for agent in self.agents:
@@ -320,6 +337,50 @@ class InProcessNetwork:
             if agent.registered and now - agent.last_beat > self.config.heartbeat_seconds:
                 agent.heartbeat(agent.last_metrics)
 
+    # --- candidate scoring, batched --------------------------------------------------
+
+    def _prefetch_scores(self, deciding: Sequence[NodeAgent]) -> None:
+        """Score now what ``deciding`` agents will score when they decide: each agent's
+        ``scoring_plan`` on one group listing (plus its current group, which ``reconsider``
+        scores), gathered by group; per group model one forward pass over the stacked
+        validation data of every agent scoring it, split back per agent
+        (``NodeAgent.prefetch``). The agents still decide one after another against the
+        live registry: a group whose snapshot changed meanwhile, or that an agent's live
+        plan adds, is scored by the agent itself. A snapshot that cannot be fetched or
+        fails its checks is left to the agents, which record it as before."""
+        if not self.config.batch_scoring or not deciding:
+            return
+        client = deciding[0].client
+        signature = deciding[0].signature
+        try:
+            listing = client.list_groups(domain=self.config.domain)
+        except RegistryClientError as exc:
+            log.warning("candidate scoring not batched: %s", exc)
+            return
+        rounds = {g.id: g.model_round for g in listing}
+        scorers: dict[int, list[NodeAgent]] = {}
+        for agent in deciding:
+            if agent.signature != signature or not len(agent.learner.data.val):
+                continue  # another architecture, or nothing to score: it scores alone
+            plan = agent.scoring_plan(listing, exclude=agent.group_id)
+            current = [agent.group_id] if agent.group_id in rounds else []
+            for gid in current + plan:
+                scorers.setdefault(gid, []).append(agent)
+        for gid, agents in sorted(scorers.items()):
+            try:
+                snap = self._store.latest(client, gid, signature, rounds[gid])
+            except (RemoteInputError, RegistryClientError):
+                continue
+            if snap is None:
+                continue
+            batch = batch_example_scores(self._scorer(), snap.weights, agents)
+            for agent, scores in zip(agents, batch, strict=True):
+                agent.prefetch(gid, snap.sha256, scores)
+
+    def _forget_prefetched(self) -> None:
+        for agent in self.agents:
+            agent.forget_prefetched()
+
     def _rosters(self) -> dict[int, list[NodeAgent]]:
         rosters: dict[int, list[NodeAgent]] = {}
         for agent in self.agents:
@@ -336,7 +397,7 @@ class InProcessNetwork:
             gid,
             self.members[host.node_id].signature,
             newer_than=state.round if state is not None else -1,
-            cache=self._cache,
+            store=self._store,
             loss=lambda weights: host.learner.evaluate("val", weights=weights).loss,
             rejections=host.rejections,
         )
@@ -766,6 +827,25 @@ def _flat_updates(
         )
         for u in updates
     }
+
+
+def batch_example_scores(
+    model: torch.nn.Module, weights: list[np.ndarray], agents: Sequence[NodeAgent]
+) -> list[meta.ExampleScores]:
+    """``weights`` on each agent's validation split, per example, in ``agents``' order: one
+    forward pass (``meta.score_examples``) over their stacked data, split back per agent;
+    what each agent's ``NodeAgent.score_weights(weights)`` gives, up to float rounding.
+    ``model`` (of the agents' architecture) is a scratch model: ``weights`` are loaded into
+    it. Raises ``WeightsMismatchError`` when ``weights`` do not fit it, ``ValueError`` when
+    the agents hold no validation example."""
+    load_weights(model, weights)
+    x, y, sizes = _members_val(agents)
+    scores = meta.score_examples(model, x, y)
+    bounds = np.cumsum([0, *sizes])
+    return [
+        meta.ExampleScores(scores.correct[a:b], scores.loss[a:b])
+        for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def _members_val(members: Sequence[NodeAgent]) -> _Stacked:

@@ -7,13 +7,15 @@ from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from registry import crud, snapshots
 from registry.api.deps import DatabaseDep, SettingsDep, StoreDep, TokenDep
+from registry.api.reads import IfNoneMatchHeader
 from registry.db import Database
 from registry.errors import InvalidError
+from registry.readcache import etag_matches
 from registry.schemas import ModelInfo
 from registry.settings import RegistrySettings
 from registry.storage import TooLargeError
@@ -189,11 +191,33 @@ async def upload_model(
     return info
 
 
+_MODEL_HEADERS = {
+    "ETag": {
+        "description": "The snapshot's SHA-256 in quotes: a strong entity tag (RFC 9110 8.8.3).",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Round": {"description": "The snapshot's round.", "schema": {"type": "integer"}},
+    "X-Model-Sha256": {
+        "description": "The snapshot's SHA-256 (hex).",
+        "schema": {"type": "string"},
+    },
+}
+
+
 @router.get(
     "/{group_id}/model",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The model bytes."},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The model bytes.",
+            "headers": _MODEL_HEADERS,
+        },
+        304: {
+            "description": "Not Modified: the snapshot is still the one `If-None-Match` names; "
+            "no body.",
+            "headers": _MODEL_HEADERS,
+        },
         404: {},
     },
 )
@@ -202,22 +226,26 @@ def download_model(
     store: StoreDep,
     group_id: GroupIdPath,
     round: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-) -> FileResponse:
-    """Download the latest model snapshot (or a given round's); headers carry round and hash."""
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    """Download the latest model snapshot (or a given round's); headers carry round and hash.
+
+    The `ETag` is the snapshot's SHA-256 in quotes; a request whose `If-None-Match` names it
+    (or is `*`) gets `304 Not Modified` with the same headers and no body, so a node that
+    holds the snapshot fetches its bytes once per change."""
     with db.read() as session:
         snap = crud.latest_snapshot(session, group_id=group_id, round_=round)
+    headers = {
+        "X-Model-Round": str(snap.round),
+        "X-Model-Sha256": snap.sha256,
+        "ETag": f'"{snap.sha256}"',
+    }
+    if etag_matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
     path = store.path(snap.path)
     if not path.exists():
         raise HTTPException(404, f"model file for group {group_id} round {snap.round} is missing")
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        headers={
-            "X-Model-Round": str(snap.round),
-            "X-Model-Sha256": snap.sha256,
-            "ETag": f'"{snap.sha256}"',
-        },
-    )
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/{group_id}/model/info", response_model=ModelInfo, responses={404: {}})

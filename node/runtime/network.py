@@ -13,7 +13,6 @@ says how they re-homed.
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import threading
@@ -24,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from node.addresses import check_url
 from node.credentials import CredentialStore
-from node.errors import RegistryClientError
+from node.errors import ConfigError, RegistryClientError
 from node.federation.inprocess import InMemoryFederation
 from node.federation.round import (
     GroupMember,
@@ -37,12 +38,12 @@ from node.federation.round import (
     latest_group_model,
     run_group_round,
 )
-from node.learning.learner import Learner, load_weights
+from node.learning.learner import Learner
 from node.learning.merge import weighted_mean
 from node.learning.models import build_model
 from node.learning.partition import NodeData
 from node.learning.weights import SnapshotCache
-from node.registry_client import RegistryClient
+from node.registry_client import RegistryClient, tls_context
 from node.runtime import meta
 from node.runtime.agent import NodeAgent
 from node.runtime.policy import Leave, Migrate, PolicyConfig
@@ -51,6 +52,12 @@ from node.runtime.scores import group_purity
 __all__ = ["InProcessNetwork", "NetworkConfig", "RoundStats", "local_only_accuracy"]
 
 log = logging.getLogger(__name__)
+
+# The nodes' shared HTTP client: connection retries, each request's limit, and the pool
+# (the nodes of one network call the registry from at most a few threads at once).
+HTTP_RETRIES = 4
+HTTP_TIMEOUT_S = 10.0
+HTTP_POOL_CONNECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,7 @@ class InProcessNetwork:
         classes = max((nd.train.num_classes for nd in self.data), default=0)
         self._chance = 1.0 / classes if classes else 0.0
         policy_cfg = PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k)
+        self._http = _shared_http_client(self.registry_url, self.ca_cert)
         for i, nd in enumerate(self.data):
             # One initial model for the domain (same seed for every node): models that
             # start apart cannot be averaged (McMahan et al., 2017, fig. 1), and groups
@@ -193,10 +201,10 @@ class InProcessNetwork:
                     learner=learner,
                     client=RegistryClient(
                         self.registry_url,
-                        retries=4,
+                        retries=HTTP_RETRIES,
                         backoff=0.25,
                         credentials=self.credentials,
-                        ca_cert=self.ca_cert,
+                        client=self._http,
                     ),
                     domain=cfg.domain,
                     address=f"in-process/{node_id}",
@@ -364,18 +372,13 @@ class InProcessNetwork:
     def _components(self) -> dict[int, int]:
         return meta.sibling_components(self._rosters(), [(a, b) for a, b, _ in self.links])
 
-    def _scorer(self) -> torch.nn.Module:
-        if not hasattr(self, "_scratch"):
-            self._scratch = copy.deepcopy(self.agents[0].learner.model)
-        return self._scratch
-
     def _fit(
         self, weights: list[np.ndarray], x: torch.Tensor, y: torch.Tensor, sizes: list[int]
     ) -> meta.Fit:
-        """``weights`` on the stacked members' data: per member, summed as a host would."""
-        model = self._scorer()
-        load_weights(model, weights)
-        per_member = meta.member_fits(meta.score_examples(model, x, y), sizes)
+        """``weights`` on the stacked members' data: per member, summed as a host would
+        (in a workspace module of the domain's architecture: every node shares it)."""
+        with self.agents[0].learner.module(weights) as model:
+            per_member = meta.member_fits(meta.score_examples(model, x, y), sizes)
         return sum(per_member, meta.Fit(0, 0.0, 0))
 
     @property
@@ -548,15 +551,16 @@ class InProcessNetwork:
                 if self.history
                 else old.evaluate("val").accuracy
             )
-            learner = Learner(
-                old.model,
-                nd,
-                learning_rate=old.learning_rate,
-                batch_size=old.batch_size,
-                epochs=old.epochs,
-                seed=old.seed,
-                momentum=old.momentum,
-            )
+            with old.module() as model:
+                learner = Learner(
+                    model,
+                    nd,
+                    learning_rate=old.learning_rate,
+                    batch_size=old.batch_size,
+                    epochs=old.epochs,
+                    seed=old.seed,
+                    momentum=old.momentum,
+                )
             self._drifts.append(
                 _Drift(agent.node_id, self._round, agent.cluster or 0, nd.cluster, before)
             )
@@ -634,10 +638,35 @@ class InProcessNetwork:
         return float(adjusted_rand_score(truth, groups))
 
     def shutdown(self) -> None:
-        """Every node leaves its group and closes its connections."""
+        """Every node leaves its group; then the nodes' shared HTTP client is closed."""
         for agent in self.agents:
             agent.leave()
-            agent.client.close()
+            agent.client.close()  # a no-op on the shared client; kept for clients swapped in
+        self._http.close()
+
+
+def _shared_http_client(registry_url: str, ca_cert: Path | None) -> httpx.Client:
+    """The one HTTP client (connection pool, TLS context) every node of a network uses.
+
+    Each ``RegistryClient`` sends its own node's token in every request's header, so
+    sharing the client shares no identity (the registry sets no cookies). Raises
+    ``ConfigError`` for a bad URL or an unreadable ``ca_cert``.
+    """
+    try:
+        base_url = check_url(registry_url)
+    except ValueError as exc:
+        raise ConfigError(f"registry URL: {exc}") from exc
+    verify = tls_context(ca_cert)
+    transport = httpx.HTTPTransport(
+        retries=HTTP_RETRIES,
+        verify=verify,
+        limits=httpx.Limits(
+            max_connections=HTTP_POOL_CONNECTIONS, max_keepalive_connections=HTTP_POOL_CONNECTIONS
+        ),
+    )
+    return httpx.Client(
+        base_url=base_url, timeout=HTTP_TIMEOUT_S, transport=transport, verify=verify
+    )
 
 
 def _flat_updates(

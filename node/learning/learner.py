@@ -140,6 +140,7 @@ class _Workspace:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._keys: dict[_Key, _Key] = {}
         self._templates: dict[_Key, nn.Module] = {}
         self._layouts: dict[_Key, _Layout] = {}
         self._local = threading.local()
@@ -151,9 +152,11 @@ class _Workspace:
         key: _Key = (type(model), repr(model), signature)
         with self._lock:
             if key not in self._templates:
+                self._keys[key] = key
                 self._layouts[key] = _Layout.of(state)
                 self._templates[key] = copy.deepcopy(model)
-            return key, self._layouts[key]
+            # The stored key: a thousand learners hold one repr string, not a thousand.
+            return self._keys[key], self._layouts[key]
 
     @contextmanager
     def borrow(self, key: _Key) -> Iterator[_Slot]:

@@ -177,17 +177,16 @@ class InProcessNetwork:
         self._chance = 1.0 / classes if classes else 0.0
         policy_cfg = PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k)
         self._http = _shared_http_client(self.registry_url, self.ca_cert)
+        # One initial model for the domain (same seed for every node): models that
+        # start apart cannot be averaged (McMahan et al., 2017, fig. 1), and groups
+        # and siblings average them. Built once: each learner copies its weights.
+        factory = self.model_factory
+        if factory is None:
+            initial = build_model(cfg.dataset, seed=cfg.seed)
+            factory = lambda _: initial  # noqa: E731
         for i, nd in enumerate(self.data):
-            # One initial model for the domain (same seed for every node): models that
-            # start apart cannot be averaged (McMahan et al., 2017, fig. 1), and groups
-            # and siblings average them.
-            model = (
-                self.model_factory(i)
-                if self.model_factory
-                else build_model(cfg.dataset, seed=cfg.seed)
-            )
             learner = Learner(
-                model,
+                factory(i),
                 nd,
                 learning_rate=cfg.learning_rate,
                 batch_size=cfg.batch_size,

@@ -157,8 +157,10 @@ def main() -> None:
         load_dataset("fashion")  # fail here, with the package to install, not in a child
     except DatasetError as exc:
         parser.exit(2, f"{exc}\n")
-    results = [_child(n, args.samples, args.rounds, args.seed) for n in counts]
-    print(_table(results))
+    results = []
+    for n in counts:  # each row as it comes: a large N may take long
+        results.append(_child(n, args.samples, args.rounds, args.seed))
+        print(_table(results).splitlines()[-1] if len(results) > 1 else _table(results), flush=True)
     for r in results:
         if r["nodes"] == TARGET_NODES:
             verdict = "met" if r["peak_mb"] < TARGET_PEAK_MB else "MISSED"

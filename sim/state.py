@@ -12,7 +12,6 @@ A node is in at most one group, as in the registry: adding it to another moves i
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -309,7 +308,7 @@ class Simulation:
         data = replace(self.base[index % len(self.base)], index=index)
         cfg = self.config
         return Learner(
-            copy.deepcopy(self._template),
+            self._template,  # the learner copies its weights
             data,
             learning_rate=cfg.learning_rate,
             batch_size=cfg.batch_size,

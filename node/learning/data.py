@@ -95,13 +95,31 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _fashion_split(root: Path, images_file: str, labels_file: str, name: str) -> Dataset:
+def _fashion_raw(
+    root: Path, images_file: str, labels_file: str, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images (uint8, ``[N, H, W]``) and labels (uint8, ``[N]``)."""
     images = _read_idx(root / images_file, _IDX_IMAGES_MAGIC)
     labels = _read_idx(root / labels_file, _IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DatasetFormatError(f"{root}: {len(images)} images but {len(labels)} labels in {name}")
-    x = (images.astype(np.float32) / 255.0).reshape(-1, 1, images.shape[1], images.shape[2])
-    return Dataset(x=x, y=labels.astype(np.int64), num_classes=_NUM_CLASSES, name=name)
+    return images, labels
+
+
+def _scaled(parts: list[np.ndarray]) -> np.ndarray:
+    """uint8 images ``[N_i, H, W]`` scaled to [0, 1], stacked: float32 ``[sum N_i, 1, H, W]``.
+
+    Written straight into the one result (the values of ``images.astype(np.float32) /
+    255.0``, bit for bit): no float copy of a part and no concatenated second copy, which
+    for Fashion-MNIST added ~420 MB to the peak RSS for a 220 MB result.
+    """
+    height, width = parts[0].shape[1:]
+    out = np.empty((sum(len(p) for p in parts), 1, height, width), dtype=np.float32)
+    start = 0
+    for part in parts:
+        np.divide(part, np.float32(255.0), out=out[start : start + len(part), 0], dtype=np.float32)
+        start += len(part)
+    return out
 
 
 def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> tuple[Dataset, Dataset]:
@@ -109,8 +127,21 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> tuple[Dataset, Dataset
 
     Raises ``DatasetUnavailableError`` naming the Debian package when a file is missing.
     """
-    train = _fashion_split(root, FASHION_TRAIN_IMAGES, FASHION_TRAIN_LABELS, f"{FASHION}-train")
-    test = _fashion_split(root, FASHION_TEST_IMAGES, FASHION_TEST_LABELS, f"{FASHION}-test")
+    splits = []
+    for images_file, labels_file, name in (
+        (FASHION_TRAIN_IMAGES, FASHION_TRAIN_LABELS, f"{FASHION}-train"),
+        (FASHION_TEST_IMAGES, FASHION_TEST_LABELS, f"{FASHION}-test"),
+    ):
+        images, labels = _fashion_raw(root, images_file, labels_file, name)
+        splits.append(
+            Dataset(
+                x=_scaled([images]),
+                y=labels.astype(np.int64),
+                num_classes=_NUM_CLASSES,
+                name=name,
+            )
+        )
+    train, test = splits
     logger.debug("Loaded Fashion-MNIST from %s: %d train, %d test", root, len(train), len(test))
     return train, test
 
@@ -124,11 +155,16 @@ def load_dataset(name: str) -> Dataset:
     if name == DIGITS:
         return load_digits()
     if name == FASHION:
-        train, test = load_fashion_mnist()
+        root = FASHION_MNIST_DIR
+        train = _fashion_raw(root, FASHION_TRAIN_IMAGES, FASHION_TRAIN_LABELS, f"{FASHION}-train")
+        test = _fashion_raw(root, FASHION_TEST_IMAGES, FASHION_TEST_LABELS, f"{FASHION}-test")
+        logger.debug(
+            "Loaded Fashion-MNIST from %s: %d train, %d test", root, len(train[0]), len(test[0])
+        )
         return Dataset(
-            x=np.concatenate([train.x, test.x]),
-            y=np.concatenate([train.y, test.y]),
-            num_classes=train.num_classes,
+            x=_scaled([train[0], test[0]]),
+            y=np.concatenate([train[1], test[1]]).astype(np.int64),
+            num_classes=_NUM_CLASSES,
             name=FASHION,
         )
     raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")

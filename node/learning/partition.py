@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,7 +98,12 @@ def partition(
         test_fraction=test_fraction,
         samples_per_node=samples_per_node,
     )
-    nodes = [_transformed(dataset, node, node.cluster, transforms) for node in raw]
+    nodes = []
+    pending = deque(raw)
+    del raw
+    while pending:  # each node's untransformed copy goes as soon as it is transformed
+        node = pending.popleft()
+        nodes.append(_transformed(dataset, node, node.cluster, transforms))
     logger.debug(
         "Partitioned %s into %d nodes (%s, seed %d)", dataset.name, num_nodes, scheme, seed
     )
@@ -257,8 +263,9 @@ def _raw_nodes(
     for index, share in enumerate(shares):
         cluster = index % clusters if scheme == CLUSTERED else 0
         order = _split_order(len(share), val_fraction, test_fraction, rng)
+        # One gather per split (x[share][idx] made a copy of the share first).
         splits = {
-            name: (dataset.x[share][idx], dataset.y[share][idx])
+            name: (dataset.x[share[idx]], dataset.y[share[idx]])
             for name, idx in zip(_SPLITS, order, strict=True)
         }
         raw.append(_RawNode(index, cluster, splits))

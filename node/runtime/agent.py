@@ -7,7 +7,6 @@ A registry outage never stops a node: it keeps its model and retries next time.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from node.errors import ConfigError, NonFiniteWeightsError, RemoteInputError
-from node.learning.learner import Learner, load_weights
+from node.learning.learner import Learner
 from node.learning.snapshots import SnapshotStore
 from node.learning.weights import WeightsSignature, weights_to_bytes
 from node.registry_client import (
@@ -99,7 +98,6 @@ class NodeAgent:
         self.signature = WeightsSignature.of(self.learner.get_weights(), self.learner.weight_names)
         self.rejections = Rejections(self.node_id)
         self._unusable: set[int] = set()
-        self._scratch: torch.nn.Module | None = None
         # candidate group id -> evaluations in a row in which it beat the current group
         self._wins: dict[int, int] = {}
         # When the registry last heard that this node is alive (time.monotonic()), and
@@ -227,14 +225,13 @@ class NodeAgent:
 
     def score_weights(self, weights: list[np.ndarray]) -> ExampleScores:
         """``weights`` (checked, this node's signature) on this node's validation split,
-        per example, in a scratch copy of the model (the learner's model is untouched)."""
-        if self._scratch is None:
-            self._scratch = copy.deepcopy(self.learner.model)
-        load_weights(self._scratch, weights)
+        per example, in a module borrowed from the learner's workspace (the learner's own
+        weights are untouched)."""
         val = self.learner.data.val
         x = torch.from_numpy(np.ascontiguousarray(val.x, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(val.y, dtype=np.int64))
-        return score_examples(self._scratch, x, y)
+        with self.learner.module(weights) as model:
+            return score_examples(model, x, y)
 
     def scoring_plan(
         self, listing: Sequence[GroupPublic], *, exclude: int | None = None

@@ -23,7 +23,6 @@ synchronisation than they gain, and the cores are better spent on other groups.
 
 from __future__ import annotations
 
-import copy
 import logging
 import multiprocessing
 import os
@@ -202,7 +201,7 @@ def _member_data(spec: MemberSpec, pool: DataPool | None) -> NodeData:
 
 def _learner(spec: MemberSpec, template: torch.nn.Module, pool: DataPool | None) -> Learner:
     return Learner(
-        copy.deepcopy(template),
+        template,  # a Learner copies the weights and keeps no module
         _member_data(spec, pool),
         learning_rate=spec.learning_rate,
         batch_size=spec.batch_size,

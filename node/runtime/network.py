@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from node.addresses import check_url
 from node.credentials import CredentialStore
-from node.errors import RegistryClientError, RemoteInputError
+from node.errors import ConfigError, RegistryClientError, RemoteInputError
 from node.federation.adversary import ATTACKS
 from node.federation.round import (
     GroupMember,
@@ -43,7 +45,7 @@ from node.learning.models import build_model
 from node.learning.partition import NodeData
 from node.learning.pool import DataPool, NodeSlices
 from node.learning.snapshots import SnapshotStore
-from node.registry_client import RegistryClient
+from node.registry_client import RegistryClient, tls_context
 from node.runtime import meta
 from node.runtime.agent import NodeAgent
 from node.runtime.backends import (
@@ -68,6 +70,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The nodes' shared HTTP client: connection retries, each request's limit, and the pool
+# (the nodes of one network call the registry from at most a few threads at once).
+HTTP_RETRIES = 4
+HTTP_TIMEOUT_S = 10.0
+HTTP_POOL_CONNECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -206,17 +214,17 @@ class InProcessNetwork:
         classes = max((nd.train.num_classes for nd in self.data), default=0)
         self._chance = 1.0 / classes if classes else 0.0
         policy_cfg = PolicyConfig(cfg.switch_threshold, cfg.cooldown_rounds, cfg.top_k)
+        self._http = _shared_http_client(self.registry_url, self.ca_cert)
+        # One initial model for the domain (same seed for every node): models that
+        # start apart cannot be averaged (McMahan et al., 2017, fig. 1), and groups
+        # and siblings average them. Built once: each learner copies its weights.
+        factory = self.model_factory
+        if factory is None:
+            initial = build_model(cfg.dataset, seed=cfg.seed)
+            factory = lambda _: initial  # noqa: E731
         for i, nd in enumerate(self.data):
-            # One initial model for the domain (same seed for every node): models that
-            # start apart cannot be averaged (McMahan et al., 2017, fig. 1), and groups
-            # and siblings average them.
-            model = (
-                self.model_factory(i)
-                if self.model_factory
-                else build_model(cfg.dataset, seed=cfg.seed)
-            )
             learner = Learner(
-                model,
+                factory(i),
                 nd,
                 learning_rate=cfg.learning_rate,
                 batch_size=cfg.batch_size,
@@ -232,10 +240,10 @@ class InProcessNetwork:
                     learner=learner,
                     client=RegistryClient(
                         self.registry_url,
-                        retries=4,
+                        retries=HTTP_RETRIES,
                         backoff=0.25,
                         credentials=self.credentials,
-                        ca_cert=self.ca_cert,
+                        client=self._http,
                     ),
                     domain=cfg.domain,
                     address=f"in-process/{node_id}",
@@ -261,7 +269,9 @@ class InProcessNetwork:
     def start(self) -> None:
         """Start the backend, register every node and train each alone for the warm-up
         epochs."""
-        self.backend.start(WorkerSetup(self._scorer()), self._pool)
+        if self.agents:  # the workers' model template: the nodes' architecture
+            with self.agents[0].learner.module() as model:
+                self.backend.start(WorkerSetup(copy.deepcopy(model)), self._pool)
         for agent in self.agents:
             agent.ensure_registered()
             if self.config.warmup_epochs:
@@ -373,7 +383,8 @@ class InProcessNetwork:
                 continue
             if snap is None:
                 continue
-            batch = batch_example_scores(self._scorer(), snap.weights, agents)
+            with agents[0].learner.module() as scratch:
+                batch = batch_example_scores(scratch, snap.weights, agents)
             for agent, scores in zip(agents, batch, strict=True):
                 agent.prefetch(gid, snap.sha256, scores)
 
@@ -538,18 +549,13 @@ class InProcessNetwork:
     def _components(self) -> dict[int, int]:
         return meta.sibling_components(self._rosters(), [(a, b) for a, b, _ in self.links])
 
-    def _scorer(self) -> torch.nn.Module:
-        if not hasattr(self, "_scratch"):
-            self._scratch = copy.deepcopy(self.agents[0].learner.model)
-        return self._scratch
-
     def _fit(
         self, weights: list[np.ndarray], x: torch.Tensor, y: torch.Tensor, sizes: list[int]
     ) -> meta.Fit:
-        """``weights`` on the stacked members' data: per member, summed as a host would."""
-        model = self._scorer()
-        load_weights(model, weights)
-        per_member = meta.member_fits(meta.score_examples(model, x, y), sizes)
+        """``weights`` on the stacked members' data: per member, summed as a host would
+        (in a workspace module of the domain's architecture: every node shares it)."""
+        with self.agents[0].learner.module(weights) as model:
+            per_member = meta.member_fits(meta.score_examples(model, x, y), sizes)
         return sum(per_member, meta.Fit(0, 0.0, 0))
 
     @property
@@ -722,15 +728,16 @@ class InProcessNetwork:
                 if self.history
                 else old.evaluate("val").accuracy
             )
-            learner = Learner(
-                old.model,
-                nd,
-                learning_rate=old.learning_rate,
-                batch_size=old.batch_size,
-                epochs=old.epochs,
-                seed=old.seed,
-                momentum=old.momentum,
-            )
+            with old.module() as model:
+                learner = Learner(
+                    model,
+                    nd,
+                    learning_rate=old.learning_rate,
+                    batch_size=old.batch_size,
+                    epochs=old.epochs,
+                    seed=old.seed,
+                    momentum=old.momentum,
+                )
             self._drifts.append(
                 _Drift(agent.node_id, self._round, agent.cluster or 0, nd.cluster, before)
             )
@@ -809,12 +816,37 @@ class InProcessNetwork:
         return float(adjusted_rand_score(truth, groups))
 
     def shutdown(self) -> None:
-        """Every node leaves its group and closes its connections."""
+        """Every node leaves its group; then the nodes' shared HTTP client is closed."""
         for agent in self.agents:
             agent.leave()
-            agent.client.close()
+            agent.client.close()  # a no-op on the shared client; kept for clients swapped in
+        self._http.close()
         self.backend.close()
         self._pool.close()
+
+
+def _shared_http_client(registry_url: str, ca_cert: Path | None) -> httpx.Client:
+    """The one HTTP client (connection pool, TLS context) every node of a network uses.
+
+    Each ``RegistryClient`` sends its own node's token in every request's header, so
+    sharing the client shares no identity (the registry sets no cookies). Raises
+    ``ConfigError`` for a bad URL or an unreadable ``ca_cert``.
+    """
+    try:
+        base_url = check_url(registry_url)
+    except ValueError as exc:
+        raise ConfigError(f"registry URL: {exc}") from exc
+    verify = tls_context(ca_cert)
+    transport = httpx.HTTPTransport(
+        retries=HTTP_RETRIES,
+        verify=verify,
+        limits=httpx.Limits(
+            max_connections=HTTP_POOL_CONNECTIONS, max_keepalive_connections=HTTP_POOL_CONNECTIONS
+        ),
+    )
+    return httpx.Client(
+        base_url=base_url, timeout=HTTP_TIMEOUT_S, transport=transport, verify=verify
+    )
 
 
 def _flat_updates(

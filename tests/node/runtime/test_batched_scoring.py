@@ -26,7 +26,8 @@ def test_batched_scores_equal_each_nodes_own() -> None:
     net = InProcessNetwork("http://127.0.0.1:9", data, NetworkConfig(seed=3))
     for agent in net.agents:
         agent.learner.train(1)
-    scratch = copy.deepcopy(net.agents[0].learner.model)
+    with net.agents[0].learner.module() as model:
+        scratch = copy.deepcopy(model)
 
     for owner in net.agents:
         weights = owner.learner.get_weights()

@@ -11,6 +11,7 @@ Modified`` keeps it, a new snapshot is downloaded and decoded once (``SnapshotCa
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -93,6 +94,26 @@ class SnapshotStore:
         if isinstance(held.result, RemoteInputError):
             raise held.result
         return held.result
+
+    def put(
+        self,
+        group_id: int,
+        signature: WeightsSignature,
+        round_: int,
+        data: bytes,
+        weights: Weights,
+    ) -> None:
+        """Hold a snapshot this process just uploaded (``data``, the bytes sent, decoding
+        to the already checked ``weights``) as the group's latest, so no one here downloads
+        it back: the next listing names its round; a revalidation gets 304 for its hash."""
+        key = (group_id, hash((signature.shapes, signature.kinds)))
+        sha256 = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            self._held[key] = _Held(
+                ModelBlob(b"", round_, sha256), LatestSnapshot(round_, sha256, weights)
+            )
 
     def _fetch(
         self,

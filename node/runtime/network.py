@@ -467,6 +467,9 @@ class InProcessNetwork:
         result.refused = replay(outcome, host.client, {a.node_id: a.client for a in agents})
         if result.refused is not None:
             return None
+        for node, name, args, _ in outcome.calls:  # our own upload: no one here fetches it back
+            if node is None and name == "upload_model":
+                self._store.put(gid, host.signature, args[1], args[2], result.weights)
         for agent in agents:
             agent.learner.set_weights(outcome.final.get(agent.node_id, result.weights))
         state = self._groups[gid]

@@ -162,3 +162,23 @@ def test_threads_asking_at_once_download_once(setup: _Setup) -> None:
 
 def test_a_group_without_a_snapshot_is_none(setup: _Setup) -> None:
     assert SnapshotStore().latest(setup.reader, setup.group_id, SIGNATURE) is None
+
+
+def test_a_snapshot_this_process_uploaded_is_held_and_revalidates_as_unchanged(
+    setup: _Setup,
+) -> None:
+    # Prepare: the member uploads round 2 and puts what it sent into the store
+    store = SnapshotStore()
+    data = weights_to_bytes(_weights(0.4))
+    setup.client.upload_model(setup.group_id, 2, data)
+
+    # Execute
+    store.put(setup.group_id, SIGNATURE, 2, data, _weights(0.4))
+    by_round = store.latest(setup.reader, setup.group_id, SIGNATURE, setup.model_round())
+    unknown_round = store.latest(setup.reader, setup.group_id, SIGNATURE)
+
+    # Assert: no request for the listed round, one 304 (same hash) for an unknown round
+    assert setup.wire.statuses == [304]
+    assert store.downloads == 0
+    assert by_round is not None and by_round.round == 2 and unknown_round is not None
+    np.testing.assert_array_equal(unknown_round.weights[1], _weights(0.4)[1])

@@ -368,6 +368,10 @@ class SerialBackend:
         """Nothing to stop."""
 
 
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
 def _bare_in_worker(task: GroupTask) -> dict[str, list[np.ndarray]]:
     return run_bare_task(task)
 
@@ -398,6 +402,11 @@ class ProcessBackend:
             initializer=init_worker,
             initargs=(setup,),
         )
+        # Spawn every worker now (imports, the pool mapped), not in the first round.
+        try:
+            list(self._executor.map(_pid, range(self.workers)))
+        except BrokenProcessPool as exc:
+            raise BackendError(f"a worker process died while starting: {exc}") from exc
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:

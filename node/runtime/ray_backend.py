@@ -117,6 +117,12 @@ def _group_round(task: GroupTask, refs: list[Any], flower_level: int) -> bytes:
 
 
 @ray.remote(num_cpus=1)
+def _warm(refs: list[Any], flower_level: int) -> int:
+    _worker_state(refs, flower_level)
+    return os.getpid()
+
+
+@ray.remote(num_cpus=1)
 def _bare(task: GroupTask, refs: list[Any], flower_level: int) -> bytes:
     template, pool = _worker_state(refs, flower_level)
     return pickle.dumps(run_bare_task(_writable(task), template, pool), protocol=5)
@@ -208,6 +214,9 @@ class RayBackend:
         if pool is not None:
             refs += [ray.put(np.ascontiguousarray(pool.x)), ray.put(np.ascontiguousarray(pool.y))]
         self._refs = refs
+        # Start the workers now (imports, the pool fetched once), not in the first round.
+        level = logging.getLogger(FLOWER_LOGGER_NAME).level
+        ray.get([_warm.remote(refs, level) for _ in range(max(1, self.workers))])
         log.info("ray backend: %s CPUs", self.workers)
 
     def _started(self) -> list[Any]:

@@ -71,6 +71,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Unplaced nodes whose candidate scoring is batched together (``run_round``).
+PLACEMENT_WAVE = 32
+
 # The nodes' shared HTTP client: connection retries, each request's limit, and the pool
 # (the nodes of one network call the registry from at most a few threads at once).
 HTTP_RETRIES = 4
@@ -289,12 +292,16 @@ class InProcessNetwork:
         for agent in self.agents:
             if not agent.registered:
                 agent.ensure_registered()
-        self._prefetch_scores([a for a in self.agents if a.group_id is None and a.registered])
-        for agent in self.agents:
-            if agent.group_id is None and agent.registered:
+        # Placement in waves: the groups of a wave's listing are scored in batch for the
+        # whole wave; groups created within the wave are scored by each agent alone.
+        unplaced = [a for a in self.agents if a.group_id is None and a.registered]
+        for start in range(0, len(unplaced), PLACEMENT_WAVE):
+            wave = unplaced[start : start + PLACEMENT_WAVE]
+            self._prefetch_scores(wave)
+            for agent in wave:
                 agent.choose_group(rnd)
-            self._keep_alive()
-        self._forget_prefetched()
+                self._keep_alive()
+            self._forget_prefetched()
         rosters = self._rosters()
         group_acc: dict[int, float] = {}
         tasks = [self._task(gid, members) for gid, members in sorted(rosters.items())]

@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -41,7 +42,6 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from bench.cli_args import choice_list, positive
 from node.errors import DatasetError
 from node.federation.ifca import run_ifca
 from node.federation.inprocess import train_in_memory
@@ -54,6 +54,10 @@ from node.runtime.network import InProcessNetwork, NetworkConfig, local_only_acc
 from node.runtime.scores import group_labels, group_purity, sibling_ari
 from registry.server import BackgroundRegistry
 from registry.settings import RegistrySettings
+
+if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.cli_args import choice_list, positive
 
 METHODS = (
     "meta",

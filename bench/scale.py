@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.cli_args import choice_list, positive
 
 BACKEND_CHOICES = ("serial", "processes", "ray")

@@ -35,7 +35,6 @@ from node.credentials import CredentialStore
 from node.errors import ConfigError, RegistryClientError, RemoteInputError
 from node.federation.adversary import ATTACKS
 from node.federation.round import (
-    GroupMember,
     MemberUpdate,
     latest_group_model,
 )
@@ -184,7 +183,6 @@ class InProcessNetwork:
     # processes or Ray to use more cores or machines. The network closes it on shutdown.
     backend: Backend = field(default_factory=SerialBackend)
     agents: list[NodeAgent] = field(default_factory=list, init=False)
-    members: dict[str, GroupMember] = field(default_factory=dict, init=False)
     history: list[RoundStats] = field(default_factory=list, init=False)
     _groups: dict[int, _GroupState] = field(default_factory=dict, init=False)
     _round: int = field(default=0, init=False)
@@ -258,10 +256,6 @@ class InProcessNetwork:
                     store=self._store,
                     sibling_view=self._components if cfg.meta_federation else None,
                 )
-            )
-            agent = self.agents[-1]
-            self.members[node_id] = GroupMember(
-                node_id, learner, reporter=agent.client, rejections=agent.rejections
             )
 
     @property
@@ -413,7 +407,7 @@ class InProcessNetwork:
         newer = latest_group_model(
             host.client,
             gid,
-            self.members[host.node_id].signature,
+            host.signature,
             newer_than=state.round if state is not None else -1,
             store=self._store,
             loss=lambda weights: host.learner.evaluate("val", weights=weights).loss,
@@ -755,9 +749,6 @@ class InProcessNetwork:
             self._pooled.discard(agent.node_id)
             agent.cluster = nd.cluster
             agent.data_changed()
-            self.members[agent.node_id] = GroupMember(
-                agent.node_id, learner, reporter=agent.client, rejections=agent.rejections
-            )
             log.info(
                 "%s: data drifted before round %s (cluster %s -> %s)",
                 agent.node_id,

@@ -140,6 +140,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.out is not None:  # before the runs, not after them
+        try:
+            if args.out.is_dir():
+                raise IsADirectoryError(21, "is a directory")
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.touch()
+        except OSError as exc:
+            parser.error(f"--out {args.out}: {exc.strerror or exc}")
     logging.basicConfig(level=logging.WARNING)
     set_flower_log_level(logging.WARNING)
     if args.child is not None:

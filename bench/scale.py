@@ -355,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(flower_fedavg(data, args.rounds, 2, seed=args.seed)))
         return
     try:
+        if args.out.is_dir():
+            raise IsADirectoryError(21, "is a directory")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.touch()
     except OSError as exc:

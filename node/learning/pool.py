@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ class PoolFile:
     path: str
     rows: int
     shape: tuple[int, ...]  # one example's shape, e.g. (1, 28, 28)
+
+
+def _unlink(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
 
 
 class DataPool:
@@ -117,6 +122,8 @@ class DataPool:
                 f.write(np.ascontiguousarray(self.x, np.float32).tobytes())
                 f.write(np.ascontiguousarray(self.y, np.int64).tobytes())
             self._file = PoolFile(path, len(self.y), tuple(self.x.shape[1:]))
+            # Removed by close(), or when the pool is collected or the process exits.
+            self._remove = weakref.finalize(self, _unlink, path)
         return self._file
 
     @classmethod
@@ -132,5 +139,5 @@ class DataPool:
     def close(self) -> None:
         """Remove the file ``to_file`` wrote (the pool itself stays usable)."""
         if self._file is not None:
-            Path(self._file.path).unlink(missing_ok=True)
+            self._remove()
             self._file = None

@@ -40,6 +40,7 @@ from node.errors import ConflictError, ForbiddenError, RegistryClientError
 from node.federation.adversary import AdversarialMember
 from node.federation.inprocess import InMemoryFederation
 from node.federation.round import GroupMember, GroupRoundResult, run_group_round
+from node.federation.strategies import set_flower_log_level
 from node.learning.learner import Learner
 from node.learning.partition import NodeData
 from node.learning.pool import DataPool, NodeSlices, PoolFile
@@ -173,6 +174,7 @@ class WorkerSetup:
 
     template: torch.nn.Module
     pool: PoolFile | None = None
+    flower_log_level: int = logging.WARNING  # the driver's, so workers log as it does
 
 
 _worker_pool: DataPool | None = None
@@ -184,6 +186,7 @@ def init_worker(setup: WorkerSetup, pool: DataPool | None = None) -> None:
     or mapped from ``setup.pool``)."""
     global _worker_pool, _worker_template
     torch.set_num_threads(1)
+    set_flower_log_level(setup.flower_log_level)
     _worker_template = setup.template
     if pool is not None:
         _worker_pool = pool
@@ -395,7 +398,7 @@ class ProcessBackend:
     def start(self, setup: WorkerSetup, pool: DataPool | None) -> None:
         """Spawn the workers; ``pool`` must have been written with ``to_file``."""
         if pool is not None and setup.pool is None:
-            setup = WorkerSetup(setup.template, pool.to_file())
+            setup = WorkerSetup(setup.template, pool.to_file(), setup.flower_log_level)
         self._executor = ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),

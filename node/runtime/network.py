@@ -38,6 +38,7 @@ from node.federation.round import (
     MemberUpdate,
     latest_group_model,
 )
+from node.federation.strategies import FLOWER_LOGGER_NAME
 from node.learning.learner import Learner, load_weights
 from node.learning.merge import weighted_mean
 from node.learning.models import build_model
@@ -268,7 +269,8 @@ class InProcessNetwork:
         epochs."""
         if self.agents:  # the workers' model template: the nodes' architecture
             with self.agents[0].learner.module() as model:
-                self.backend.start(WorkerSetup(copy.deepcopy(model)), self._pool)
+                flower = logging.getLogger(FLOWER_LOGGER_NAME).getEffectiveLevel()
+                self.backend.start(WorkerSetup(copy.deepcopy(model), None, flower), self._pool)
         for agent in self.agents:
             agent.ensure_registered()
             if self.config.warmup_epochs:

@@ -128,22 +128,42 @@ def _bare(task: GroupTask, refs: list[Any], flower_level: int) -> bytes:
     return pickle.dumps(run_bare_task(_writable(task), template, pool), protocol=5)
 
 
+# The HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113, 3.4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _check_reachable(address: str) -> None:
     """Raise ``BackendError`` naming ``address`` when nothing accepts a TCP connection
-    there (``host:port`` or ``ray://host:port``; other forms, e.g. ``auto``, pass)."""
+    there, or what does is no gRPC (HTTP/2) server as Ray's GCS is (``host:port`` or
+    ``ray://host:port``; other forms, e.g. ``auto``, pass)."""
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return
     try:
-        socket.create_connection(
+        with socket.create_connection(
             (host.strip("[]") or "127.0.0.1", int(port)), CONNECT_TIMEOUT_S
-        ).close()
+        ) as conn:
+            # Ray's GCS speaks gRPC: HTTP/2 answers its connection preface with a SETTINGS
+            # frame (type 4). Anything else there would keep ray.init retrying for minutes.
+            conn.settimeout(CONNECT_TIMEOUT_S)
+            conn.sendall(_HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
     except OSError as exc:
         raise BackendError(
             f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
             "(is `ray start --head` running there?)"
         ) from exc
+    if len(head) < 9 or head[3] != 0x04:
+        raise BackendError(
+            f"{address} answers, but not as a Ray cluster (no gRPC there; `ray start "
+            "--head` prints the address to use)"
+        )
 
 
 def _outcome(ref: Any) -> Any:

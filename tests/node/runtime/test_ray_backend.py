@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +51,24 @@ def test_an_unreachable_cluster_address_is_a_backend_error_naming_it(without_ray
 
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:9"):
         backend.start(None, None)  # type: ignore[arg-type]
+
+
+def test_an_address_where_no_ray_answers_is_refused_without_ray_retrying(
+    without_ray: None,
+) -> None:
+    # Prepare: a plain HTTP/1 server listens where the cluster should be
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    backend = make_backend("ray", address=address)
+
+    # Execute / Assert: refused at once, naming the address (ray.init would retry for minutes)
+    try:
+        with pytest.raises(BackendError, match=rf"{re.escape(address)} answers, but not as a Ray"):
+            backend.start(None, None)  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+    assert not ray.is_initialized()
 
 
 def _groups_and_accuracies(backend: object, rounds: int) -> tuple[object, object]:

@@ -100,9 +100,10 @@ class NetworkConfig:
     evaluate_every_rounds: int = 2
     heartbeat_every_rounds: int = 1
     # Besides, a node heartbeats as soon as its last heartbeat is this old, mid-round:
-    # a round of a large network can outlast the registry's node TTL (by default 90 s,
-    # three of its 30 s heartbeat intervals).
-    heartbeat_seconds: float = 30.0
+    # a round of a large network can outlast the registry's node TTL (by default 90 s).
+    # 60 s leaves 30 s between keep-alive checks; 30 s meant 8 heartbeats per node and
+    # round at 1,000 nodes on a loaded machine (100 s of the registry's time a round).
+    heartbeat_seconds: float = 60.0
     seed: int = 0
     # Leave-one-out contribution of every member per group round, sent to the ledger.
     measure_contribution: bool = True
@@ -599,6 +600,7 @@ class InProcessNetwork:
         links = [(a, b) for a, b, _ in self.links]
         found: dict[int, list[tuple[meta.SiblingScore, meta.Fit]]] = {}
         for gid in gids:
+            self._keep_alive()  # scoring every group's candidates takes long at scale
             members = rosters[gid]
             x, y, sizes = vals[gid]
             own = self._fit(self._groups[gid].weights, x, y, sizes)
@@ -681,6 +683,7 @@ class InProcessNetwork:
         """A group whose members' updates disagree splits (Sattler et al., 2020)."""
         moved = 0
         for gid, members in sorted(rosters.items()):
+            self._keep_alive()
             updates = {
                 n: u
                 for n, u in self._updates.get(gid, {}).items()

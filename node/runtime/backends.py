@@ -202,6 +202,17 @@ def _member_data(spec: MemberSpec, pool: DataPool | None) -> NodeData:
     return pool.node(spec.data)
 
 
+def _worker_state(
+    template: torch.nn.Module | None, pool: DataPool | None
+) -> tuple[torch.nn.Module, DataPool | None]:
+    """The template and pool given, else this worker's (``init_worker``); raises
+    ``BackendError`` when there is no template."""
+    template = template if template is not None else _worker_template
+    if template is None:
+        raise BackendError("this worker was not initialised (init_worker)")
+    return template, pool if pool is not None else _worker_pool
+
+
 def _learner(spec: MemberSpec, template: torch.nn.Module, pool: DataPool | None) -> Learner:
     return Learner(
         template,  # a Learner copies the weights and keeps no module
@@ -243,10 +254,7 @@ def run_group_task(
     ``pool`` (default: this worker's, from ``init_worker``). Remote input never raises
     (it is counted in the outcome's ``rejections``)."""
     started = time.perf_counter()
-    template = template if template is not None else _worker_template
-    pool = pool if pool is not None else _worker_pool
-    if template is None:
-        raise BackendError("this worker was not initialised (init_worker)")
+    template, pool = _worker_state(template, pool)
     recorder = CallRecorder()
     members = [_group_member(spec, task.round, template, pool, recorder) for spec in task.members]
     host = Rejections(f"group {task.group_id}")
@@ -283,10 +291,7 @@ def run_bare_task(
     """Bare local training, the baseline the network's overhead is measured against:
     each member trains ``task.local_epochs`` epochs from its own ``weights``, alone, with
     no registry, aggregation or evaluation; returns the members' weights afterwards."""
-    template = template if template is not None else _worker_template
-    pool = pool if pool is not None else _worker_pool
-    if template is None:
-        raise BackendError("this worker was not initialised (init_worker)")
+    template, pool = _worker_state(template, pool)
     out = {}
     for spec in task.members:
         learner = _learner(spec, template, pool)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def positive(text: str) -> int:
@@ -31,3 +33,14 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]
         return names
 
     return parse
+
+
+def check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Make ``out``'s folder and check that ``out`` is a file this user can write, before
+    hours of runs rather than after them; else exit 2 through ``parser.error``."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {out}: cannot make its folder: {exc.strerror or exc}")
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
+        parser.error(f"--out {out}: not a file this user can write")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -57,7 +56,7 @@ from registry.settings import RegistrySettings
 
 if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.cli_args import choice_list, positive
+from bench.cli_args import check_out, choice_list, positive
 
 METHODS = (
     "meta",
@@ -620,12 +619,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         SCENARIOS[n].drift_at is None for n in names
     ):
         p.error("--drift-at and --drift-fraction apply to scenario d only")
-    try:  # before hours of runs, not after
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        p.error(f"--out {args.out}: cannot make its folder: {exc.strerror or exc}")
-    if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
-        p.error(f"--out {args.out}: not a file this user can write")
+    check_out(p, args.out)
     scenarios = []
     for name in names:
         sc = replace(SCENARIOS[name], **overrides)

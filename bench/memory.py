@@ -36,6 +36,10 @@ from node.runtime.network import InProcessNetwork, NetworkConfig
 from registry.server import BackgroundRegistry
 from registry.settings import RegistrySettings
 
+if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.cli_args import check_out
+
 CLUSTERS = 4
 TARGET_NODES = 1000
 TARGET_PEAK_MB = 4096.0
@@ -140,14 +144,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.out is not None:  # before the runs, not after them
-        try:
-            if args.out.is_dir():
-                raise IsADirectoryError(21, "is a directory")
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.touch()
-        except OSError as exc:
-            parser.error(f"--out {args.out}: {exc.strerror or exc}")
+    if args.out is not None:
+        check_out(parser, args.out)
     logging.basicConfig(level=logging.WARNING)
     set_flower_log_level(logging.WARNING)
     if args.child is not None:

@@ -44,7 +44,7 @@ import httpx
 
 if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.cli_args import choice_list, positive
+from bench.cli_args import check_out, choice_list, positive
 
 BACKEND_CHOICES = ("serial", "processes", "ray")
 TARGET_RSS_MB = 4096
@@ -354,13 +354,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(json.dumps(flower_fedavg(data, args.rounds, 2, seed=args.seed)))
         return
-    try:
-        if args.out.is_dir():
-            raise IsADirectoryError(21, "is a directory")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.touch()
-    except OSError as exc:
-        p.error(f"--out {args.out}: {exc.strerror or exc}")
+    check_out(p, args.out)
     common = ["--rounds", str(args.rounds), "--samples", str(args.samples)]
     common += ["--clusters", str(args.clusters), "--seed", str(args.seed)]
     if args.workers:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -210,6 +211,7 @@ class InProcessNetwork:
         self._pooled: set[str] = set()  # nodes whose data is the pool's (not drifted)
         self._index: dict[str, int] = {}  # node id -> its index in agents
         self._attacks: dict[str, str] = {}  # node id -> the poisoning attack it makes
+        self._oldest_beat = -math.inf  # the oldest registered node's last heartbeat
         # The latest snapshot of each group, fetched once per change, for every agent.
         self._store = SnapshotStore()
         self._rng = random.Random(cfg.seed)
@@ -347,9 +349,15 @@ class InProcessNetwork:
         """Heartbeat every registered node whose last heartbeat is ``heartbeat_seconds``
         old (with the metrics it last sent), so a long round expires no one."""
         now = time.monotonic()
+        limit = self.config.heartbeat_seconds
+        # Called once per node in the round's loops: scan only when some node may be due
+        # (beats only move forward, so the oldest seen at the last scan is a lower bound).
+        if now - self._oldest_beat <= limit:
+            return
         for agent in self.agents:
-            if agent.registered and now - agent.last_beat > self.config.heartbeat_seconds:
+            if agent.registered and now - agent.last_beat > limit:
                 agent.heartbeat(agent.last_metrics)
+        self._oldest_beat = min((a.last_beat for a in self.agents if a.registered), default=now)
 
     # --- candidate scoring, batched --------------------------------------------------
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -182,25 +184,32 @@ def flower_fedavg(
 
 def main() -> None:
     """Print Flower's figures for ``--clients`` Fashion-MNIST clients (4 clusters)."""
-    from node.learning.data import load_dataset
+    from node.learning.data import DATASET_NAMES, load_dataset
     from node.learning.partition import partition
 
+    if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.cli_args import positive
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=80, help="examples per client")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--dataset", default="fashion")
-    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--clients", type=positive, default=10)
+    parser.add_argument("--samples", type=positive, default=80, help="examples per client")
+    parser.add_argument("--rounds", type=positive, default=5)
+    parser.add_argument("--local-epochs", type=positive, default=2)
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="fashion")
+    parser.add_argument("--num-cpus", type=positive, default=2)
     args = parser.parse_args()
-    data = partition(
-        load_dataset(args.dataset),
-        args.clients,
-        "clustered",
-        clusters=4,
-        samples_per_node=args.samples,
-        seed=0,
-    )
+    try:  # before Ray starts
+        data = partition(
+            load_dataset(args.dataset),
+            args.clients,
+            "clustered",
+            clusters=4,
+            samples_per_node=args.samples,
+            seed=0,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     figures = flower_fedavg(
         data, args.rounds, args.local_epochs, dataset=args.dataset, num_cpus=args.num_cpus
     )

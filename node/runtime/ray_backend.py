@@ -18,9 +18,11 @@ simulation of plain FedAvg as the peer baseline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import signal
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -47,13 +49,75 @@ from node.runtime.backends import (
     run_group_task,
 )
 
-__all__ = ["RayBackend"]
+__all__ = ["RayBackend", "start_local_ray"]
 
 log = logging.getLogger(__name__)
 
 # Seconds to wait for a TCP connection to a cluster's address: Ray itself retries an
 # unreachable address for minutes, printing a warning every few seconds.
 CONNECT_TIMEOUT_S = 5.0
+
+# Local starts tried before giving up. Ray waits a fixed 30 s for its new node to register
+# (``ray._private.node.Node``); a loaded machine reading Ray's binaries from a cold disk
+# can miss that once, and the next start, binaries cached, takes a few seconds.
+LOCAL_START_ATTEMPTS = 3
+_STARTUP_TIMEOUT = "timed out during startup"
+
+
+def _orphaned_ray_processes() -> list[int]:
+    """Pids of this process's children that run Ray's code (GCS, raylet, monitors),
+    read from ``/proc``; [] where there is no ``/proc``."""
+    ray_dir = os.path.dirname(ray.__file__).encode()
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == me and ray_dir in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def start_local_ray(num_cpus: int | None, *, log_to_driver: bool = True) -> None:
+    """``ray.init`` a local Ray instance of ``num_cpus`` CPUs (None: all cores), without
+    the dashboard. When Ray's node misses Ray's fixed 30 s start-up wait, the half-started
+    processes it leaves behind are stopped and the start is tried again, up to
+    ``LOCAL_START_ATTEMPTS`` times.
+
+    Raises ``BackendError`` when Ray cannot start (the last attempt's reason in it).
+    """
+    # Ray's future default (keep accelerator variables when no GPU is asked for), which
+    # also silences its FutureWarning at every start.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=log_to_driver,
+            )
+            return
+        except Exception as exc:  # Ray raises a bare Exception on its start-up timeout
+            if _STARTUP_TIMEOUT not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise BackendError(f"cannot start Ray locally: {exc}") from exc
+            log.warning(
+                "Ray's local node did not start within Ray's 30 s (attempt %d of %d); "
+                "stopping what it started and trying again",
+                attempt,
+                LOCAL_START_ATTEMPTS,
+            )
+            ray.shutdown()
+            for pid in _orphaned_ray_processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 class _CopyingPool(DataPool):
@@ -207,28 +271,27 @@ class RayBackend:
         return int(ray.cluster_resources().get("CPU", 0))
 
     def start(self, setup: WorkerSetup, pool: DataPool | None) -> None:
-        """Connect to (or start) Ray and put the template and the pool in its object
-        store. Raises ``BackendError`` when the cluster at ``address`` cannot be reached."""
+        """Connect to (or start, see ``start_local_ray``) Ray and put the template and
+        the pool in its object store. Raises ``BackendError`` when Ray cannot start
+        locally or the cluster at ``address`` cannot be reached."""
         if not ray.is_initialized():
-            if self.address is not None:
+            if self.address is None:
+                start_local_ray(self.num_cpus)
+            else:
                 _check_reachable(self.address)
-            # Ray's future default (keep accelerator variables when no GPU is asked for),
-            # which also silences its FutureWarning at every start.
-            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-            try:
-                ray.init(
-                    address=self.address,
+                os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+                try:
                     # A cluster's CPUs are its own: Ray refuses num_cpus when connecting.
-                    num_cpus=self.num_cpus if self.address is None else None,
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
                     # Workers' warnings (a refused input, a failed round) reach this
                     # terminal, as the processes backend's do.
-                    log_to_driver=True,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = f"at {self.address}" if self.address else "locally"
-                raise BackendError(f"cannot start Ray {where}: {exc}") from exc
+                    ray.init(
+                        address=self.address,
+                        include_dashboard=False,
+                        logging_level=logging.WARNING,
+                        log_to_driver=True,
+                    )
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise BackendError(f"cannot start Ray at {self.address}: {exc}") from exc
             self._owns_ray = True
         refs: list[Any] = [ray.put(setup.template)]
         if pool is not None:

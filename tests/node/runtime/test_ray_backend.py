@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import http.server
+import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,7 +25,12 @@ from node.learning.data import load_digits  # noqa: E402
 from node.learning.partition import partition  # noqa: E402
 from node.runtime.backends import BackendError, SerialBackend, make_backend  # noqa: E402
 from node.runtime.network import InProcessNetwork, NetworkConfig  # noqa: E402
-from node.runtime.ray_backend import RayBackend, _outcome  # noqa: E402
+from node.runtime.ray_backend import (  # noqa: E402
+    LOCAL_START_ATTEMPTS,
+    RayBackend,
+    _outcome,
+    start_local_ray,
+)
 from registry.server import BackgroundRegistry  # noqa: E402
 from registry.settings import RegistrySettings  # noqa: E402
 
@@ -37,8 +45,7 @@ def _ray_down_after_module() -> Iterator[None]:
 def local_ray(_ray_down_after_module: None) -> None:
     """A local Ray instance of 2 CPUs, started by the test (once for the module)."""
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # a FutureWarning
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray(2, log_to_driver=False)
 
 
 @pytest.fixture
@@ -69,6 +76,75 @@ def test_an_address_where_no_ray_answers_is_refused_without_ray_retrying(
     finally:
         server.shutdown()
     assert not ray.is_initialized()
+
+
+# Ray's own message when its new node misses Ray's fixed 30 s start-up wait.
+_RAY_STARTUP_TIMEOUT = (
+    "The current node timed out during startup. This could happen because some of the "
+    "raylet failed to startup or the GCS has become overloaded."
+)
+
+
+def test_a_local_start_that_times_out_is_cleaned_up_and_tried_again(
+    without_ray: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the first start leaves a process running Ray's code and times out, as a
+    # loaded machine made Ray do (a fault that needs that load to happen for real)
+    real_init = ray.init
+    half_started: list[subprocess.Popen[bytes]] = []
+
+    def init_timing_out_once(*args: object, **kwargs: object) -> object:
+        if not half_started:
+            ray_dir = os.path.dirname(ray.__file__)
+            half_started.append(
+                subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", ray_dir])
+            )
+            raise Exception(_RAY_STARTUP_TIMEOUT)  # what Ray raises
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", init_timing_out_once)
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="node.runtime.ray_backend"):
+        start_local_ray(2, log_to_driver=False)
+
+    # Assert: Ray runs, what the failed start left is stopped, and the retry was said
+    assert ray.is_initialized()
+    assert ray.cluster_resources()["CPU"] == 2
+    assert half_started[0].wait(timeout=60) == -signal.SIGKILL
+    assert f"attempt 1 of {LOCAL_START_ATTEMPTS}" in caplog.text
+
+
+def test_a_local_start_that_keeps_timing_out_is_a_backend_error_giving_rays_reason(
+    without_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def init_timing_out(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        raise Exception(_RAY_STARTUP_TIMEOUT)
+
+    monkeypatch.setattr(ray, "init", init_timing_out)
+
+    with pytest.raises(BackendError, match="cannot start Ray locally: The current node timed"):
+        make_backend("ray").start(None, None)  # type: ignore[arg-type]
+    assert len(calls) == LOCAL_START_ATTEMPTS
+
+
+def test_a_local_start_failing_otherwise_is_not_retried(
+    without_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def init_refusing(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        raise ValueError("num_cpus must be a non-negative integer")
+
+    monkeypatch.setattr(ray, "init", init_refusing)
+
+    with pytest.raises(BackendError, match="cannot start Ray locally: num_cpus must be"):
+        start_local_ray(2)
+    assert len(calls) == 1
 
 
 def _groups_and_accuracies(backend: object, rounds: int) -> tuple[object, object]:

@@ -26,6 +26,7 @@ import signal
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,24 +66,27 @@ _STARTUP_TIMEOUT = "timed out during startup"
 
 
 def _orphaned_ray_processes() -> list[int]:
-    """Pids of this process's children that run Ray's code (GCS, raylet, monitors),
-    read from ``/proc``; [] where there is no ``/proc``."""
+    """Pids of this process's children that run Ray's code (GCS, raylet, monitors), from
+    ``/proc/self/task/*/children`` (Linux); [] where there is none."""
     ray_dir = os.path.dirname(ray.__file__).encode()
-    me = os.getpid()
     pids = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if ppid == me and ray_dir in cmdline:
-            pids.append(int(entry))
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            if ray_dir in cmdline:
+                pids.append(int(pid))
     return pids
+
+
+def _init_ray(**kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` without the dashboard, Ray logging warnings only."""
+    # Ray's future default (keep accelerator variables when no GPU is asked for), which
+    # also silences its FutureWarning at every start.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, **kwargs)
 
 
 def start_local_ray(num_cpus: int | None, *, log_to_driver: bool = True) -> None:
@@ -93,17 +97,9 @@ def start_local_ray(num_cpus: int | None, *, log_to_driver: bool = True) -> None
 
     Raises ``BackendError`` when Ray cannot start (the last attempt's reason in it).
     """
-    # Ray's future default (keep accelerator variables when no GPU is asked for), which
-    # also silences its FutureWarning at every start.
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         try:
-            ray.init(
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=log_to_driver,
-            )
+            _init_ray(num_cpus=num_cpus, log_to_driver=log_to_driver)
             return
         except Exception as exc:  # Ray raises a bare Exception on its start-up timeout
             if _STARTUP_TIMEOUT not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
@@ -279,17 +275,11 @@ class RayBackend:
                 start_local_ray(self.num_cpus)
             else:
                 _check_reachable(self.address)
-                os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
                 try:
                     # A cluster's CPUs are its own: Ray refuses num_cpus when connecting.
                     # Workers' warnings (a refused input, a failed round) reach this
                     # terminal, as the processes backend's do.
-                    ray.init(
-                        address=self.address,
-                        include_dashboard=False,
-                        logging_level=logging.WARNING,
-                        log_to_driver=True,
-                    )
+                    _init_ray(address=self.address, log_to_driver=True)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise BackendError(f"cannot start Ray at {self.address}: {exc}") from exc
             self._owns_ray = True

@@ -1,4 +1,5 @@
-"""Argument types the benchmarks share: a positive integer, a comma list of choices."""
+"""Argument types the benchmarks share: an integer with a lower bound, a comma list of
+choices."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def positive(text: str) -> int:
-    """``text`` as an integer of at least 1, else an argparse error naming it."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: ``text`` as an integer of at least ``minimum``, else an error
+    naming it."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive = at_least(1)
+"""``text`` as an integer of at least 1, else an argparse error naming it."""
 
 
 def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:

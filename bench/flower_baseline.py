@@ -50,7 +50,7 @@ from flwr.simulation import run_simulation
 from node.federation.strategies import set_flower_log_level
 from node.learning.learner import Learner
 from node.learning.models import build_model
-from node.learning.partition import NodeData
+from node.learning.partition import MIN_SAMPLES_PER_NODE, NodeData
 
 ARRAYS = "arrays"  # FedAvg's default arrayrecord_key
 CONFIG = "config"  # FedAvg's default configrecord_key
@@ -189,11 +189,13 @@ def main() -> None:
 
     if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.cli_args import positive
+    from bench.cli_args import at_least, positive
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=positive, default=10)
-    parser.add_argument("--samples", type=positive, default=80, help="examples per client")
+    parser.add_argument(
+        "--samples", type=at_least(MIN_SAMPLES_PER_NODE), default=80, help="examples per client"
+    )
     parser.add_argument("--rounds", type=positive, default=5)
     parser.add_argument("--local-epochs", type=positive, default=2)
     parser.add_argument("--dataset", choices=DATASET_NAMES, default="fashion")

@@ -31,14 +31,14 @@ import torch
 from node.errors import DatasetError
 from node.federation.strategies import set_flower_log_level
 from node.learning.data import load_dataset
-from node.learning.partition import partition
+from node.learning.partition import MIN_SAMPLES_PER_NODE, partition
 from node.runtime.network import InProcessNetwork, NetworkConfig
 from registry.server import BackgroundRegistry
 from registry.settings import RegistrySettings
 
 if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.cli_args import check_out
+from bench.cli_args import at_least, check_out, positive
 
 CLUSTERS = 4
 TARGET_NODES = 1000
@@ -138,8 +138,10 @@ def main() -> None:
     """Probe each N in its own subprocess; print the table, write JSON with ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="10,100,300", help="comma-separated node counts")
-    parser.add_argument("--samples", type=int, default=80, help="examples per node")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--samples", type=at_least(MIN_SAMPLES_PER_NODE), default=80, help="examples per node"
+    )
+    parser.add_argument("--rounds", type=positive, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -157,8 +159,6 @@ def main() -> None:
         parser.error(f"--nodes {args.nodes!r}: give comma-separated whole numbers")
     if not counts or min(counts) < 1:
         parser.error("--nodes: give at least one count, each at least 1")
-    if args.samples < 10 or args.rounds < 1:
-        parser.error("--samples must be at least 10 and --rounds at least 1")
     try:
         load_dataset("fashion")  # fail here, with the package to install, not in a child
     except DatasetError as exc:

@@ -44,7 +44,8 @@ import httpx
 
 if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.cli_args import check_out, choice_list, positive
+from bench.cli_args import at_least, check_out, choice_list, positive
+from node.learning.partition import MIN_SAMPLES_PER_NODE
 
 BACKEND_CHOICES = ("serial", "processes", "ray")
 TARGET_RSS_MB = 4096
@@ -326,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--backends", type=choice_list(BACKEND_CHOICES, "backend"), default=["processes", "ray"]
     )
     p.add_argument("--rounds", type=positive, default=5)
-    p.add_argument("--samples", type=positive, default=80, help="examples per node")
+    p.add_argument(
+        "--samples", type=at_least(MIN_SAMPLES_PER_NODE), default=80, help="examples per node"
+    )
     p.add_argument("--clusters", type=positive, default=4)
     p.add_argument("--workers", type=positive, default=None, help="processes / Ray CPUs")
     p.add_argument("--seed", type=int, default=0)

@@ -26,11 +26,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -192,6 +195,32 @@ def init_worker(setup: WorkerSetup, pool: DataPool | None = None) -> None:
         _worker_pool = pool
     elif setup.pool is not None:
         _worker_pool = DataPool.open(setup.pool)
+
+
+def _init_spawned_worker(setup: WorkerSetup) -> None:
+    """``init_worker`` for a ``ProcessBackend`` worker, which also ignores Ctrl+C and ends
+    with its driver.
+
+    A terminal's Ctrl+C reaches the whole process group; the driver handles it and stops
+    the workers (an idle worker would otherwise die printing a ``KeyboardInterrupt``
+    traceback). A driver killed outright (SIGKILL, the out-of-memory killer) cannot stop
+    them: a thread waits on the driver's end (``multiprocessing.parent_process``), then
+    removes the data pool's file, which the driver can no longer remove, and exits.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    driver = multiprocessing.parent_process()
+    if driver is not None:
+        threading.Thread(
+            target=_end_with, args=(driver, setup.pool), name="driver-watch", daemon=True
+        ).start()
+    init_worker(setup)
+
+
+def _end_with(driver: multiprocessing.process.BaseProcess, pool: PoolFile | None) -> None:
+    driver.join()  # returns when the driver's process has ended
+    if pool is not None:
+        Path(pool.path).unlink(missing_ok=True)
+    os._exit(1)
 
 
 def _member_data(spec: MemberSpec, pool: DataPool | None) -> NodeData:
@@ -407,7 +436,7 @@ class ProcessBackend:
         self._executor = ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
+            initializer=_init_spawned_worker,
             initargs=(setup,),
         )
         # Spawn every worker now (imports, the pool mapped), not in the first round.

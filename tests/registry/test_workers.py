@@ -23,6 +23,7 @@ from registry.schemas import SimulationCreate
 from registry.settings import build_settings
 from registry.simulations import SimulationManager, Status, get_simulation
 from tests.registry.helpers import register
+from tests.support.procs import spawned_children
 from tests.support.registry_proc import RegistryProcess
 
 LEADS = re.compile(r"leader: worker pid (\d+) runs the sweeper")
@@ -136,12 +137,6 @@ def test_a_request_recorded_by_a_worker_that_does_not_lead_is_run_by_the_leader(
     assert left_queued.status == Status.FAILED and "not started" in (left_queued.error or "")
 
 
-def worker_pids(pid: int) -> list[int]:
-    """The processes uvicorn spawned to serve requests (not its resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
 def test_workers_started_by_the_mycelium_command_load_the_registry_only(
     tmp_path: Path,
 ) -> None:
@@ -149,7 +144,7 @@ def test_workers_started_by_the_mycelium_command_load_the_registry_only(
     script = Path(sys.executable).parent / "mycelium"
     with RegistryProcess(tmp_path, workers=2, command=[str(script), "registry"]) as reg:
         assert reg.proc is not None
-        workers = worker_pids(reg.proc.pid)
+        workers = spawned_children(reg.proc.pid)  # uvicorn's, serving requests
         assert len(workers) == 2
         for pid in workers:
             assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()

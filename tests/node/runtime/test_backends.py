@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -22,6 +26,7 @@ from node.runtime.backends import (
     replay,
 )
 from node.runtime.network import InProcessNetwork, NetworkConfig
+from tests.support.procs import spawned_children, wait_for_exit
 from tests.support.registry_proc import RegistryProcess
 
 
@@ -133,3 +138,62 @@ def test_nodes_heartbeat_mid_round_once_their_last_heartbeat_is_old(tmp_path: Pa
     # Assert: every node's heartbeat moved during the round
     assert set(before) == {a.node_id for a in net.agents}
     assert all(after[n] > before[n] for n in before)
+
+
+def test_worker_processes_ignore_ctrl_c_and_the_driver_goes_on(tmp_path: Path) -> None:
+    # Prepare: a network on two worker processes
+    data = partition(load_digits(), 4, "clustered", seed=0, clusters=2)
+    with RegistryProcess(tmp_path / "r") as reg:
+        net = InProcessNetwork(reg.url, data, NetworkConfig(seed=0), backend=ProcessBackend(2))
+        others = set(spawned_children(os.getpid()))
+        try:
+            net.start()
+            workers = set(spawned_children(os.getpid())) - others
+            assert len(workers) == 2
+
+            # Execute: Ctrl+C reaches the workers (a terminal signals the whole group)
+            for pid in workers:
+                os.kill(pid, signal.SIGINT)
+            stats = net.run_round()
+
+            # Assert: the same workers ran the round, to its reports
+            assert set(spawned_children(os.getpid())) - others == workers
+            assert len(stats.node_accuracy) == 4
+        finally:
+            net.shutdown()
+
+
+_DRIVER = """
+import sys, time
+from node.learning.data import load_digits
+from node.learning.models import build_model
+from node.learning.partition import partition
+from node.learning.pool import DataPool
+from node.runtime.backends import ProcessBackend, WorkerSetup
+
+if __name__ == "__main__":
+    pool, _ = DataPool.of(partition(load_digits(), 4, "iid", seed=0))
+    backend = ProcessBackend(2)  # held: a collected executor stops its workers
+    backend.start(WorkerSetup(build_model("digits", seed=0)), pool)
+    print(pool.to_file().path, flush=True)  # written by start
+    time.sleep(600)
+"""
+
+
+def test_workers_of_a_killed_driver_exit_and_remove_the_pool_file(tmp_path: Path) -> None:
+    # Prepare: a driver with two started workers and its data pool in a file
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert driver.stdout is not None
+    pool_file = Path(driver.stdout.readline().strip())
+    workers = spawned_children(driver.pid)
+    assert pool_file.exists() and len(workers) == 2
+
+    # Execute: the driver is killed outright (as the out-of-memory killer would)
+    driver.kill()
+    driver.wait()
+
+    # Assert: its workers end, and its pool file is gone from /dev/shm
+    assert all(wait_for_exit(pid) for pid in workers)
+    assert not pool_file.exists()

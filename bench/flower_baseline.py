@@ -2,6 +2,7 @@
 
 Usage: python bench/flower_baseline.py [--clients 10] [--samples 80] [--rounds 5]
        [--local-epochs 2] [--dataset fashion] [--num-cpus 2]
+       [--out bench/results/flower_baseline.json]
 
 ``flower_fedavg`` runs ``flwr.simulation.run_simulation`` (Flower 1.41, message API): a
 ``ServerApp`` whose ``flwr.serverapp.strategy.FedAvg`` trains every client every round (no
@@ -10,7 +11,7 @@ client-side evaluation: plain FedAvg training), and a ``ClientApp`` that trains 
 (``context.node_config["partition-id"]`` picks it), one torch thread, on Ray actors of one
 CPU each. After the last round the global model is evaluated on every client's test split.
 
-Figures returned (and printed by ``__main__``):
+Figures returned (printed by ``__main__`` and written to ``--out`` as JSON):
 - ``wall_seconds``: the whole ``run_simulation`` call (Ray's start-up and shut-down in);
 - ``serverapp_seconds``: inside the ServerApp, from its start to the end of the last round
   (Flower starts it beside Ray, so this includes waiting for the actors);
@@ -20,15 +21,17 @@ Figures returned (and printed by ``__main__``):
   ``clients x (R - 1)``), ``wall_seconds_per_client_round``;
 - ``mean_test_accuracy``: the final global model, mean over clients.
 
-Ray is the ``ray`` extra: ``pip install 'mycelium-net[ray]'``. Flower shuts Ray down at the
+Ray is the ``ray`` extra: ``pip install -e '.[ray]'`` in a checkout. Flower shuts Ray down at the
 end of a simulation, even an instance it did not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -189,7 +192,7 @@ def main() -> None:
 
     if __package__ in (None, ""):  # run as a script: the repository root holds `bench`
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.cli_args import at_least, positive
+    from bench.cli_args import at_least, check_out, positive
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=positive, default=10)
@@ -200,7 +203,9 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=positive, default=2)
     parser.add_argument("--dataset", choices=DATASET_NAMES, default="fashion")
     parser.add_argument("--num-cpus", type=positive, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/flower_baseline.json"))
     args = parser.parse_args()
+    check_out(parser, args.out)
     try:  # before Ray starts
         data = partition(
             load_dataset(args.dataset),
@@ -217,6 +222,17 @@ def main() -> None:
     )
     for key, value in figures.items():
         print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "figures": figures,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from node.errors import NodeError
 from node.federation.strategies import STRATEGY_NAMES
 from node.learning.data import DATASET_NAMES
 from node.learning.partition import CLUSTER_MODES, SCHEMES
-from node.runtime.backends import BackendError
+from node.runtime.backends import RAY_MISSING, BackendError
 from node.runtime.policy import POLICIES
 
 
@@ -211,7 +211,7 @@ def demo(
         typer.echo(f"error: cannot write the results to {output}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from exc
     if backend == "ray" and importlib.util.find_spec("ray") is None:
-        typer.echo("error: --backend ray needs Ray: pip install 'mycelium-net[ray]'", err=True)
+        typer.echo(f"error: --backend ray: {RAY_MISSING}", err=True)
         raise typer.Exit(2)
     if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
         typer.echo("error: --tensorboard needs the tensorboard package", err=True)

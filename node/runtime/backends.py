@@ -51,6 +51,7 @@ from node.rejections import Rejections
 
 __all__ = [
     "BACKENDS",
+    "RAY_MISSING",
     "Backend",
     "BackendError",
     "CallRecorder",
@@ -70,6 +71,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("serial", "processes", "ray")
+# What to do when Ray, the `ray` extra, is missing (the package is not on PyPI).
+RAY_MISSING = "the ray backend needs Ray, the `ray` extra: pip install -e '.[ray]' in a checkout"
 
 
 class BackendError(RuntimeError):
@@ -496,8 +499,6 @@ def make_backend(name: str, *, workers: int | None = None, address: str | None =
         try:
             from node.runtime.ray_backend import RayBackend
         except ImportError as exc:
-            raise BackendError(
-                "the ray backend needs Ray: pip install 'mycelium-net[ray]'"
-            ) from exc
+            raise BackendError(RAY_MISSING) from exc
         return RayBackend(num_cpus=workers, address=address)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

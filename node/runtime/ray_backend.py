@@ -32,16 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-try:
-    import ray
-    from ray.exceptions import RayError, RayTaskError
-except ImportError as exc:  # pragma: no cover - the extra is installed by `make venv`
-    raise ImportError("the ray backend needs Ray: pip install 'mycelium-net[ray]'") from exc
-
 from node.federation.strategies import FLOWER_LOGGER_NAME, set_flower_log_level
 from node.learning.partition import NodeData
 from node.learning.pool import DataPool, NodeSlices
 from node.runtime.backends import (
+    RAY_MISSING,
     BackendError,
     GroupOutcome,
     GroupTask,
@@ -49,6 +44,12 @@ from node.runtime.backends import (
     run_bare_task,
     run_group_task,
 )
+
+try:
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+except ImportError as exc:  # pragma: no cover - the extra is installed by `make venv`
+    raise ImportError(RAY_MISSING) from exc
 
 __all__ = ["RayBackend", "start_local_ray"]
 

@@ -236,6 +236,6 @@ def test_without_ray_installed_the_demo_names_the_extra_and_exits_2(
 
     # Assert: one line naming the extra, before any registry or network starts
     assert result.exit_code == 2
-    assert "pip install 'mycelium-net[ray]'" in result.output
+    assert "pip install -e '.[ray]' in a checkout" in result.output
     assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []

@@ -113,6 +113,8 @@ class DemoConfig:
             raise ValueError("--workers needs --backend processes or ray")
         if self.ray_address is not None and self.backend != "ray":
             raise ValueError("--ray-address needs --backend ray")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ValueError("--ray-address is empty: give the cluster's head, HOST:6379")
         if not 0.0 < self.drift_fraction <= 1.0:
             raise ValueError(f"--drift-fraction must be in (0, 1], got {self.drift_fraction:g}")
         if self.drift_at is None or not self.drift:

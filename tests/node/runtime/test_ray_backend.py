@@ -211,6 +211,7 @@ def test_the_demo_runs_its_group_rounds_on_ray(local_ray: None, tmp_path: Path) 
         (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --backend ray"),
         (["--backend", "processes", "--workers", "0"], "--workers must be at least 1, got 0"),
         (["--backend", "threads"], "--backend must be one of serial, processes, ray"),
+        (["--backend", "ray", "--ray-address", " "], "--ray-address is empty"),
     ],
 )
 def test_bad_backend_flags_are_one_line_and_exit_2(

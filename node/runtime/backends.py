@@ -61,6 +61,7 @@ __all__ = [
     "ProcessBackend",
     "SerialBackend",
     "WorkerSetup",
+    "child_processes",
     "make_backend",
     "merge_rejections",
     "replay",
@@ -71,6 +72,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKENDS = ("serial", "processes", "ray")
+# Seconds a ProcessBackend waits for all its workers to start (torch imported, pool mapped).
+WORKER_START_TIMEOUT_S = 300.0
 # What to do when Ray, the `ray` extra, is missing (the package is not on PyPI).
 RAY_MISSING = "the ray backend needs Ray, the `ray` extra: pip install -e '.[ray]' in a checkout"
 
@@ -200,7 +203,28 @@ def init_worker(setup: WorkerSetup, pool: DataPool | None = None) -> None:
         _worker_pool = DataPool.open(setup.pool)
 
 
-def _init_spawned_worker(setup: WorkerSetup) -> None:
+def child_processes(matching: bytes, pid: int | None = None) -> list[int]:
+    """Pids of the children of process ``pid`` (default: this one), started by any of its
+    threads, whose command line contains ``matching``; read from
+    ``/proc/<pid>/task/*/children`` (Linux; [] where there is none)."""
+    found = []
+    for children in Path(f"/proc/{pid or 'self'}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            if matching in cmdline:
+                found.append(int(child))
+    return found
+
+
+# Set in a ProcessBackend worker: every worker waits here once, so that ``start`` returns
+# only when all of them have started.
+_all_started: threading.Barrier | None = None
+
+
+def _init_spawned_worker(setup: WorkerSetup, all_started: threading.Barrier) -> None:
     """``init_worker`` for a ``ProcessBackend`` worker, which also ignores Ctrl+C and ends
     with its driver.
 
@@ -210,6 +234,8 @@ def _init_spawned_worker(setup: WorkerSetup) -> None:
     them: a thread waits on the driver's end (``multiprocessing.parent_process``), then
     removes the data pool's file, which the driver can no longer remove, and exits.
     """
+    global _all_started
+    _all_started = all_started
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     driver = multiprocessing.parent_process()
     if driver is not None:
@@ -408,7 +434,10 @@ class SerialBackend:
         """Nothing to stop."""
 
 
-def _pid(_: int) -> int:
+def _started_worker(_: int) -> int:
+    """This worker's pid, once every worker has started (each takes one such task)."""
+    if _all_started is not None:
+        _all_started.wait(WORKER_START_TIMEOUT_S)
     return os.getpid()
 
 
@@ -431,22 +460,31 @@ class ProcessBackend:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         self._executor: ProcessPoolExecutor | None = None
+        self.pids: list[int] = []  # the workers', once started
 
     def start(self, setup: WorkerSetup, pool: DataPool | None) -> None:
-        """Spawn the workers; ``pool`` must have been written with ``to_file``."""
+        """Spawn the workers and return when every one has started (imported torch,
+        mapped the pool): not in the first round. ``pool`` is written with ``to_file``
+        unless ``setup`` names its file. Raises ``BackendError`` when a worker dies or
+        does not start within ``WORKER_START_TIMEOUT_S``."""
         if pool is not None and setup.pool is None:
             setup = WorkerSetup(setup.template, pool.to_file(), setup.flower_log_level)
+        context = multiprocessing.get_context("spawn")
         self._executor = ProcessPoolExecutor(
             self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_init_spawned_worker,
-            initargs=(setup,),
+            initargs=(setup, context.Barrier(self.workers)),
         )
-        # Spawn every worker now (imports, the pool mapped), not in the first round.
         try:
-            list(self._executor.map(_pid, range(self.workers)))
+            self.pids = list(self._executor.map(_started_worker, range(self.workers)))
         except BrokenProcessPool as exc:
             raise BackendError(f"a worker process died while starting: {exc}") from exc
+        except threading.BrokenBarrierError as exc:
+            raise BackendError(
+                f"the {self.workers} worker processes did not all start within "
+                f"{WORKER_START_TIMEOUT_S:.0f} s"
+            ) from exc
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:

@@ -26,7 +26,6 @@ import signal
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ from node.runtime.backends import (
     GroupOutcome,
     GroupTask,
     WorkerSetup,
+    child_processes,
     run_bare_task,
     run_group_task,
 )
@@ -64,22 +64,6 @@ CONNECT_TIMEOUT_S = 5.0
 # can miss that once, and the next start, binaries cached, takes a few seconds.
 LOCAL_START_ATTEMPTS = 3
 _STARTUP_TIMEOUT = "timed out during startup"
-
-
-def _orphaned_ray_processes() -> list[int]:
-    """Pids of this process's children that run Ray's code (GCS, raylet, monitors), from
-    ``/proc/self/task/*/children`` (Linux); [] where there is none."""
-    ray_dir = os.path.dirname(ray.__file__).encode()
-    pids = []
-    for children in Path("/proc/self/task").glob("*/children"):
-        for pid in children.read_text().split():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue  # gone meanwhile
-            if ray_dir in cmdline:
-                pids.append(int(pid))
-    return pids
 
 
 def _init_ray(**kwargs: Any) -> None:
@@ -112,7 +96,8 @@ def start_local_ray(num_cpus: int | None, *, log_to_driver: bool = True) -> None
                 LOCAL_START_ATTEMPTS,
             )
             ray.shutdown()
-            for pid in _orphaned_ray_processes():
+            # This process's children running Ray's code: GCS, raylet, monitors.
+            for pid in child_processes(os.path.dirname(ray.__file__).encode()):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 

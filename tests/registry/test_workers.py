@@ -15,6 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from node.runtime.backends import child_processes
 from registry.db import Database
 from registry.events import EventType
 from registry.migrate import upgrade
@@ -23,7 +24,6 @@ from registry.schemas import SimulationCreate
 from registry.settings import build_settings
 from registry.simulations import SimulationManager, Status, get_simulation
 from tests.registry.helpers import register
-from tests.support.procs import spawned_children
 from tests.support.registry_proc import RegistryProcess
 
 LEADS = re.compile(r"leader: worker pid (\d+) runs the sweeper")
@@ -144,7 +144,7 @@ def test_workers_started_by_the_mycelium_command_load_the_registry_only(
     script = Path(sys.executable).parent / "mycelium"
     with RegistryProcess(tmp_path, workers=2, command=[str(script), "registry"]) as reg:
         assert reg.proc is not None
-        workers = spawned_children(reg.proc.pid)  # uvicorn's, serving requests
+        workers = child_processes(b"spawn_main", reg.proc.pid)  # uvicorn's, serving requests
         assert len(workers) == 2
         for pid in workers:
             assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()

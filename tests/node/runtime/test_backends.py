@@ -22,11 +22,12 @@ from node.runtime.backends import (
     GroupOutcome,
     ProcessBackend,
     SerialBackend,
+    child_processes,
     make_backend,
     replay,
 )
 from node.runtime.network import InProcessNetwork, NetworkConfig
-from tests.support.procs import spawned_children, wait_for_exit
+from tests.support.procs import wait_for_exit
 from tests.support.registry_proc import RegistryProcess
 
 
@@ -140,24 +141,29 @@ def test_nodes_heartbeat_mid_round_once_their_last_heartbeat_is_old(tmp_path: Pa
     assert all(after[n] > before[n] for n in before)
 
 
+# The command line of a process started by multiprocessing's spawn method (not its
+# resource tracker).
+SPAWNED = b"spawn_main"
+
+
 def test_worker_processes_ignore_ctrl_c_and_the_driver_goes_on(tmp_path: Path) -> None:
     # Prepare: a network on two worker processes
     data = partition(load_digits(), 4, "clustered", seed=0, clusters=2)
     with RegistryProcess(tmp_path / "r") as reg:
-        net = InProcessNetwork(reg.url, data, NetworkConfig(seed=0), backend=ProcessBackend(2))
-        others = set(spawned_children(os.getpid()))
+        backend = ProcessBackend(2)
+        net = InProcessNetwork(reg.url, data, NetworkConfig(seed=0), backend=backend)
         try:
             net.start()
-            workers = set(spawned_children(os.getpid())) - others
-            assert len(workers) == 2
+            workers = set(backend.pids)
+            assert len(workers) == 2  # both started
 
             # Execute: Ctrl+C reaches the workers (a terminal signals the whole group)
             for pid in workers:
                 os.kill(pid, signal.SIGINT)
             stats = net.run_round()
 
-            # Assert: the same workers ran the round, to its reports
-            assert set(spawned_children(os.getpid())) - others == workers
+            # Assert: the same workers ran the round, to its reports, and still run
+            assert workers <= set(child_processes(SPAWNED))
             assert len(stats.node_accuracy) == 4
         finally:
             net.shutdown()
@@ -175,7 +181,7 @@ if __name__ == "__main__":
     pool, _ = DataPool.of(partition(load_digits(), 4, "iid", seed=0))
     backend = ProcessBackend(2)  # held: a collected executor stops its workers
     backend.start(WorkerSetup(build_model("digits", seed=0)), pool)
-    print(pool.to_file().path, flush=True)  # written by start
+    print(pool.to_file().path, *backend.pids, flush=True)  # the file written by start
     time.sleep(600)
 """
 
@@ -186,8 +192,8 @@ def test_workers_of_a_killed_driver_exit_and_remove_the_pool_file(tmp_path: Path
     script.write_text(_DRIVER)
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert driver.stdout is not None
-    pool_file = Path(driver.stdout.readline().strip())
-    workers = spawned_children(driver.pid)
+    path, *pids = driver.stdout.readline().split()
+    pool_file, workers = Path(path), {int(pid) for pid in pids}
     assert pool_file.exists() and len(workers) == 2
 
     # Execute: the driver is killed outright (as the out-of-memory killer would)

@@ -96,9 +96,13 @@ def test_a_local_start_that_times_out_is_cleaned_up_and_tried_again(
     def init_timing_out_once(*args: object, **kwargs: object) -> object:
         if not half_started:
             ray_dir = os.path.dirname(ray.__file__)
-            half_started.append(
-                subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", ray_dir])
+            stray = subprocess.Popen(
+                [sys.executable, "-c", "print(flush=True); import time; time.sleep(600)", ray_dir],
+                stdout=subprocess.PIPE,
             )
+            assert stray.stdout is not None
+            stray.stdout.readline()  # running, with Ray's directory in its command line
+            half_started.append(stray)
             raise Exception(_RAY_STARTUP_TIMEOUT)  # what Ray raises
         return real_init(*args, **kwargs)
 
